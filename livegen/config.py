@@ -1,0 +1,71 @@
+"""Settings: LIVEGEN_* environment variables, overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Family = Literal["auto", "turbo", "lcm", "tcd", "flux"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """'512x512' or '512' or (512, 512) -> (width, height), each a positive multiple of 8."""
+    if isinstance(text, (tuple, list)):
+        width, height = (int(v) for v in text)
+    else:
+        parts = str(text).lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"size must look like 512x512, got {text!r}")
+        width, height = int(parts[0]), int(parts[-1])
+    if width <= 0 or height <= 0 or width % 8 or height % 8:
+        raise ValueError(f"size sides must be positive multiples of 8, got {width}x{height}")
+    return width, height
+
+
+class ModelConfig(BaseModel):
+    """One model the server keeps warm."""
+
+    source: str = Field(description="Local diffusers folder, or a repo id already in the local HF cache.")
+    name: str | None = Field(default=None, description="Name clients use; the folder name if absent.")
+    family: Family = Field(default="auto", description="Sampler family; read from the folder if 'auto'.")
+    device: Device = "auto"
+    dtype: DType = Field(default="auto", description="float16 on CUDA, float32 elsewhere, if 'auto'.")
+    compile: bool = Field(default=False, description="torch.compile the denoiser (CUDA).")
+    tiny_vae: str | None = Field(default=None, description="AutoencoderTiny folder to decode with.")
+    lora: str | None = Field(default=None, description="LoRA folder to fuse (LCM-LoRA, Hyper-SD LoRA).")
+    sizes: list[tuple[int, int]] = Field(default_factory=lambda: [(512, 512)])
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, value: object) -> list[tuple[int, int]]:
+        items = value.split(",") if isinstance(value, str) else value
+        return [parse_size(item) for item in items]  # type: ignore[union-attr]
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.source.rstrip("/")).name
+
+
+class Settings(BaseSettings):
+    """Server settings. Every field is also a LIVEGEN_<NAME> environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVEGEN_", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: list[ModelConfig] = Field(default_factory=list)
+
+    max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
+    batch_wait_ms: float = Field(
+        default=4.0, ge=0, le=100, description="Longest an input waits for others to join its batch."
+    )
+    prompt_cache_size: int = Field(default=256, ge=1)
+    warmup_runs: int = Field(default=2, ge=1, description="Warm-up generations per served size.")
+    max_sessions: int = Field(default=64, ge=1)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_prompt_chars: int = Field(default=1000, ge=1)

@@ -1,0 +1,161 @@
+"""The engine: warm runners by model name, sessions, and the checks an input passes to reach one.
+
+This is the whole surface the server uses (open a session, submit, read outcomes); it never
+imports the web framework, so the same engine runs under uvicorn, in tests and in benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from livegen.config import Settings
+from livegen.engine.image_runner import ImageRunner, ImageTask
+from livegen.engine.images import BadImage, decode_input_image
+from livegen.engine.metrics import EngineMetrics
+from livegen.engine.session import Session
+from livegen.models.base import BatchSpec, ImageGenerator
+from livegen.protocol import Generate, ModelInfo, Outcome, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class EngineBusy(Exception):
+    """No room for another session."""
+
+
+class Engine:
+    def __init__(self, settings: Settings, generators: dict[str, ImageGenerator] | None = None):
+        """`generators` gives already-loaded models by name (tests, benchmarks); others load at start."""
+        self.settings = settings
+        self.metrics = EngineMetrics()
+        generators = generators or {}
+        self.runners: dict[str, ImageRunner] = {}
+        for config in settings.models:
+            name = config.display_name
+            self.runners[name] = ImageRunner(config, settings, self.metrics, generators.get(name))
+        self.default_model = next(iter(self.runners), None)
+        self.sessions: set[Session] = set()
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self.start_error: str | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.runners) and all(r.ready for r in self.runners.values())
+
+    async def start(self) -> None:
+        """Load and warm every model; ready only when all of them are."""
+        try:
+            for runner in self.runners.values():
+                await runner.start()
+        except Exception as exc:
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.ready_at = time.time()
+        self.metrics.ready.set(1)
+        log.info("ready after %.1fs", self.ready_at - self.started_at)
+
+    async def stop(self) -> None:
+        for session in list(self.sessions):
+            self.close_session(session)
+        for runner in self.runners.values():
+            await runner.stop()
+
+    def models(self) -> list[ModelInfo]:
+        infos = []
+        for runner in self.runners.values():
+            if runner.generator is None:
+                continue
+            d = runner.generator.description
+            infos.append(ModelInfo(name=d.name, family=d.family, device=d.device, sizes=d.sizes,
+                                   default_guidance=d.default_guidance, image_to_image=d.image_to_image))
+        return infos
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self) -> Session:
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise EngineBusy(f"the server holds its limit of {self.settings.max_sessions} sessions")
+        session = Session()
+        self.sessions.add(session)
+        self.metrics.sessions.set(len(self.sessions))
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """The client left: drop its waiting input; a running batch stops if nobody else needs it."""
+        session.close()
+        self.sessions.discard(session)
+        self.metrics.sessions.set(len(self.sessions))
+
+    def reject(self, session: Session, error: ProtocolError) -> None:
+        """Answer a message that could not be served, on the session's outbox."""
+        self.metrics.errors.labels(error.code).inc()
+        session.emit(error.to_message())
+
+    def submit(self, session: Session, request: Generate) -> None:
+        """Accept an input into the session's slot, or answer it at once with a typed error."""
+        received_at = time.perf_counter()
+        session.last_input_at = received_at
+        try:
+            task = self._task(session, request, received_at)
+        except ProtocolError as error:
+            self.reject(session, error)
+            return
+        if session.offer(task) is not None:
+            self.metrics.superseded.inc()
+
+    def _task(self, session: Session, request: Generate, received_at: float) -> ImageTask:
+        def fail(code: str, message: str) -> ProtocolError:
+            return ProtocolError(code, message, request.id)
+
+        if not self.ready:
+            raise fail("not_ready", "the server is still loading and warming its models; retry after /readyz")
+        name = request.model or self.default_model
+        runner = self.runners.get(name or "")
+        if runner is None:
+            raise fail("unknown_model", f"unknown model {request.model!r}; served: {sorted(self.runners)}")
+        if len(request.prompt) > self.settings.max_prompt_chars:
+            raise fail("prompt_too_long",
+                       f"prompt has {len(request.prompt)} characters; at most {self.settings.max_prompt_chars}")
+        description = runner.generator.description  # type: ignore[union-attr]
+        width, height = request.width, request.height
+        if not width and not height:
+            width, height = description.sizes[0]
+        if (width, height) not in description.sizes:
+            served = ", ".join(f"{w}x{h}" for w, h in description.sizes)
+            raise fail("size_not_served", f"{width}x{height} is not served by {name}; served sizes: {served}")
+        image = None
+        if request.image is not None:
+            try:
+                image = decode_input_image(request.image, width, height)
+            except BadImage as exc:
+                raise fail("bad_image", str(exc)) from exc
+        guidance = description.default_guidance if request.guidance is None else request.guidance
+        spec = BatchSpec(width, height, request.steps, guidance, request.strength if image is not None else None)
+        return ImageTask(
+            id=request.id, runner=runner, session=session, received_at=received_at, request=request,
+            spec=spec, seed=session.seed if request.seed is None else request.seed, image=image,
+        )
+
+    async def generate(self, request: Generate) -> Outcome:
+        """One input, one outcome, on a session of its own (HTTP, CLI)."""
+        session = self.open_session()
+        try:
+            self.submit(session, request)
+            return await session.next_outcome()
+        finally:
+            self.close_session(session)
+
+    async def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if self.start_error:
+                raise RuntimeError(self.start_error)
+            if time.monotonic() > deadline:
+                raise TimeoutError("engine not ready")
+            await asyncio.sleep(0.05)
+

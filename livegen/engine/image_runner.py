@@ -1,0 +1,226 @@
+"""The image runner: one warm model, fed the latest input of each session in shared batches.
+
+Batch formation runs on the event loop; compute runs on one worker thread so sockets stay
+responsive. Inputs with the same BatchSpec (size, steps, guidance, strength) from different
+sessions share one forward pass, up to `max_batch`, waiting at most `batch_wait_ms` for
+companions, and only while other recently active sessions could send one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from livegen.config import ModelConfig, Settings
+from livegen.engine.images import encode_frame
+from livegen.engine.metrics import EngineMetrics
+from livegen.engine.runner import Runner, Task
+from livegen.engine.session import Session
+from livegen.models.base import BatchSpec, ImageGenerator
+from livegen.models.loader import load_generator
+from livegen.protocol import Error, Frame, Generate
+
+log = logging.getLogger(__name__)
+
+ACTIVE_WINDOW_S = 1.0  # a session that sent an input this recently may send a batch companion
+NOISE_CACHE_SIZE = 64
+
+
+@dataclass(eq=False)
+class ImageTask(Task):
+    request: Generate | None = None
+    spec: BatchSpec | None = None
+    seed: int = 0
+    image: np.ndarray | None = None  # decoded input for image-to-image
+
+
+class ImageRunner(Runner):
+    kind = "image"
+
+    def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics,
+                 generator: ImageGenerator | None = None):
+        self.config = config
+        self.name = config.display_name
+        self.settings = settings
+        self.metrics = metrics
+        self.generator = generator
+        self.error: str | None = None
+        self._ready = False
+        self._sessions: set[Session] = set()
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{self.name}")
+        self._loop_task: asyncio.Task | None = None
+        self.batches_run = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # ------------------------------------------------------------------ start-up
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_and_warm)
+        self._ready = True
+        self._loop_task = asyncio.create_task(self._serve(), name=f"runner-{self.name}")
+
+    def _load_and_warm(self) -> None:
+        if self.generator is None:
+            self.generator = load_generator(self.config)
+        self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
+        self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
+        started = time.perf_counter()
+        guidance = self.generator.description.default_guidance
+        # Every served size, text- and image-to-image, at batch 1 and at a full batch: the
+        # shapes the first real inputs will have, so they find kernels chosen and memory ready.
+        for width, height in self.generator.description.sizes:
+            image = np.full((height, width, 3), 127, np.uint8)
+            for batch in sorted({1, self.settings.max_batch}):
+                for strength in (None, 0.5):
+                    spec = BatchSpec(width, height, 1, guidance, strength)
+                    tasks = [
+                        ImageTask(id="warmup", runner=self, received_at=time.perf_counter(), spec=spec,
+                                  seed=i, image=image if strength else None,
+                                  request=Generate(id="warmup", prompt=f"warm-up {i}"))
+                        for i in range(batch)
+                    ]
+                    for _ in range(self.settings.warmup_runs if batch == 1 else 1):
+                        self._compute(tasks)
+        log.info("%s warm in %.1fs", self.name, time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ batch formation
+
+    def wake(self, session: Session) -> None:
+        self._sessions.add(session)
+        self._wake.set()
+
+    def _eligible(self) -> list[ImageTask]:
+        for session in [s for s in self._sessions if s.closed]:
+            self._sessions.discard(session)
+        tasks = [s.pending for s in self._sessions if s.eligible and s.pending.runner is self]
+        self.metrics.queue_depth.labels(self.name).set(len(tasks))
+        return sorted(tasks, key=lambda t: t.received_at)  # type: ignore[arg-type]
+
+    def _others_may_join(self, group: list[ImageTask]) -> bool:
+        now = time.perf_counter()
+        in_group = {task.session for task in group}
+        return any(
+            s not in in_group and not s.closed and now - s.last_input_at < ACTIVE_WINDOW_S
+            for s in self._sessions
+        )
+
+    async def _next_batch(self) -> list[ImageTask]:
+        while True:
+            tasks = self._eligible()
+            if not tasks:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            spec = tasks[0].spec
+            group = [t for t in tasks if t.spec == spec][: self.settings.max_batch]
+            wait = tasks[0].received_at + self.settings.batch_wait_ms / 1000 - time.perf_counter()
+            if len(group) < self.settings.max_batch and wait > 0 and self._others_may_join(group):
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            return [task.session.take() for task in group]  # type: ignore[misc]
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            group = await self._next_batch()
+            started = time.perf_counter()
+            for task in group:
+                task.timings["queue_ms"] = (started - task.received_at) * 1000
+            try:
+                frames = await loop.run_in_executor(self._executor, self._compute, group)
+            except Exception as exc:  # one bad batch must not stop the runner
+                log.exception("batch failed on %s", self.name)
+                for task in group:
+                    self.metrics.errors.labels("internal").inc()
+                    task.session.emit(Error(id=task.id, code="internal", message=f"generation failed: {exc}"),
+                                      finishes=task)
+                continue
+            self.batches_run += 1
+            self.metrics.batch_size.labels(self.name).observe(len(group))
+            for task, frame in zip(group, frames or [], strict=False):
+                self._record(task, frame)
+                task.session.emit(frame, finishes=task)
+            if frames is None:  # every session in the batch left
+                for task in group:
+                    task.session.running = None
+
+    def _record(self, task: ImageTask, frame: Frame) -> None:
+        self.metrics.frames.labels(self.name).inc()
+        self.metrics.time_to_frame.labels(self.name).observe(frame.timings["total_ms"] / 1000)
+        for stage, ms in frame.timings.items():
+            if stage != "total_ms":
+                self.metrics.stage.labels(self.name, stage.removesuffix("_ms")).observe(ms / 1000)
+
+    # ------------------------------------------------------------------ compute (worker thread)
+
+    def _timed(self, tasks: list[ImageTask], stage: str, started: float) -> float:
+        now = time.perf_counter()
+        for task in tasks:
+            task.timings[stage] = (now - started) * 1000
+        return now
+
+    def _compute(self, tasks: list[ImageTask]) -> list[Frame] | None:
+        generator = self.generator
+        spec = tasks[0].spec
+        assert generator is not None and spec is not None
+        prompts = []
+        for task in tasks:
+            started = time.perf_counter()
+            hits = self.encode_prompt.cache_info().hits
+            prompts.append(self.encode_prompt(task.request.prompt))
+            cached = self.encode_prompt.cache_info().hits > hits
+            self.metrics.prompt_cache.labels(self.name, "hit" if cached else "miss").inc()
+            task.timings["text_encode_ms"] = (time.perf_counter() - started) * 1000
+
+        started = time.perf_counter()
+        noise = torch.cat([self.make_noise(spec.width, spec.height, task.seed) for task in tasks])
+        image_latents = None
+        if spec.strength is not None:
+            image_latents = generator.encode_images(np.stack([task.image for task in tasks]))
+            started = self._timed(tasks, "image_encode_ms", started)
+
+        def should_stop() -> bool:
+            return all(task.session is not None and task.session.closed for task in tasks)
+
+        latents = generator.denoise(spec, prompts, noise, image_latents, [t.seed for t in tasks], should_stop)
+        if latents is None:
+            return None
+        started = self._timed(tasks, "denoise_ms", started)
+        pixels = generator.decode(latents)
+        self._timed(tasks, "decode_ms", started)
+
+        frames = []
+        for task, image in zip(tasks, pixels, strict=True):
+            request = task.request
+            started = time.perf_counter()
+            data = encode_frame(image, request.format, request.quality)
+            now = time.perf_counter()
+            task.timings["wire_encode_ms"] = (now - started) * 1000
+            task.timings["total_ms"] = (now - task.received_at) * 1000
+            frames.append(Frame(
+                id=task.id, image=data, format=request.format, width=spec.width, height=spec.height,
+                model=self.name, seed=task.seed, batch_size=len(tasks),
+                timings={k: round(v, 3) for k, v in task.timings.items()},
+            ))
+        return frames

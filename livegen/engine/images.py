@@ -1,0 +1,37 @@
+"""Images at the edges of the engine: client bytes in, wire-format bytes out."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_INPUT_PIXELS = 4096 * 4096
+PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+
+
+class BadImage(ValueError):
+    pass
+
+
+def decode_input_image(data: bytes, width: int, height: int) -> np.ndarray:
+    """Decode a JPEG/PNG/WebP and centre-crop it to the served size: (H, W, 3) uint8."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise BadImage(f"input image is {image.width}x{image.height}; at most {MAX_INPUT_PIXELS} pixels")
+            image.load()
+            rgb = ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BILINEAR)
+    except BadImage:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files
+        raise BadImage(f"input image could not be decoded: {exc}") from exc
+    return np.asarray(rgb)
+
+
+def encode_frame(pixels: np.ndarray, fmt: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    options = {"quality": quality} if fmt != "png" else {"compress_level": 1}
+    Image.fromarray(pixels).save(buffer, PIL_FORMATS[fmt], **options)
+    return buffer.getvalue()

@@ -1,0 +1,90 @@
+"""The one interface every image model offers the engine: a warm, batched generator.
+
+A generator knows one model on one device. It has no idea of sessions or sockets; the engine
+calls its stages in order (encode prompt, encode image, denoise, decode) and times each one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded or cannot serve a request; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What inputs must share to run in one forward pass."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    strength: float | None  # None: text-to-image
+
+
+@dataclass
+class PromptEmbedding:
+    """Encoded text for one prompt (batch dimension 1). Fields depend on the model family."""
+
+    tensors: dict[str, torch.Tensor]
+
+    @staticmethod
+    def stack(embeddings: list[PromptEmbedding]) -> dict[str, torch.Tensor]:
+        keys = embeddings[0].tensors
+        return {key: torch.cat([e.tensors[key] for e in embeddings]) for key in keys}
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    family: str
+    device: str
+    dtype: str
+    sizes: list[tuple[int, int]]
+    default_guidance: float
+    image_to_image: bool
+
+
+class ImageGenerator(ABC):
+    """A loaded image model: stages the engine runs on batches of inputs."""
+
+    description: ModelDescription
+
+    @property
+    def name(self) -> str:
+        return self.description.name
+
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        """Encode one prompt. Engines cache the result; it must not depend on anything else."""
+
+    @abstractmethod
+    def make_noise(self, width: int, height: int, seed: int) -> torch.Tensor:
+        """Initial latent noise for one image, the same for the same seed and size."""
+
+    @abstractmethod
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        """Images (B, H, W, 3) uint8 at the batch size -> latents, for image-to-image."""
+
+    @abstractmethod
+    def denoise(
+        self,
+        spec: BatchSpec,
+        prompts: list[PromptEmbedding],
+        noise: torch.Tensor,
+        image_latents: torch.Tensor | None,
+        seeds: list[int],
+        should_stop: Callable[[], bool],
+    ) -> torch.Tensor | None:
+        """Run the sampler on a batch; None if should_stop() said so between steps."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> images (B, H, W, 3) uint8."""

@@ -1,0 +1,97 @@
+"""What every diffusers-backed generator shares: noise, the schedule, and the VAE at both ends."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription
+
+# Image-to-image stretches the schedule to steps/strength; schedulers such as LCM's allow 50 at most.
+MAX_SCHEDULE = 50
+
+
+def vae_scale_factor(vae: Any) -> int:
+    config = vae.config
+    if "upsampling_scaling_factor" in config:  # AutoencoderTiny
+        return config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+class DiffusersGenerator(ImageGenerator):
+    """A diffusers pipeline's components driven stage by stage; subclasses add the denoiser loop."""
+
+    def __init__(self, pipe: Any, description: ModelDescription, device: torch.device, dtype: torch.dtype):
+        self.pipe = pipe
+        self.description = description
+        self.device = device
+        self.dtype = dtype
+        self.scheduler = pipe.scheduler
+        self.vae = pipe.vae
+        self.vae_scale = vae_scale_factor(pipe.vae)
+        self.denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+
+    def compile(self) -> None:
+        """torch.compile the denoiser and the decoder; the engine's warm-up pays the compile time."""
+        if self.device.type == "cuda":
+            self.denoiser.to(memory_format=torch.channels_last)
+        self.denoiser = torch.compile(self.denoiser, mode="max-autotune-no-cudagraphs")
+        self.vae.decoder = torch.compile(self.vae.decoder)
+
+    # ------------------------------------------------------------------ noise and schedule
+
+    @abstractmethod
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents before any packing."""
+
+    def make_noise(self, width: int, height: int, seed: int) -> torch.Tensor:
+        # Drawn on the CPU so the same seed gives the same picture on every device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((1, *self.latent_shape(width, height)), generator=generator)
+        return noise.to(self.device, self.dtype)
+
+    def set_timesteps(self, total: int, spec: BatchSpec) -> None:
+        self.scheduler.set_timesteps(total, device=self.device)
+
+    def schedule(self, spec: BatchSpec) -> torch.Tensor:
+        """The timesteps to run: `steps` of them, starting at the noise level `strength` asks for.
+
+        Image-to-image keeps `steps` as the number of denoiser evaluations (the real-time budget)
+        and places them on a schedule of steps/strength, instead of cutting the schedule short.
+        """
+        total = spec.steps
+        if spec.strength is not None:
+            total = min(MAX_SCHEDULE, max(spec.steps, round(spec.steps / spec.strength)))
+        self.set_timesteps(total, spec)
+        begin = (total - spec.steps) * self.scheduler.order
+        self.scheduler.set_begin_index(begin)
+        return self.scheduler.timesteps[begin:]
+
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        """Per-image generators, so an image does not depend on what it was batched with."""
+        return [torch.Generator(device="cpu").manual_seed(seed + 1) for seed in seeds]
+
+    # ------------------------------------------------------------------ VAE
+
+    def _vae_shift(self) -> float:
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
+
+    @torch.inference_mode()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        pixels = (pixels.to(self.vae.dtype) / 127.5 - 1.0).contiguous()
+        encoded = self.vae.encode(pixels)
+        # The mean, not a sample: a still camera frame should give a still latent.
+        latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+        return ((latents - self._vae_shift()) * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        latents = latents / self.vae.config.scaling_factor + self._vae_shift()
+        images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,216 @@
+"""Wire messages of the livegen protocol, their codecs and the JSON Schema users read.
+
+One pydantic model per message type. Binary WebSocket messages are msgpack maps, text messages
+are JSON objects; both carry the same fields. Image bytes travel as msgpack `bin` or, in JSON,
+as base64 strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any, Literal
+
+import msgpack
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+PROTOCOL_VERSION = 1
+
+# Hard limits that hold for every server; per-server limits (sizes, message bytes) live in config.
+MAX_ID_CHARS = 64
+MAX_STEPS = 8
+MAX_SIDE = 2048
+MAX_SEED = 2**32 - 1
+
+
+def _bytes_from_wire(value: Any) -> Any:
+    """JSON carries bytes as base64 text; msgpack carries them as bin."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise ValueError("image must be base64 text in JSON messages") from exc
+    return value
+
+
+ImageFormat = Literal["jpeg", "webp", "png"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+class Generate(Message):
+    """Ask for one image. A newer `generate` from the same session replaces a waiting one."""
+
+    type: Literal["generate"] = "generate"
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Client-chosen id; outcomes name it.")
+    prompt: str = Field(description="Text prompt; the server's max_prompt_chars applies.")
+    model: str | None = Field(default=None, description="Model name from /v1/models; default model if absent.")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Noise seed; the session's own if absent.")
+    steps: int = Field(default=1, ge=1, le=MAX_STEPS)
+    width: int = Field(default=0, ge=0, le=MAX_SIDE, description="0 means the model's first served size.")
+    height: int = Field(default=0, ge=0, le=MAX_SIDE)
+    guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="Model family default if absent.")
+    strength: float = Field(default=0.5, gt=0.0, le=1.0, description="Image-to-image only: how much to change.")
+    image: bytes | None = Field(default=None, description="JPEG/PNG/WebP input for image-to-image.")
+    format: ImageFormat = "jpeg"
+    quality: int = Field(default=85, ge=1, le=100)
+
+    _decode_image = field_validator("image", mode="before")(_bytes_from_wire)
+
+
+ClientMessage = Annotated[Generate, Field(discriminator="type")]
+
+# ---------------------------------------------------------------- server -> client
+
+
+class Hello(Message):
+    """First message on every connection: what this server serves and its limits."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    session: str
+    ready: bool
+    models: list[ModelInfo]
+    max_message_bytes: int
+    max_prompt_chars: int
+
+
+class ModelInfo(Message):
+    name: str
+    family: str
+    device: str
+    sizes: list[tuple[int, int]]
+    default_guidance: float
+    image_to_image: bool
+
+
+class Frame(Message):
+    """The outcome of a generate that ran: one encoded image and where its time went."""
+
+    type: Literal["frame"] = "frame"
+    id: str
+    image: bytes
+    format: ImageFormat
+    width: int
+    height: int
+    model: str
+    seed: int
+    batch_size: int = Field(description="How many inputs shared this forward pass.")
+    timings: dict[str, float] = Field(description="Milliseconds per stage, measured by the server.")
+
+
+class Superseded(Message):
+    """A newer input from the same session replaced this one before it ran."""
+
+    type: Literal["superseded"] = "superseded"
+    id: str
+    by: str
+
+
+class Error(Message):
+    """The input (or message) could not be served. `id` is null when it could not be read."""
+
+    type: Literal["error"] = "error"
+    id: str | None = None
+    code: str
+    message: str
+
+
+ServerMessage = Annotated[Hello | Frame | Superseded | Error, Field(discriminator="type")]
+Outcome = Frame | Superseded | Error
+
+Hello.model_rebuild()
+
+# ---------------------------------------------------------------- errors and codecs
+
+
+class ProtocolError(Exception):
+    """A message that cannot be served; becomes an `error` message on the wire."""
+
+    def __init__(self, code: str, message: str, id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+    def to_message(self) -> Error:
+        return Error(id=self.id, code=self.code, message=self.message)
+
+
+_client_adapter: TypeAdapter[Generate] = TypeAdapter(ClientMessage)
+_server_adapter: TypeAdapter[Hello | Frame | Superseded | Error] = TypeAdapter(ServerMessage)
+Codec = Literal["msgpack", "json"]
+
+
+def _loads(data: bytes | str) -> tuple[Any, Codec]:
+    if isinstance(data, str):
+        try:
+            return json.loads(data), "json"
+        except ValueError as exc:
+            raise ProtocolError("malformed", f"not valid JSON: {exc}") from exc
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True), "msgpack"
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError("malformed", f"not valid msgpack: {exc}") from exc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"] if p != "generate") or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_client_message(data: bytes | str) -> tuple[Generate, Codec]:
+    """Decode and validate one client message; raise ProtocolError with a typed code."""
+    raw, codec = _loads(data)
+    if not isinstance(raw, dict):
+        raise ProtocolError("malformed", "a message must be a map/object")
+    msg_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    kind = raw.get("type")
+    if kind is None:
+        raise ProtocolError("invalid", "type: field required", msg_id)
+    if kind != "generate":
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: generate", msg_id)
+    try:
+        return _client_adapter.validate_python(raw), codec
+    except ValidationError as exc:
+        raise ProtocolError("invalid", _validation_message(exc), msg_id) from exc
+
+
+def encode(message: Message, codec: Codec = "msgpack") -> bytes | str:
+    if codec == "json":
+        return message.model_dump_json()
+    return msgpack.packb(message.model_dump(mode="python"), use_bin_type=True)
+
+
+def decode_server_message(data: bytes | str) -> Hello | Frame | Superseded | Error:
+    if isinstance(data, str):
+        return _server_adapter.validate_json(data)
+    return _server_adapter.validate_python(msgpack.unpackb(data, raw=False))
+
+
+def json_schema() -> dict[str, Any]:
+    """The protocol as JSON Schema: what clients send and what they receive."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "livegen WebSocket protocol",
+        "version": PROTOCOL_VERSION,
+        "client_to_server": _client_adapter.json_schema(),
+        "server_to_client": _server_adapter.json_schema(),
+    }
