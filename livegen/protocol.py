@@ -187,9 +187,14 @@ def parse_client_message(data: bytes | str) -> tuple[Generate, Codec]:
         raise ProtocolError("invalid", "type: field required", msg_id)
     if kind != "generate":
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: generate", msg_id)
+    return parse_generate(raw), codec
+
+
+def parse_generate(raw: dict[str, Any]) -> Generate:
     try:
-        return _client_adapter.validate_python(raw), codec
+        return _client_adapter.validate_python(raw)
     except ValidationError as exc:
+        msg_id = raw.get("id") if isinstance(raw.get("id"), str) else None
         raise ProtocolError("invalid", _validation_message(exc), msg_id) from exc
 
 

@@ -1,0 +1,178 @@
+"""Python client for the livegen stream: the same protocol the browser speaks.
+
+    async with AsyncClient("ws://127.0.0.1:8000") as client:
+        await client.send("a red fox", steps=1)      # latest wins: never waits for the model
+        async for frame in client.frames():
+            ...
+
+    with Client("ws://127.0.0.1:8000") as client:
+        frame = client.generate("a red fox")          # send and wait for that input's outcome
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection as SyncConnection
+from websockets.sync.client import connect as sync_connect
+
+from livegen.protocol import (
+    Error,
+    Frame,
+    Generate,
+    Hello,
+    Outcome,
+    Superseded,
+    decode_server_message,
+    encode,
+)
+
+STREAM_PATH = "/v1/stream"
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class GenerationError(Exception):
+    def __init__(self, error: Error):
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
+def stream_url(url: str) -> str:
+    """Accept http(s)://host:port or ws(s)://host:port[/v1/stream]."""
+    url = url.rstrip("/")
+    if url.startswith("http"):
+        url = "ws" + url[4:]
+    return url if url.endswith(STREAM_PATH) else url + STREAM_PATH
+
+
+class _Requests:
+    """Builds `generate` messages with fresh ids."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def build(self, prompt: str, id: str | None = None, **fields: Any) -> Generate:
+        return Generate(id=id or str(next(self._ids)), prompt=prompt, **fields)
+
+
+def _answer(outcome: Outcome, request_id: str) -> Frame | None:
+    """The frame if `outcome` answers `request_id`; raise if it answers it otherwise."""
+    if outcome.id != request_id:
+        return None
+    if isinstance(outcome, Frame):
+        return outcome
+    if isinstance(outcome, Superseded):
+        raise GenerationError(Error(id=outcome.id, code="superseded", message=f"by {outcome.by}"))
+    raise GenerationError(outcome)
+
+
+def _outcome(data: bytes | str) -> Outcome:
+    message = decode_server_message(data)
+    assert not isinstance(message, Hello), "hello arrives only first"
+    return message
+
+
+class AsyncClient:
+    def __init__(self, url: str = "ws://127.0.0.1:8000"):
+        self.url = stream_url(url)
+        self._requests = _Requests()
+        self._ws: ClientConnection | None = None
+        self.hello: Hello | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        self._ws = await connect(self.url, max_size=MAX_FRAME_BYTES)
+        hello = decode_server_message(await self._ws.recv())
+        assert isinstance(hello, Hello), f"expected hello, got {hello!r}"
+        self.hello = hello
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def send(self, prompt: str, **fields: Any) -> str:
+        """Send an input and return its id at once; the server keeps only the latest waiting one."""
+        request = self._requests.build(prompt, **fields)
+        await self.send_raw(encode(request))
+        return request.id
+
+    async def send_raw(self, data: bytes | str) -> None:
+        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        await self._ws.send(data)
+
+    async def receive(self) -> Outcome:
+        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        return _outcome(await self._ws.recv())
+
+    async def outcomes(self) -> AsyncIterator[Outcome]:
+        while True:
+            yield await self.receive()
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Frames only; superseded inputs are skipped, errors raise GenerationError."""
+        async for outcome in self.outcomes():
+            if isinstance(outcome, Error):
+                raise GenerationError(outcome)
+            if isinstance(outcome, Frame):
+                yield outcome
+
+    async def generate(self, prompt: str, **fields: Any) -> Frame:
+        """Send one input and wait for its own outcome."""
+        request_id = await self.send(prompt, **fields)
+        while (frame := _answer(await self.receive(), request_id)) is None:
+            pass
+        return frame
+
+
+class Client:
+    """The synchronous twin of AsyncClient, for scripts and notebooks."""
+
+    def __init__(self, url: str = "ws://127.0.0.1:8000"):
+        self.url = stream_url(url)
+        self._requests = _Requests()
+        self._ws: SyncConnection | None = None
+        self.hello: Hello | None = None
+
+    def __enter__(self) -> Client:
+        self._ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES)
+        hello = decode_server_message(self._ws.recv())
+        assert isinstance(hello, Hello), f"expected hello, got {hello!r}"
+        self.hello = hello
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+
+    def send(self, prompt: str, **fields: Any) -> str:
+        request = self._requests.build(prompt, **fields)
+        assert self._ws is not None, "use `with Client(...)`"
+        self._ws.send(encode(request))
+        return request.id
+
+    def receive(self, timeout: float | None = None) -> Outcome:
+        assert self._ws is not None, "use `with Client(...)`"
+        return _outcome(self._ws.recv(timeout=timeout))
+
+    def frames(self) -> Iterator[Frame]:
+        while True:
+            outcome = self.receive()
+            if isinstance(outcome, Error):
+                raise GenerationError(outcome)
+            if isinstance(outcome, Frame):
+                yield outcome
+
+    def generate(self, prompt: str, **fields: Any) -> Frame:
+        request_id = self.send(prompt, **fields)
+        while (frame := _answer(self.receive(), request_id)) is None:
+            pass
+        return frame

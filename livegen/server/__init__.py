@@ -1,0 +1,1 @@
+"""How the world talks to the engine: FastAPI app, WebSocket stream, HTTP endpoints."""

@@ -1,0 +1,119 @@
+"""The FastAPI application: lifespan (load and warm), health, metrics, one-shot HTTP, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from livegen import __version__
+from livegen.engine import Engine, EngineBusy
+from livegen.protocol import Error, Frame, Generate, ProtocolError, json_schema, parse_generate
+from livegen.server.websocket import router as websocket_router
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    "not_ready": 503, "too_many_sessions": 503, "unknown_model": 404, "internal": 500,
+    "message_too_large": 413, "malformed": 400,
+}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+
+
+def _error_response(error: Error) -> JSONResponse:
+    return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, 422))
+
+
+def create_app(engine: Engine) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load and warm in the background: /livez answers at once, /readyz once warm.
+        async def start() -> None:
+            try:
+                await engine.start()
+            except Exception:
+                log.exception("start-up failed; /readyz will report it")
+
+        starting = asyncio.create_task(start())
+        yield
+        starting.cancel()
+        await engine.stop()
+
+    app = FastAPI(title="livegen", version=__version__, lifespan=lifespan,
+                  description="Real-time generation: warm few-step models streamed over WebSocket.")
+    app.state.engine = engine
+    app.include_router(websocket_router)
+
+    @app.get("/livez")
+    async def livez() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        body = {
+            "ready": engine.ready,
+            "models": {name: runner.ready for name, runner in engine.runners.items()},
+            "error": engine.start_error,
+        }
+        if not engine.runners:
+            body["error"] = "no model configured: start with --model PATH"
+        return JSONResponse(body, status_code=200 if engine.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> list[dict]:
+        return [m.model_dump() for m in engine.models()]
+
+    @app.get("/v1/protocol.schema.json")
+    async def protocol_schema() -> dict:
+        return json_schema()
+
+    @app.post(
+        "/v1/generate",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": Generate.model_json_schema()}}}},
+        responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()},
+                         "description": "The image; timings in the X-Livegen-Timings header."}},
+    )
+    async def generate(request: Request) -> Response:
+        """One image per request: the same engine and checks as the stream, without a socket."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _error_response(Error(code="malformed", message=f"body is not valid JSON: {exc}"))
+        if not isinstance(body, dict):
+            return _error_response(Error(code="malformed", message="body must be a JSON object"))
+        body.setdefault("type", "generate")
+        body.setdefault("id", "http")
+        try:
+            outcome = await engine.generate(parse_generate(body))
+        except ProtocolError as error:
+            engine.metrics.errors.labels(error.code).inc()
+            return _error_response(error.to_message())
+        except EngineBusy as exc:
+            return _error_response(Error(code="too_many_sessions", message=str(exc)))
+        if isinstance(outcome, Error):
+            return _error_response(outcome)
+        assert isinstance(outcome, Frame)  # a one-input session is never superseded
+        headers = {
+            "X-Livegen-Timings": json.dumps(outcome.timings),
+            "X-Livegen-Seed": str(outcome.seed),
+            "X-Livegen-Model": outcome.model,
+        }
+        return Response(outcome.image, media_type=MEDIA_TYPES[outcome.format], headers=headers)
+
+    @app.get("/")
+    async def index() -> dict:
+        return {"name": "livegen", "version": __version__, "stream": "/v1/stream",
+                "generate": "/v1/generate", "docs": "/docs", "schema": "/v1/protocol.schema.json"}
+
+    return app
