@@ -69,6 +69,14 @@ def _answer(outcome: Outcome, request_id: str) -> Frame | None:
     raise GenerationError(outcome)
 
 
+def _hello(data: bytes | str) -> Hello:
+    message = decode_server_message(data)
+    if isinstance(message, Error):  # e.g. too_many_sessions
+        raise GenerationError(message)
+    assert isinstance(message, Hello), f"expected hello, got {message!r}"
+    return message
+
+
 def _outcome(data: bytes | str) -> Outcome:
     message = decode_server_message(data)
     assert not isinstance(message, Hello), "hello arrives only first"
@@ -84,9 +92,7 @@ class AsyncClient:
 
     async def __aenter__(self) -> AsyncClient:
         self._ws = await connect(self.url, max_size=MAX_FRAME_BYTES)
-        hello = decode_server_message(await self._ws.recv())
-        assert isinstance(hello, Hello), f"expected hello, got {hello!r}"
-        self.hello = hello
+        self.hello = _hello(await self._ws.recv())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -141,9 +147,7 @@ class Client:
 
     def __enter__(self) -> Client:
         self._ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES)
-        hello = decode_server_message(self._ws.recv())
-        assert isinstance(hello, Hello), f"expected hello, got {hello!r}"
-        self.hello = hello
+        self.hello = _hello(self._ws.recv())
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -87,6 +87,8 @@ class Engine:
 
     def close_session(self, session: Session) -> None:
         """The client left: drop its waiting input; a running batch stops if nobody else needs it."""
+        if session.pending is not None:
+            self.metrics.cancelled.labels(session.pending.runner.name).inc()
         session.close()
         self.sessions.discard(session)
         self.metrics.sessions.set(len(self.sessions))

@@ -57,7 +57,6 @@ class ImageRunner(Runner):
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{self.name}")
         self._loop_task: asyncio.Task | None = None
-        self.batches_run = 0
 
     @property
     def ready(self) -> bool:
@@ -156,14 +155,13 @@ class ImageRunner(Runner):
                     task.session.emit(Error(id=task.id, code="internal", message=f"generation failed: {exc}"),
                                       finishes=task)
                 continue
-            self.batches_run += 1
+            if frames is None:  # every session in the batch left while it ran
+                self.metrics.cancelled.labels(self.name).inc(len(group))
+                continue
             self.metrics.batch_size.labels(self.name).observe(len(group))
-            for task, frame in zip(group, frames or [], strict=False):
+            for task, frame in zip(group, frames, strict=True):
                 self._record(task, frame)
                 task.session.emit(frame, finishes=task)
-            if frames is None:  # every session in the batch left
-                for task in group:
-                    task.session.running = None
 
     def _record(self, task: ImageTask, frame: Frame) -> None:
         self.metrics.frames.labels(self.name).inc()

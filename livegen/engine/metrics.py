@@ -27,6 +27,8 @@ class EngineMetrics:
         self.superseded = Counter("livegen_superseded_total", "Inputs replaced by a newer one.", registry=r)
         self.errors = Counter("livegen_errors_total", "Inputs and messages answered with an error.",
                               ["code"], registry=r)
+        self.cancelled = Counter("livegen_cancelled_total", "Inputs stopped because their client left.",
+                                 ["model"], registry=r)
         self.sessions = Gauge("livegen_sessions", "Open sessions.", registry=r)
         self.prompt_cache = Counter("livegen_prompt_cache_total", "Prompt embedding lookups.",
                                     ["model", "result"], registry=r)

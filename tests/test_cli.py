@@ -1,0 +1,50 @@
+"""The command line: clear start-up errors, and generate through a server or in-process."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from livegen.cli import app
+
+runner = CliRunner()
+
+
+def test_serve_without_a_model_says_how_to_point_at_one():
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert "--model" in result.output and "make serve MODEL=" in result.output
+
+
+def test_serve_with_a_missing_model_names_the_path(tmp_path):
+    missing = tmp_path / "absent-model"
+    result = runner.invoke(app, ["serve", "--model", str(missing)])
+    assert result.exit_code == 2
+    assert str(missing) in result.output
+
+
+def test_generate_in_process_writes_the_image(tiny_sd, tmp_path):
+    out = tmp_path / "out.png"
+    result = runner.invoke(app, ["generate", "a cat", "-o", str(out), "--model", str(tiny_sd), "--size", "64x64"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generate_through_a_running_server(server, tmp_path):
+    out = tmp_path / "out.jpg"
+    result = runner.invoke(app, ["generate", "a cat", "-o", str(out), "--url", server.url, "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:2] == b"\xff\xd8"
+    assert "seed 4" in result.output
+
+
+def test_generate_reports_a_server_error(server, tmp_path):
+    result = runner.invoke(app, ["generate", "a cat", "-o", str(tmp_path / "x.png"), "--url", server.url,
+                                 "--size", "96x96"])
+    assert result.exit_code == 1
+    assert "size_not_served" in result.output
+
+
+def test_tiny_model_builds_a_loadable_pipeline(tmp_path):
+    result = runner.invoke(app, ["tiny-model", str(tmp_path / "tiny")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tiny" / "model_index.json").is_file()

@@ -1,0 +1,157 @@
+"""The engine in-process: warm start, latest-wins slots, batching, caches, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from livegen.config import ModelConfig, Settings
+from livegen.engine import Engine, EngineBusy
+from livegen.protocol import Frame, Generate
+
+
+def settings_for(model, **overrides) -> Settings:
+    values = dict(warmup_runs=1, max_batch=4, batch_wait_ms=30)
+    values.update(overrides)
+    return Settings(models=[ModelConfig(source=str(model), name="tiny", sizes=["64x64", "128x128"])], **values)
+
+
+@pytest.fixture
+async def engine(tiny_sd):
+    engine = Engine(settings_for(tiny_sd))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def test_inputs_before_ready_are_answered_not_ready(tiny_sd):
+    engine = Engine(settings_for(tiny_sd))
+    session = engine.open_session()
+    engine.submit(session, Generate(id="early", prompt="a cat"))
+    outcome = await session.next_outcome()
+    assert (outcome.type, outcome.id, outcome.code) == ("error", "early", "not_ready")
+
+
+async def test_ready_only_after_warm_up_ran_at_every_served_size(tiny_sd):
+    engine = Engine(settings_for(tiny_sd))
+    runner = engine.runners["tiny"]
+    assert not engine.ready
+    await engine.start()
+    try:
+        assert engine.ready
+        assert runner.encode_prompt.cache_info().misses > 0
+        for size in [(64, 64), (128, 128)]:  # the warm-up drew noise at every served size
+            hits = runner.make_noise.cache_info().hits
+            runner.make_noise(*size, 0)
+            assert runner.make_noise.cache_info().hits == hits + 1
+    finally:
+        await engine.stop()
+
+
+async def test_unchanged_prompt_is_encoded_once(engine):
+    runner = engine.runners["tiny"]
+    session = engine.open_session()
+    misses = runner.encode_prompt.cache_info().misses
+    for i in range(3):
+        engine.submit(session, Generate(id=str(i), prompt="a brand new prompt"))
+        frame = await session.next_outcome()
+        assert frame.type == "frame"
+    assert runner.encode_prompt.cache_info().misses == misses + 1
+    assert frame.timings["text_encode_ms"] < 5
+
+
+async def test_every_frame_carries_per_stage_timings(engine):
+    session = engine.open_session()
+    engine.submit(session, Generate(id="t", prompt="a cat"))
+    frame = await session.next_outcome()
+    assert {"queue_ms", "text_encode_ms", "denoise_ms", "decode_ms", "wire_encode_ms", "total_ms"} <= set(frame.timings)
+    engine.submit(session, Generate(id="i", prompt="a cat", image=frame.image, strength=0.6))
+    edited = await session.next_outcome()
+    assert "image_encode_ms" in edited.timings
+    assert edited.timings["total_ms"] >= edited.timings["denoise_ms"]
+
+
+async def test_session_keeps_its_noise_so_only_the_changed_setting_moves_the_picture(engine):
+    session = engine.open_session()
+    pictures = []
+    for i in range(2):
+        engine.submit(session, Generate(id=str(i), prompt="a cat", format="png"))
+        pictures.append(await session.next_outcome())
+    assert pictures[0].seed == pictures[1].seed == session.seed
+    assert pictures[0].image == pictures[1].image
+    other = engine.open_session()
+    engine.submit(other, Generate(id="o", prompt="a cat", format="png"))
+    assert (await other.next_outcome()).image != pictures[0].image
+
+
+async def test_newer_input_supersedes_the_waiting_one(engine):
+    session = engine.open_session()
+    for i in range(20):
+        engine.submit(session, Generate(id=str(i), prompt=f"prompt {i}"))
+    outcomes = [await session.next_outcome() for _ in range(20)]
+    assert [o.id for o in outcomes if o.type == "frame"] == ["19"]
+    superseded = {o.id: o.by for o in outcomes if o.type == "superseded"}
+    assert set(superseded) == {str(i) for i in range(19)}
+    assert superseded["18"] == "19"
+
+
+async def test_sessions_with_the_same_settings_share_a_batch(engine):
+    sessions = [engine.open_session() for _ in range(3)]
+    for i, session in enumerate(sessions):
+        engine.submit(session, Generate(id=f"prime{i}", prompt="prime"))
+    for session in sessions:
+        await session.next_outcome()
+    for i, session in enumerate(sessions):
+        engine.submit(session, Generate(id=f"s{i}", prompt=f"prompt {i}"))
+    frames = [await session.next_outcome() for session in sessions]
+    assert [f.batch_size for f in frames] == [3, 3, 3]
+
+
+async def test_different_sizes_never_share_a_batch(engine):
+    a, b = engine.open_session(), engine.open_session()
+    engine.submit(a, Generate(id="a", prompt="x", width=64, height=64))
+    engine.submit(b, Generate(id="b", prompt="x", width=128, height=128))
+    frames = [await a.next_outcome(), await b.next_outcome()]
+    assert [(f.width, f.batch_size) for f in frames] == [(64, 1), (128, 1)]
+
+
+async def test_batch_never_exceeds_max_batch(tiny_sd):
+    engine = Engine(settings_for(tiny_sd, max_batch=2))
+    await engine.start()
+    try:
+        sessions = [engine.open_session() for _ in range(5)]
+        for i, session in enumerate(sessions):
+            engine.submit(session, Generate(id=str(i), prompt="x"))
+        frames = [await session.next_outcome() for session in sessions]
+        assert max(f.batch_size for f in frames) == 2
+    finally:
+        await engine.stop()
+
+
+async def test_closing_a_session_stops_its_running_batch(engine):
+    runner = engine.runners["tiny"]
+    session = engine.open_session()
+    engine.submit(session, Generate(id="long", prompt="x", width=128, height=128, steps=8, guidance=3.0))
+    while session.running is None:
+        await asyncio.sleep(0.001)
+    engine.close_session(session)
+    cancelled = engine.metrics.cancelled.labels("tiny")
+    for _ in range(500):
+        if cancelled._value.get() >= 1:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled._value.get() == 1
+    # The runner goes on serving others.
+    other = engine.open_session()
+    engine.submit(other, Generate(id="next", prompt="x"))
+    assert isinstance(await other.next_outcome(), Frame)
+    assert runner.ready
+
+
+async def test_session_limit_is_enforced(tiny_sd):
+    engine = Engine(settings_for(tiny_sd, max_sessions=2))
+    engine.open_session()
+    engine.open_session()
+    with pytest.raises(EngineBusy, match="2 sessions"):
+        engine.open_session()
