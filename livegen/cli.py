@@ -182,3 +182,35 @@ def tiny_model(
     _quiet_libraries()
     build_tiny_pipeline(path, architecture, sampler)  # type: ignore[arg-type]
     typer.echo(f"{path}: tiny {architecture} pipeline ({sampler}); random weights, pictures are noise")
+
+
+bench_app = typer.Typer(help="Measure latency; results go to JSON and markdown.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("warm")
+def bench_warm(
+    model: Annotated[Path | None, typer.Option(help="Pipeline folder; a tiny random SD pipeline if absent.")] = None,
+    size: Annotated[str, typer.Option(help="WxH.")] = "128x128",
+    frames: Annotated[int, typer.Option(help="Measured frames per path.")] = 50,
+    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few frames.")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for warm.json and warm.md.")] = Path("bench-results"),
+) -> None:
+    """Warm engine vs direct diffusers call vs WebSocket round trip, and the first frame after ready."""
+    from livegen.bench.warm import run
+    from livegen.config import parse_size
+    from livegen.models.tiny import build_tiny_pipeline
+
+    _quiet_libraries()
+    width, height = parse_size(size)
+    if model is None:
+        model = output / "tiny-sd-bench"
+        if not (model / "model_index.json").is_file():
+            build_tiny_pipeline(model, "sd", "turbo", unet_channels=BENCH_UNET)
+    run(model, width, height, 3 if quick else frames, output)
+    typer.echo((output / "warm.md").read_text())
+    typer.echo(f"results: {output / 'warm.json'}")
+
+
+# The default benchmark UNet: about the size and cost the embedded model targets on a CPU.
+BENCH_UNET = (64, 128, 256)

@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 import msgpack
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
+    PlainSerializer,
     ValidationError,
-    field_validator,
 )
 
 PROTOCOL_VERSION = 1
@@ -40,13 +41,17 @@ def _bytes_from_wire(value: Any) -> Any:
     return value
 
 
+# Standard base64 in JSON both ways (what browsers' btoa/atob speak); raw bytes in msgpack.
+WireBytes = Annotated[
+    bytes,
+    BeforeValidator(_bytes_from_wire),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+]
 ImageFormat = Literal["jpeg", "webp", "png"]
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", allow_inf_nan=False, frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 # ---------------------------------------------------------------- client -> server
@@ -65,11 +70,9 @@ class Generate(Message):
     height: int = Field(default=0, ge=0, le=MAX_SIDE)
     guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="Model family default if absent.")
     strength: float = Field(default=0.5, gt=0.0, le=1.0, description="Image-to-image only: how much to change.")
-    image: bytes | None = Field(default=None, description="JPEG/PNG/WebP input for image-to-image.")
+    image: WireBytes | None = Field(default=None, description="JPEG/PNG/WebP input for image-to-image.")
     format: ImageFormat = "jpeg"
     quality: int = Field(default=85, ge=1, le=100)
-
-    _decode_image = field_validator("image", mode="before")(_bytes_from_wire)
 
 
 ClientMessage = Annotated[Generate, Field(discriminator="type")]
@@ -103,7 +106,7 @@ class Frame(Message):
 
     type: Literal["frame"] = "frame"
     id: str
-    image: bytes
+    image: WireBytes
     format: ImageFormat
     width: int
     height: int

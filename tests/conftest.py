@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from livegen.config import ModelConfig, Settings
-from livegen.engine import Engine
 from livegen.models.tiny import build_tiny_pipeline
-from livegen.server.app import create_app
+from livegen.server.background import BackgroundServer
 
 SIZES = [(64, 64), (128, 128)]
 
@@ -51,42 +45,6 @@ def png_bytes(width: int = 96, height: int = 80, color: tuple[int, int, int] = (
     return buffer.getvalue()
 
 
-class LiveServer:
-    """livegen's app under a real uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, settings: Settings, wait_ready: bool = True):
-        self.engine = Engine(settings)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(self.engine), log_level="warning",
-                                ws_max_size=settings.max_message_bytes * 4)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        self._wait(lambda: httpx.get(self.url + "/livez").status_code == 200)
-        if wait_ready:
-            self._wait(lambda: httpx.get(self.url + "/readyz").status_code == 200, timeout=120)
-
-    @staticmethod
-    def _wait(check, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if check():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("server did not come up")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def server_settings(model: Path, **overrides) -> Settings:
     defaults = dict(max_batch=4, batch_wait_ms=50, warmup_runs=1, max_message_bytes=64 * 1024,
                     max_prompt_chars=500)
@@ -96,6 +54,6 @@ def server_settings(model: Path, **overrides) -> Settings:
 
 @pytest.fixture(scope="session")
 def server(tiny_sd: Path):
-    live = LiveServer(server_settings(tiny_sd))
+    live = BackgroundServer(server_settings(tiny_sd))
     yield live
     live.stop()

@@ -12,7 +12,8 @@ import websockets
 
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.protocol import decode_server_message, encode, Generate
-from tests.conftest import LiveServer, png_bytes, server_settings
+from livegen.server.background import BackgroundServer
+from tests.conftest import png_bytes, server_settings
 
 
 async def test_text_to_image_frame_arrives(server):
@@ -129,7 +130,7 @@ def test_protocol_schema_and_openapi_are_published(server):
 
 def test_a_missing_model_keeps_the_server_live_but_not_ready(tmp_path):
     missing = tmp_path / "absent"
-    live = LiveServer(server_settings(missing), wait_ready=False)
+    live = BackgroundServer(server_settings(missing), wait_ready=False)
     try:
         for _ in range(100):
             body = httpx.get(live.url + "/readyz").json()
@@ -144,7 +145,7 @@ def test_a_missing_model_keeps_the_server_live_but_not_ready(tmp_path):
 
 
 def test_sessions_over_the_limit_are_refused_with_a_typed_error(tiny_sd):
-    live = LiveServer(server_settings(tiny_sd, max_sessions=1))
+    live = BackgroundServer(server_settings(tiny_sd, max_sessions=1))
     try:
         with Client(live.url) as first:
             with pytest.raises(GenerationError, match="too_many_sessions"):
@@ -215,3 +216,4 @@ def test_encode_roundtrip_of_generate():
     request = Generate(id="r", prompt="p", image=b"\x00\x01")
     assert msgpack.unpackb(encode(request))["image"] == b"\x00\x01"
     assert json.loads(encode(request, "json"))["image"] == "AAE="
+    assert json.loads(encode(Generate(id="r", prompt="p", image=b"\xfb\xff"), "json"))["image"] == "+/8="

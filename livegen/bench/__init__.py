@@ -1,0 +1,1 @@
+"""Latency scenarios: livegen against the baselines people would use instead."""

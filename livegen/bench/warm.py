@@ -1,0 +1,185 @@
+"""`livegen bench warm`: a warm engine frame against the diffusers call people start from.
+
+On the same pipeline, prompt and settings, in one run:
+- direct: `pipe(prompt, num_inference_steps=1)` per frame, plus the same JPEG encode;
+- engine: the warm engine in-process (prompt cache, fixed noise, no per-call set-up);
+- websocket: the same engine behind uvicorn on loopback, measured by the Python client;
+- cold: a fresh engine's start-to-ready time and its first frame after ready, against the warm median.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import multiprocessing
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from livegen.client import AsyncClient
+from livegen.config import ModelConfig, Settings
+from livegen.engine import Engine
+from livegen.protocol import Frame, Generate
+from livegen.server.background import BackgroundServer
+
+PROMPT = "a red fox in the snow"
+
+
+@dataclass
+class Series:
+    name: str
+    ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.ms)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
+                "p95_ms": round(pct(0.95), 2), "p99_ms": round(pct(0.99), 2)}
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def bench_direct(model: Path, width: int, height: int, frames: int) -> Series:
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    pipe.set_progress_bar_config(disable=True)
+    series = Series("direct diffusers call")
+    for i in range(frames + 2):
+        started = time.perf_counter()
+        image = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, width=width, height=height).images[0]
+        image.save(io.BytesIO(), "JPEG", quality=85)
+        if i >= 2:  # two warm-up calls, like the engine's warm-up
+            series.ms.append((time.perf_counter() - started) * 1000)
+    return series
+
+
+def _settings(model: Path, width: int, height: int) -> Settings:
+    return Settings(models=[ModelConfig(source=str(model), name="bench", sizes=[(width, height)])])
+
+
+def bench_engine(settings: Settings, frames: int) -> Series:
+    return asyncio.run(_engine_frames(settings, frames))
+
+
+async def _engine_frames(settings: Settings, frames: int) -> Series:
+    engine = Engine(settings)
+    await engine.start()
+    series = Series("livegen engine (in-process)")
+    session = engine.open_session()
+    try:
+        for i in range(frames):
+            started = time.perf_counter()
+            engine.submit(session, Generate(id=str(i), prompt=PROMPT))
+            outcome = await session.next_outcome()
+            assert isinstance(outcome, Frame), outcome
+            series.ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        await engine.stop()
+    return series
+
+
+async def _client_frames(url: str, frames: int, name: str) -> tuple[Series, Series]:
+    round_trip, server_total = Series(name), Series("server total (same frames)")
+    async with AsyncClient(url) as client:
+        for _ in range(frames):
+            started = time.perf_counter()
+            frame = await client.generate(PROMPT)
+            round_trip.ms.append((time.perf_counter() - started) * 1000)
+            server_total.ms.append(frame.timings["total_ms"])
+    return round_trip, server_total
+
+
+def bench_websocket_and_cold(settings: Settings, frames: int) -> dict[str, object]:
+    started = time.perf_counter()
+    server = BackgroundServer(settings)
+    start_to_ready_s = time.perf_counter() - started
+    try:
+        first, _ = asyncio.run(_client_frames(server.ws_url, 1, "first frame after ready"))
+        round_trip, server_total = asyncio.run(_client_frames(server.ws_url, frames, "livegen over WebSocket"))
+    finally:
+        server.stop()
+    overhead = Series("WebSocket overhead", [r - s for r, s in zip(round_trip.ms, server_total.ms, strict=True)])
+    return {"start_to_ready_s": round(start_to_ready_s, 2), "first": first, "round_trip": round_trip,
+            "server_total": server_total, "overhead": overhead}
+
+
+def _isolated(progress: Progress, name: str, fn, *args):
+    """Each path in a fresh process: torch threads from one path must not slow the next."""
+    task = progress.add_task(name, total=1)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = pool.submit(fn, *args).result()
+    progress.update(task, completed=1)
+    return result
+
+
+def run(model: Path, width: int, height: int, frames: int, output: Path) -> dict[str, object]:
+    settings = _settings(model, width, height)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        direct = _isolated(progress, "direct diffusers call", bench_direct, model, width, height, frames)
+        engine = _isolated(progress, "livegen engine, in-process", bench_engine, settings, frames)
+        served = _isolated(progress, "livegen over WebSocket, from a cold start", bench_websocket_and_cold,
+                           settings, frames)
+    warm_ws = statistics.median(served["round_trip"].ms)
+    results = {
+        "scenario": "warm",
+        "command": " ".join(["livegen", *sys.argv[1:]]),
+        "machine": machine(),
+        "model": str(model),
+        "size": f"{width}x{height}",
+        "frames": frames,
+        "direct": direct.summary(),
+        "engine": engine.summary(),
+        "websocket": served["round_trip"].summary(),
+        "server_total": served["server_total"].summary(),
+        "websocket_overhead": served["overhead"].summary(),
+        "engine_speedup_over_direct": round(statistics.median(direct.ms) / statistics.median(engine.ms), 2),
+        "start_to_ready_s": served["start_to_ready_s"],
+        "first_frame_after_ready_ms": round(served["first"].ms[0], 2),
+        "first_frame_over_warm_median": round(served["first"].ms[0] / warm_ws, 2),
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "warm.json").write_text(json.dumps(results, indent=2))
+    (output / "warm.md").write_text(markdown(results))
+    return results
+
+
+def markdown(r: dict) -> str:
+    rows = [("direct diffusers call", r["direct"]), ("livegen engine, in-process", r["engine"]),
+            ("livegen over WebSocket (client round trip)", r["websocket"]),
+            ("WebSocket overhead (round trip - server total)", r["websocket_overhead"])]
+    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, {r['frames']} frames; "
+             f"{r['machine']['cpu']} ({r['machine']['cores']} cores), GPU: {r['machine']['gpu'] or 'none'}.",
+             "", "| path | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [f"| {name} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} |" for name, s in rows]
+    lines += ["", f"- engine speed-up over the direct call (p50): **{r['engine_speedup_over_direct']}x**",
+              f"- start to ready (load + warm-up): {r['start_to_ready_s']} s",
+              f"- first frame after ready: {r['first_frame_after_ready_ms']} ms = "
+              f"**{r['first_frame_over_warm_median']}x** the warm WebSocket median", ""]
+    return "\n".join(lines)
