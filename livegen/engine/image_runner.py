@@ -80,12 +80,13 @@ class ImageRunner(Runner):
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
         guidance = self.generator.description.default_guidance
-        # Every served size, text- and image-to-image, at batch 1 and at a full batch: the
-        # shapes the first real inputs will have, so they find kernels chosen and memory ready.
+        # Every served size, image- and text-to-image, at a full batch and at batch 1: the
+        # shapes the first real inputs will have. The most common first input (one text-to-image
+        # frame) runs last, so it finds its kernels chosen and its memory ready.
         for width, height in self.generator.description.sizes:
             image = np.full((height, width, 3), 127, np.uint8)
-            for batch in sorted({1, self.settings.max_batch}):
-                for strength in (None, 0.5):
+            for batch in sorted({1, self.settings.max_batch}, reverse=True):
+                for strength in (0.5, None):
                     spec = BatchSpec(width, height, 1, guidance, strength)
                     tasks = [
                         ImageTask(id="warmup", runner=self, received_at=time.perf_counter(), spec=spec,

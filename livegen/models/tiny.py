@@ -48,15 +48,15 @@ def tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _clip(with_projection: bool = False) -> CLIPTextModel:
+def _clip(with_projection: bool = False, width: int = TEXT_WIDTH, layers: int = 2) -> CLIPTextModel:
     config = CLIPTextConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         vocab_size=len(tokenizer()),
         max_position_embeddings=77,
-        projection_dim=TEXT_WIDTH,
+        projection_dim=width,
     )
     return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
@@ -98,15 +98,21 @@ def build_tiny_pipeline(
     sampler: Sampler = "turbo",
     unet_channels: tuple[int, ...] = (32, 64),
     seed: int = 0,
+    text_width: int = TEXT_WIDTH,
+    text_layers: int = 2,
 ) -> Path:
-    """Build a random-weight pipeline and save it with save_pretrained; returns the folder."""
+    """Build a random-weight pipeline and save it with save_pretrained; returns the folder.
+
+    `text_width` and `text_layers` size the text encoder of the "sd" architecture (benchmarks
+    use a MiniLM-sized one, 384 wide and 6 deep, so text encoding costs what it really does).
+    """
     torch.manual_seed(seed)
     if architecture == "sd":
         pipe = StableDiffusionPipeline(
             vae=_vae(4),
-            text_encoder=_clip(),
+            text_encoder=_clip(width=text_width, layers=text_layers),
             tokenizer=tokenizer(),
-            unet=_unet(unet_channels, TEXT_WIDTH),
+            unet=_unet(unet_channels, text_width),
             scheduler=_unet_scheduler(sampler),
             safety_checker=None,
             feature_extractor=None,
