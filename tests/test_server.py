@@ -99,6 +99,11 @@ def test_http_generate_errors_are_typed(server, body, status, code):
     assert response.json()["code"] == code
 
 
+def test_http_generate_rejects_an_oversized_body(server):
+    response = httpx.post(server.url + "/v1/generate", json={"prompt": "x" * (64 * 1024)})
+    assert (response.status_code, response.json()["code"]) == (413, "message_too_large")
+
+
 def test_http_generate_rejects_a_body_that_is_not_json(server):
     response = httpx.post(server.url + "/v1/generate", content=b"{nope")
     assert (response.status_code, response.json()["code"]) == (400, "malformed")

@@ -86,8 +86,12 @@ def create_app(engine: Engine) -> FastAPI:
     )
     async def generate(request: Request) -> Response:
         """One image per request: the same engine and checks as the stream, without a socket."""
+        raw = await request.body()
+        limit = engine.settings.max_message_bytes
+        if len(raw) > limit:
+            return _error_response(Error(code="message_too_large", message=f"body is {len(raw)} bytes; at most {limit}"))
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError as exc:
             return _error_response(Error(code="malformed", message=f"body is not valid JSON: {exc}"))
         if not isinstance(body, dict):
