@@ -155,3 +155,17 @@ async def test_session_limit_is_enforced(tiny_sd):
     engine.open_session()
     with pytest.raises(EngineBusy, match="2 sessions"):
         engine.open_session()
+
+
+async def test_a_session_that_is_not_read_stops_taking_inputs_until_drained(engine):
+    from livegen.engine.session import OUTBOX_LIMIT
+
+    session = engine.open_session()
+    for i in range(OUTBOX_LIMIT):
+        engine.submit(session, Generate(id=str(i), prompt="x", model="absent"))  # each answered with an error
+    waiting = asyncio.create_task(session.wait_for_room())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "a full outbox must hold the next read back"
+    outcome = await session.next_outcome()
+    assert outcome.code == "unknown_model"
+    await asyncio.wait_for(waiting, 1)
