@@ -159,14 +159,14 @@ _server_adapter: TypeAdapter[Hello | Frame | Superseded | Error] = TypeAdapter(S
 Codec = Literal["msgpack", "json"]
 
 
-def _loads(data: bytes | str) -> tuple[Any, Codec]:
+def _loads(data: bytes | str) -> Any:
     if isinstance(data, str):
         try:
-            return json.loads(data), "json"
+            return json.loads(data)
         except ValueError as exc:
             raise ProtocolError("malformed", f"not valid JSON: {exc}") from exc
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True), "msgpack"
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError("malformed", f"not valid msgpack: {exc}") from exc
 
@@ -179,26 +179,30 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_client_message(data: bytes | str) -> tuple[Generate, Codec]:
-    """Decode and validate one client message; raise ProtocolError with a typed code."""
-    raw, codec = _loads(data)
+def _message_id(raw: dict[str, Any]) -> str | None:
+    """The id an error can name, when the message carries a usable one."""
+    return raw.get("id") if isinstance(raw.get("id"), str) else None
+
+
+def parse_client_message(data: bytes | str) -> Generate:
+    """Decode (JSON text or msgpack bytes) and validate one client message; raise ProtocolError."""
+    raw = _loads(data)
     if not isinstance(raw, dict):
         raise ProtocolError("malformed", "a message must be a map/object")
-    msg_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    msg_id = _message_id(raw)
     kind = raw.get("type")
     if kind is None:
         raise ProtocolError("invalid", "type: field required", msg_id)
     if kind != "generate":
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: generate", msg_id)
-    return parse_generate(raw), codec
+    return parse_generate(raw)
 
 
 def parse_generate(raw: dict[str, Any]) -> Generate:
     try:
         return _client_adapter.validate_python(raw)
     except ValidationError as exc:
-        msg_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-        raise ProtocolError("invalid", _validation_message(exc), msg_id) from exc
+        raise ProtocolError("invalid", _validation_message(exc), _message_id(raw)) from exc
 
 
 def encode(message: Message, codec: Codec = "msgpack") -> bytes | str:

@@ -6,7 +6,6 @@ imports the web framework, so the same engine runs under uvicorn, in tests and i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -15,7 +14,7 @@ from livegen.engine.image_runner import ImageRunner, ImageTask
 from livegen.engine.images import BadImage, decode_input_image
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.session import Session
-from livegen.models.base import BatchSpec, ImageGenerator
+from livegen.models.base import BatchSpec
 from livegen.protocol import Generate, ModelInfo, Outcome, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -26,19 +25,13 @@ class EngineBusy(Exception):
 
 
 class Engine:
-    def __init__(self, settings: Settings, generators: dict[str, ImageGenerator] | None = None):
-        """`generators` gives already-loaded models by name (tests, benchmarks); others load at start."""
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = EngineMetrics()
-        generators = generators or {}
-        self.runners: dict[str, ImageRunner] = {}
-        for config in settings.models:
-            name = config.display_name
-            self.runners[name] = ImageRunner(config, settings, self.metrics, generators.get(name))
+        self.runners = {c.display_name: ImageRunner(c, settings, self.metrics) for c in settings.models}
         self.default_model = next(iter(self.runners), None)
         self.sessions: set[Session] = set()
         self.started_at = time.time()
-        self.ready_at: float | None = None
         self.start_error: str | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -55,9 +48,8 @@ class Engine:
         except Exception as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             raise
-        self.ready_at = time.time()
         self.metrics.ready.set(1)
-        log.info("ready after %.1fs", self.ready_at - self.started_at)
+        log.info("ready after %.1fs", time.time() - self.started_at)
 
     async def stop(self) -> None:
         for session in list(self.sessions):
@@ -151,13 +143,4 @@ class Engine:
             return await session.next_outcome()
         finally:
             self.close_session(session)
-
-    async def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready:
-            if self.start_error:
-                raise RuntimeError(self.start_error)
-            if time.monotonic() > deadline:
-                raise TimeoutError("engine not ready")
-            await asyncio.sleep(0.05)
 

@@ -44,14 +44,12 @@ class ImageTask(Task):
 class ImageRunner(Runner):
     kind = "image"
 
-    def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics,
-                 generator: ImageGenerator | None = None):
+    def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics):
         self.config = config
         self.name = config.display_name
         self.settings = settings
         self.metrics = metrics
-        self.generator = generator
-        self.error: str | None = None
+        self.generator: ImageGenerator | None = None
         self._ready = False
         self._sessions: set[Session] = set()
         self._wake = asyncio.Event()
@@ -74,8 +72,7 @@ class ImageRunner(Runner):
         # OpenMP settings are per thread: without this, a worker thread started from a thread
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
         torch.set_num_threads(torch.get_num_threads())
-        if self.generator is None:
-            self.generator = load_generator(self.config)
+        self.generator = load_generator(self.config)
         self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()

@@ -73,6 +73,7 @@ class DiffusersGenerator(ImageGenerator):
     @staticmethod
     def generators(seeds: list[int]) -> list[torch.Generator]:
         """Per-image generators, so an image does not depend on what it was batched with."""
+        # seed + 1: the sampler's noise must not repeat the initial noise drawn from `seed`.
         return [torch.Generator(device="cpu").manual_seed(seed + 1) for seed in seeds]
 
     # ------------------------------------------------------------------ VAE

@@ -67,7 +67,7 @@ async def stream(websocket: WebSocket) -> None:
                     "message_too_large", f"message is {size} bytes; at most {limit}"))
                 continue
             try:
-                request, codec = parse_client_message(data)
+                request = parse_client_message(data)
             except ProtocolError as error:
                 engine.reject(session, error)
                 continue
