@@ -109,6 +109,18 @@ def test_http_generate_rejects_a_body_that_is_not_json(server):
     assert (response.status_code, response.json()["code"]) == (400, "malformed")
 
 
+def test_http_errors_are_counted_like_stream_errors(server):
+    def malformed_count() -> float:
+        for line in httpx.get(server.url + "/metrics").text.splitlines():
+            if line.startswith('livegen_errors_total{code="malformed"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = malformed_count()
+    httpx.post(server.url + "/v1/generate", content=b"[1, 2]")
+    assert malformed_count() == before + 1
+
+
 def test_health_endpoints(server):
     assert httpx.get(server.url + "/livez").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/readyz")

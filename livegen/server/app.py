@@ -30,6 +30,21 @@ def _error_response(error: Error) -> JSONResponse:
     return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, 422))
 
 
+def _parse_body(raw: bytes, limit: int) -> Generate:
+    """A /v1/generate body: the fields of a `generate` message; `type` and `id` may be left out."""
+    if len(raw) > limit:
+        raise ProtocolError("message_too_large", f"body is {len(raw)} bytes; at most {limit}")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError("malformed", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed", "body must be a JSON object")
+    body.setdefault("type", "generate")
+    body.setdefault("id", "http")
+    return parse_generate(body)
+
+
 def create_app(engine: Engine) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,25 +101,12 @@ def create_app(engine: Engine) -> FastAPI:
     )
     async def generate(request: Request) -> Response:
         """One image per request: the same engine and checks as the stream, without a socket."""
-        raw = await request.body()
-        limit = engine.settings.max_message_bytes
-        if len(raw) > limit:
-            return _error_response(Error(code="message_too_large", message=f"body is {len(raw)} bytes; at most {limit}"))
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return _error_response(Error(code="malformed", message=f"body is not valid JSON: {exc}"))
-        if not isinstance(body, dict):
-            return _error_response(Error(code="malformed", message="body must be a JSON object"))
-        body.setdefault("type", "generate")
-        body.setdefault("id", "http")
-        try:
-            outcome = await engine.generate(parse_generate(body))
-        except ProtocolError as error:
+            outcome = await engine.generate(_parse_body(await request.body(), engine.settings.max_message_bytes))
+        except (ProtocolError, EngineBusy) as exc:
+            error = exc if isinstance(exc, ProtocolError) else ProtocolError("too_many_sessions", str(exc))
             engine.metrics.errors.labels(error.code).inc()
             return _error_response(error.to_message())
-        except EngineBusy as exc:
-            return _error_response(Error(code="too_many_sessions", message=str(exc)))
         if isinstance(outcome, Error):
             return _error_response(outcome)
         assert isinstance(outcome, Frame)  # a one-input session is never superseded
