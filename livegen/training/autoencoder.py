@@ -1,0 +1,104 @@
+"""Stage 1: the autoencoder. diffusers' AutoencoderTiny layout (TAESD-style, no attention, no
+GroupNorm) so decoding a 64x64 frame costs a few milliseconds on a CPU.
+
+Trained as a plain autoencoder (L1 + an edge term) with noise added to the latents, so the
+decoder also renders the slightly-off latents a 1-step sampler produces. Afterwards the whole
+dataset is encoded once (`latents.pt`) and the latent scaling factor is set to 1 / std.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderTiny
+
+from livegen.training import loop
+from livegen.training.dataset import EmojiDataset
+from livegen.training.recipe import AUTOENCODER, LATENT_CHANNELS, SEED, AutoencoderRecipe
+
+SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def build(recipe: AutoencoderRecipe = AUTOENCODER) -> AutoencoderTiny:
+    torch.manual_seed(SEED)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(recipe.channels,) * len(recipe.encoder_blocks),
+        decoder_block_out_channels=(recipe.channels,) * len(recipe.decoder_blocks),
+        num_encoder_blocks=recipe.encoder_blocks,
+        num_decoder_blocks=recipe.decoder_blocks,
+        latent_channels=LATENT_CHANNELS,
+    )
+
+
+def edges(images: torch.Tensor) -> torch.Tensor:
+    kernel = torch.stack([SOBEL, SOBEL.T]).unsqueeze(1).to(images)
+    flat = images.flatten(0, 1).unsqueeze(1)
+    return F.conv2d(flat, kernel, padding=1)
+
+
+def losses(vae: AutoencoderTiny, images: torch.Tensor, generator: torch.Generator, recipe: AutoencoderRecipe):
+    latents = vae.encoder(images)
+    noise = torch.randn(latents.shape, generator=generator).to(latents) * recipe.latent_noise
+    decoded = vae.decoder(latents + noise * latents.detach().std())
+    reconstruction = F.l1_loss(decoded, images)
+    edge = F.l1_loss(edges(decoded), edges(images))
+    penalty = latents.pow(2).mean()
+    total = reconstruction + recipe.edge_weight * edge + recipe.latent_penalty * penalty
+    return total, {"l1": reconstruction.item(), "edge": edge.item()}
+
+
+def train(
+    workdir: Path,
+    recipe: AutoencoderRecipe = AUTOENCODER,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> AutoencoderTiny:
+    dev = loop.pick_device(device)
+    images = EmojiDataset.load(workdir).tensor()
+    vae = build(recipe).to(dev).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
+    total = steps or recipe.steps
+    schedule = loop.warmup_cosine(optimizer, 100, total)
+
+    def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
+        index = torch.randint(len(images), (recipe.batch_size,), generator=generator)
+        loss, parts = losses(vae, images[index].to(dev), generator, recipe)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return parts
+
+    stage = loop.Stage(workdir / "autoencoder")
+    loop.run(stage, total, train_step, {"model": vae, "optimizer": optimizer, "schedule": schedule}, SEED, progress=progress)
+    vae.eval()
+    finish(vae, images, workdir, dev)
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderTiny, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.cat([vae.encoder(batch.to(device)).cpu() for batch in images.split(256)])
+
+
+@torch.no_grad()
+def finish(vae: AutoencoderTiny, images: torch.Tensor, workdir: Path, device: torch.device) -> None:
+    """Encode the dataset, set the latent scale, save the model in diffusers format."""
+    latents = encode_all(vae, images, device)
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.cpu().save_pretrained(workdir / "autoencoder" / "model")
+    torch.save(latents, workdir / "latents.pt")
+
+
+def load(workdir: Path) -> AutoencoderTiny:
+    return AutoencoderTiny.from_pretrained(workdir / "autoencoder" / "model").eval()
+
+
+def reconstruction_psnr(vae: AutoencoderTiny, images: torch.Tensor, latents: torch.Tensor) -> float:
+    with torch.no_grad():
+        decoded = torch.cat([vae.decoder(batch) for batch in latents.split(256)]).clamp(-1, 1)
+    mse = (decoded - images).pow(2).mean().item() / 4  # images span 2, PSNR is on [0, 1]
+    return -10 * torch.log10(torch.tensor(mse)).item()

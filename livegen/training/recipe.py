@@ -1,0 +1,94 @@
+"""Every setting that decides the shipped weights, in one place: `make model` runs exactly this.
+
+Sizes were chosen on the 2-core CPU this project targets (figures in docs/model.md): 64x64
+images, an 8x-downsampling autoencoder with 8 latent channels (8x8x8 latents), and a 12M UNet
+whose 1-step forward fits the 25 ms budget with the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGE_SIZE = 64
+LATENT_CHANNELS = 8
+SEED = 1234
+
+
+@dataclass(frozen=True)
+class AutoencoderRecipe:
+    channels: int = 32
+    encoder_blocks: tuple[int, ...] = (1, 2, 2, 2)
+    decoder_blocks: tuple[int, ...] = (2, 2, 2, 1)
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    latent_noise: float = 0.1  # decoder sees slightly noisy latents, as it will from the sampler
+    latent_penalty: float = 1e-4  # keeps latents inside the decoder's tanh clamp
+    edge_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class UNetRecipe:
+    block_out_channels: tuple[int, ...] = (64, 128, 192)
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    attention_head_dim: int = 32
+    text_pool_heads: int = 4  # the pooled prompt also joins the time embedding (addition_embed_type "text")
+
+    def config(self, time_cond_proj_dim: int | None = None) -> dict:
+        return dict(
+            sample_size=IMAGE_SIZE // 8,
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            block_out_channels=self.block_out_channels,
+            down_block_types=self.down_block_types,
+            up_block_types=self.up_block_types,
+            layers_per_block=1,
+            cross_attention_dim=384,
+            attention_head_dim=self.attention_head_dim,
+            addition_embed_type="text",
+            addition_embed_type_num_heads=self.text_pool_heads,
+            time_cond_proj_dim=time_cond_proj_dim,
+        )
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    unet: UNetRecipe = field(default_factory=UNetRecipe)
+    steps: int = 4500
+    batch_size: int = 128
+    lr: float = 4e-4
+    warmup: int = 300
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # the unconditional side of classifier-free guidance
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """Latent consistency distillation (Luo et al. 2023) from the teacher."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup: int = 100
+    target_decay: float = 0.95  # the target network, as in LCM
+    ema_decay: float = 0.995  # the weights that ship
+    solver_steps: int = 50  # teacher's DDIM grid: skip k = 1000 / 50 = 20 timesteps
+    guidance_min: float = 1.0
+    guidance_max: float = 4.0
+    guidance_embedding_dim: int = 256
+    huber_c: float = 0.001
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    feature_dim: int = 256
+
+
+AUTOENCODER = AutoencoderRecipe()
+TEACHER = TeacherRecipe()
+STUDENT = StudentRecipe()
+CLASSIFIER = ClassifierRecipe()
