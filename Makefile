@@ -9,7 +9,7 @@ SIZE ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench install clean
+.PHONY: serve test bench model eval install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Rebuild livegen's own emoji model from scratch (dataset, autoencoder, teacher, student, export);
+# each stage resumes from its checkpoint in build/emoji. Needs Debian's fonts-noto-color-emoji.
+model: install
+	$(BIN)/livegen train all --workdir build/emoji
+
+eval: install
+	$(BIN)/livegen eval --workdir build/emoji
 
 bench: install
 	$(BIN)/livegen bench warm $(if $(MODEL),--model $(MODEL))

@@ -1,4 +1,4 @@
-"""`livegen serve | generate | tiny-model | bench`."""
+"""`livegen serve | generate | train | eval | tiny-model | bench`."""
 
 from __future__ import annotations
 
@@ -16,18 +16,15 @@ from livegen.config import DType, Device, Family, ModelConfig, Settings
 app = typer.Typer(help="livegen: real-time generation server.", no_args_is_help=True, add_completion=False)
 
 NO_MODEL = """\
-livegen has no model to serve.
+livegen has no model to serve: the model list is empty.
 
-Point it at a few-step diffusers pipeline on this machine (a folder made with save_pretrained,
-or a repo id already in the local Hugging Face cache; nothing is downloaded):
+Leave LIVEGEN_MODELS unset to serve livegen's own emoji model, or point it at a few-step
+diffusers pipeline on this machine (a folder made with save_pretrained, or a repo id already in
+the local Hugging Face cache; nothing is downloaded):
 
-    make serve MODEL=/path/to/sd-turbo
+    make serve MODEL=/path/to/sd-turbo SIZE=512x512
     livegen serve --model /path/to/sd-turbo --size 512x512
     LIVEGEN_MODELS='[{"source": "/path/to/sd-turbo"}]' livegen serve
-
-To try the server now, build a tiny random-weight pipeline (its pictures are noise):
-
-    livegen tiny-model /tmp/livegen-tiny && make serve MODEL=/tmp/livegen-tiny SIZE=128x128
 """
 
 ModelOption = Annotated[list[str] | None, typer.Option("--model", "-m", help="Model folder or cached repo id; repeatable.")]
@@ -40,6 +37,8 @@ def _settings(models: list[str] | None, sizes: list[str] | None, device: str, dt
               compile: bool, tiny_vae: str | None, lora: str | None, **overrides: object) -> Settings:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     extra = {k: v for k, v in dict(sizes=sizes, tiny_vae=tiny_vae, lora=lora).items() if v}
+    if models and "models" not in settings.model_fields_set:
+        settings.models = []  # models named on the command line replace the embedded default
     for source in models or []:
         settings.models.append(ModelConfig(source=source, device=device, dtype=dtype, family=family,
                                            compile=compile, **extra))
@@ -170,6 +169,104 @@ async def _generate_in_process(settings: Settings, request: object):
     return outcome
 
 
+train_app = typer.Typer(
+    help="Train livegen's own emoji model, stage by stage (each resumes from its checkpoint).", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+WorkdirOption = Annotated[Path, typer.Option(help="Work folder for the dataset, checkpoints and models.")]
+StepsOption = Annotated[int | None, typer.Option(help="Training steps; the recipe's if absent.")]
+TrainDeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
+WORKDIR = Path("build/emoji")
+STAGES = ("autoencoder", "decoder", "teacher", "student", "classifier")
+
+
+def _train_stage(stage: str, workdir: Path, steps: int | None, device: str) -> None:
+    from livegen.training import autoencoder, classifier, distill, teacher
+    from livegen.training.dataset import DatasetError
+
+    _quiet_libraries()
+    train = {"autoencoder": autoencoder.train, "decoder": autoencoder.refine_decoder, "teacher": teacher.train,
+             "student": distill.train, "classifier": classifier.train}[stage]  # fmt: skip
+    try:
+        train(workdir, steps=steps, device=device)
+    except DatasetError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{stage}: done, in {workdir / stage}")
+
+
+@train_app.command("data")
+def train_data(workdir: WorkdirOption = WORKDIR) -> None:
+    """Render and caption the emoji dataset (Debian's fonts-noto-color-emoji), embed the captions."""
+    from livegen.training.dataset import DatasetError, build
+    from livegen.training.text import embed_captions
+
+    _quiet_libraries()
+    try:
+        count = build(workdir)
+    except DatasetError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    embed_captions(workdir)
+    typer.echo(f"{workdir}: {count} emoji rendered and captioned")
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    def command(workdir: WorkdirOption = WORKDIR, steps: StepsOption = None, device: TrainDeviceOption = "auto") -> None:
+        _train_stage(stage, workdir, steps, device)
+
+    command.__doc__ = doc
+    train_app.command(stage)(command)
+
+
+_stage_command("autoencoder", "Train the AutoencoderTiny and encode the dataset.")
+_stage_command("decoder", "Sharpen the decoder alone on the frozen latents.")
+_stage_command("teacher", "Train the teacher diffusion UNet (many-step sampling).")
+_stage_command("student", "Distil the 1-4 step student from the teacher (latent consistency distillation).")
+_stage_command("classifier", "Train the classifier whose features `livegen eval` measures in.")
+
+
+@train_app.command("export")
+def train_export(
+    workdir: WorkdirOption = WORKDIR,
+    output: Annotated[Path | None, typer.Option(help="Student pipeline folder; the shipped one if absent.")] = None,
+) -> None:
+    """Write the student (shipped weights) and the teacher as diffusers pipelines."""
+    from livegen.models.embedded import EMBEDDED_MODEL
+    from livegen.training.export import export
+
+    _quiet_libraries()
+    size = export(workdir, output or EMBEDDED_MODEL)
+    typer.echo(f"{output or EMBEDDED_MODEL}: student pipeline, {size / 1e6:.1f} MB")
+
+
+@train_app.command("all")
+def train_all(workdir: WorkdirOption = WORKDIR, device: TrainDeviceOption = "auto") -> None:
+    """Every stage in order, from the dataset to the shipped weights (what `make model` runs)."""
+    if not (workdir / "images.npy").is_file():
+        train_data(workdir)
+    for stage in STAGES:
+        _train_stage(stage, workdir, None, device)
+    train_export(workdir, None)
+
+
+@app.command("eval")
+def evaluate(
+    workdir: WorkdirOption = WORKDIR,
+    student: Annotated[Path | None, typer.Option(help="Student pipeline; the shipped one if absent.")] = None,
+    grid: Annotated[Path, typer.Option(help="Picture grid: prompts x sampler settings.")] = Path("docs/model-grid.png"),
+) -> None:
+    """Prompt accuracy and KID of the teacher (1-50 steps) and the student (1-4 steps)."""
+    from livegen.models.embedded import EMBEDDED_MODEL
+    from livegen.training.evaluate import evaluate as run_eval
+    from livegen.training.evaluate import markdown_table
+
+    _quiet_libraries()
+    rows = run_eval(workdir, student or EMBEDDED_MODEL, grid=grid)
+    typer.echo(markdown_table(rows))
+    typer.echo(f"results: {workdir / 'eval.json'}; grid: {grid}")
+
+
 @app.command("tiny-model")
 def tiny_model(
     path: Path,
@@ -210,6 +307,27 @@ def bench_warm(
     run(model, width, height, 3 if quick else frames, output)
     typer.echo((output / "warm.md").read_text())
     typer.echo(f"results: {output / 'warm.json'}")
+
+
+@bench_app.command("model")
+def bench_model(
+    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
+    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
+    images: Annotated[int, typer.Option(help="Measured images per row.")] = 50,
+    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few images.")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for model.json and model.md.")] = Path("bench-results"),
+) -> None:
+    """Noise to RGB pixels at 1, 2 and 4 steps, with the prompt embedding cached and not."""
+    from livegen.bench.model import run
+    from livegen.config import embedded_model
+
+    _quiet_libraries()
+    config = embedded_model() if model is None else ModelConfig(source=str(model))
+    if size:
+        config = ModelConfig(**{**config.model_dump(), "sizes": [size]})
+    run(config, 3 if quick else images, output)
+    typer.echo((output / "model.md").read_text())
+    typer.echo(f"results: {output / 'model.json'}")
 
 
 # The default benchmark pipeline has the shape the embedded model targets on a CPU: a 16M UNet

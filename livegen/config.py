@@ -39,6 +39,7 @@ class ModelConfig(BaseModel):
     tiny_vae: str | None = Field(default=None, description="AutoencoderTiny folder to decode with.")
     lora: str | None = Field(default=None, description="LoRA folder to fuse (LCM-LoRA, Hyper-SD LoRA).")
     sizes: list[tuple[int, int]] = Field(default_factory=lambda: [(512, 512)])
+    guidance: float | None = Field(default=None, ge=0, description="Default guidance; the family's usual one if absent.")
 
     @field_validator("sizes", mode="before")
     @classmethod
@@ -51,6 +52,12 @@ class ModelConfig(BaseModel):
         return self.name or Path(self.source.rstrip("/")).name
 
 
+def embedded_model() -> ModelConfig:
+    from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, IMAGE_SIZE
+
+    return ModelConfig(source=str(EMBEDDED_MODEL), name="emoji", sizes=[(IMAGE_SIZE, IMAGE_SIZE)], guidance=GUIDANCE)
+
+
 class Settings(BaseSettings):
     """Server settings. Every field is also a LIVEGEN_<NAME> environment variable."""
 
@@ -58,7 +65,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    models: list[ModelConfig] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [embedded_model()], description="Models to keep warm; livegen's own if absent."
+    )
 
     max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
     batch_wait_ms: float = Field(

@@ -9,10 +9,17 @@ from livegen.cli import app
 runner = CliRunner()
 
 
-def test_serve_without_a_model_says_how_to_point_at_one():
-    result = runner.invoke(app, ["serve"])
+def test_serve_with_an_empty_model_list_says_how_to_point_at_one():
+    result = runner.invoke(app, ["serve"], env={"LIVEGEN_MODELS": "[]"})
     assert result.exit_code == 2
     assert "--model" in result.output and "make serve MODEL=" in result.output
+
+
+def test_models_named_on_the_command_line_replace_the_embedded_default(tiny_sd):
+    from livegen.cli import _settings
+
+    settings = _settings([str(tiny_sd)], None, "auto", "auto", "auto", False, None, None)
+    assert [m.source for m in settings.models] == [str(tiny_sd)]
 
 
 def test_serve_with_a_missing_model_names_the_path(tmp_path):

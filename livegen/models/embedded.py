@@ -15,6 +15,8 @@ from livegen.models.base import ModelError
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "emoji"
 TEXT_TOKENS = 32  # prompts are padded to this many tokens (SD pads CLIP to 77 the same way)
+IMAGE_SIZE = 64
+GUIDANCE = 3.0  # the student's guidance embedding default; the teacher is evaluated at the same scale
 
 
 def minilm_path() -> Path:

@@ -28,6 +28,7 @@ from huggingface_hub import snapshot_download
 
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
+from livegen.models.embedded import pipeline_components
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
 from livegen.models.unet import StableDiffusionGenerator, StableDiffusionXLGenerator
@@ -111,7 +112,8 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        extra = pipeline_components(path, dtype)
+        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
     except Exception as exc:
         raise ModelError(f"could not load the pipeline in {path}: {exc}") from exc
     if not hasattr(pipe, "vae") or not (hasattr(pipe, "unet") or hasattr(pipe, "transformer")):
@@ -145,7 +147,7 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
         sizes=list(config.sizes),
-        default_guidance=default_guidance(family, pipe),
+        default_guidance=default_guidance(family, pipe) if config.guidance is None else config.guidance,
         image_to_image=True,
     )
     log.info("loaded %s (%s) from %s on %s/%s", description.name, family, path, device, description.dtype)

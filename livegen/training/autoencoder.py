@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 
+from livegen.models.loader import pick_device
 from livegen.training import loop
 from livegen.training.dataset import EmojiDataset
 from livegen.training.recipe import AUTOENCODER, LATENT_CHANNELS, SEED, AutoencoderRecipe
@@ -56,7 +57,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
 ) -> AutoencoderTiny:
-    dev = loop.pick_device(device)
+    dev = pick_device(device)
     images = EmojiDataset.load(workdir).tensor()
     vae = build(recipe).to(dev).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
@@ -93,8 +94,47 @@ def finish(vae: AutoencoderTiny, images: torch.Tensor, workdir: Path, device: to
     torch.save(latents, workdir / "latents.pt")
 
 
-def load(workdir: Path) -> AutoencoderTiny:
-    return AutoencoderTiny.from_pretrained(workdir / "autoencoder" / "model").eval()
+def load(workdir: Path, stage: str = "autoencoder") -> AutoencoderTiny:
+    """The autoencoder as the `autoencoder` stage or (with a sharper decoder) the `decoder` stage left it."""
+    return AutoencoderTiny.from_pretrained(workdir / stage / "model").eval()
+
+
+def refine_decoder(
+    workdir: Path,
+    recipe: AutoencoderRecipe = AUTOENCODER,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> AutoencoderTiny:
+    """Train the decoder alone on the stored latents (as SD's VAE decoder was fine-tuned): the
+    latent space the diffusion models learn does not move, so this can run beside them."""
+    dev = pick_device(device)
+    images = EmojiDataset.load(workdir).tensor()
+    latents = torch.load(workdir / "latents.pt")
+    vae = load(workdir).to(dev)
+    decoder = vae.decoder.train()
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=recipe.decoder_lr, weight_decay=0.0)
+    total = steps or recipe.decoder_steps
+    schedule = loop.warmup_cosine(optimizer, 100, total)
+    spread = latents.std().item()
+
+    def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
+        index = torch.randint(len(images), (recipe.batch_size,), generator=generator)
+        noise = torch.randn(latents[index].shape, generator=generator) * recipe.decoder_latent_noise * spread
+        decoded = decoder((latents[index] + noise).to(dev))
+        target = images[index].to(dev)
+        reconstruction = F.l1_loss(decoded, target)
+        edge = F.l1_loss(edges(decoded), edges(target))
+        optimizer.zero_grad(set_to_none=True)
+        (reconstruction + recipe.edge_weight * edge).backward()
+        optimizer.step()
+        schedule.step()
+        return {"l1": reconstruction.item(), "edge": edge.item()}
+
+    loop.run(loop.Stage(workdir / "decoder"), total, train_step, {"model": decoder, "optimizer": optimizer,
+             "schedule": schedule}, SEED, progress=progress)  # fmt: skip
+    vae.eval().cpu().save_pretrained(workdir / "decoder" / "model")
+    return vae
 
 
 def reconstruction_psnr(vae: AutoencoderTiny, images: torch.Tensor, latents: torch.Tensor) -> float:

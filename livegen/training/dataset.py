@@ -163,6 +163,13 @@ class EmojiDataset:
 
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
+    def same_picture(self) -> list[tuple[int, ...]]:
+        """For each image, every image with identical pixels (some flags and sequences share a glyph)."""
+        groups: dict[bytes, list[int]] = {}
+        for i, image in enumerate(self.images):
+            groups.setdefault(image.tobytes(), []).append(i)
+        return [tuple(groups[image.tobytes()]) for image in self.images]
+
     def index_of(self, char: str) -> int:
         for i, record in enumerate(self.records):
             if record.char == char:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-IMAGE_SIZE = 64
+from livegen.models.embedded import IMAGE_SIZE
+
 LATENT_CHANNELS = 8
 SEED = 1234
 
@@ -25,6 +26,9 @@ class AutoencoderRecipe:
     latent_noise: float = 0.1  # decoder sees slightly noisy latents, as it will from the sampler
     latent_penalty: float = 1e-4  # keeps latents inside the decoder's tanh clamp
     edge_weight: float = 0.5
+    decoder_steps: int = 3000  # then the decoder alone, on the frozen latents
+    decoder_lr: float = 5e-4
+    decoder_latent_noise: float = 0.03
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class UNetRecipe:
 @dataclass(frozen=True)
 class TeacherRecipe:
     unet: UNetRecipe = field(default_factory=UNetRecipe)
-    steps: int = 4500
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 4e-4
     warmup: int = 300
@@ -69,7 +73,7 @@ class StudentRecipe:
 
     steps: int = 2000
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = 5e-5
     warmup: int = 100
     target_decay: float = 0.95  # the target network, as in LCM
     ema_decay: float = 0.995  # the weights that ship

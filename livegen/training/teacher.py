@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 
+from livegen.models.loader import pick_device
 from livegen.training import autoencoder, loop
 from livegen.training.recipe import SEED, TEACHER, TeacherRecipe
 from livegen.training.text import CaptionEmbeddings, embed_captions
@@ -29,7 +30,6 @@ def noise_schedule() -> DDPMScheduler:
         beta_end=0.012,
         prediction_type="v_prediction",
         clip_sample=False,
-        set_alpha_to_one=False,
         steps_offset=1,
     )
 
@@ -78,7 +78,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
 ) -> UNet2DConditionModel:
-    dev = loop.pick_device(device)
+    dev = pick_device(device)
     latents = scaled_latents(workdir)
     captions = embed_captions(workdir, progress=progress)
     schedule = noise_schedule()

@@ -1,0 +1,170 @@
+"""Stage 3: the student, step-distilled from the teacher by latent consistency distillation
+(LCM: Luo et al. 2023, "Latent Consistency Models", after Song et al. 2023, "Consistency Models").
+
+The student starts as a copy of the teacher with a guidance embedding (`time_cond_proj_dim`,
+zero-initialised so it starts exactly as the teacher). Each step: noise a latent to a timestep
+t on the teacher's 50-step grid, let the teacher (with classifier-free guidance w) take one DDIM
+step to t - 20, and train the student so its boundary-conditioned prediction of the clean latent
+at t matches the slowly-moving target network's prediction at t - 20. The boundary scalings and
+the grid are LCMScheduler's, so the saved student samples with the stock scheduler in 1-4 steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from diffusers import LCMScheduler, UNet2DConditionModel
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.training_utils import EMAModel
+
+from livegen.models.loader import pick_device
+from livegen.training import loop, teacher
+from livegen.training.recipe import SEED, STUDENT, StudentRecipe
+from livegen.training.text import CaptionEmbeddings, embed_captions
+
+SIGMA_DATA = 0.5
+TIMESTEP_SCALING = 10.0  # LCMScheduler's default
+
+
+def sampler(recipe: StudentRecipe = STUDENT) -> LCMScheduler:
+    return LCMScheduler.from_config(
+        teacher.noise_schedule().config,
+        original_inference_steps=recipe.solver_steps,
+        timestep_scaling=TIMESTEP_SCALING,
+    )
+
+
+def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """c_skip, c_out of LCMScheduler: the prediction is the input itself at t = 0."""
+    scaled = t.float() * TIMESTEP_SCALING
+    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + SIGMA_DATA**2).sqrt()
+    return c_skip, c_out
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """The embedding StableDiffusionPipeline gives `timestep_cond` for w = guidance - 1."""
+    return get_timestep_embedding(w * 1000.0, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
+
+
+class Solver:
+    """The teacher's grid (t = 19, 39, ..., 999) and one DDIM step down it."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, steps: int):
+        ratio = len(alphas_cumprod) // steps
+        self.timesteps = torch.arange(1, steps + 1) * ratio - 1
+        self.skip = ratio
+        self.alpha = alphas_cumprod.sqrt()
+        self.sigma = (1 - alphas_cumprod).sqrt()
+
+    def split(self, v: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v-prediction -> (clean latent, noise)."""
+        a, s = self.at(self.alpha, t), self.at(self.sigma, t)
+        return a * sample - s * v, a * v + s * sample
+
+    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
+        return self.at(self.alpha, t_prev) * x0 + self.at(self.sigma, t_prev) * eps
+
+    @staticmethod
+    def at(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return table.to(t.device)[t].view(-1, 1, 1, 1)
+
+
+def student_from(teacher_unet: UNet2DConditionModel, recipe: StudentRecipe = STUDENT) -> UNet2DConditionModel:
+    student = UNet2DConditionModel.from_config({**teacher_unet.config, "time_cond_proj_dim": recipe.guidance_embedding_dim})
+    missing, unexpected = student.load_state_dict(teacher_unet.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("time_embedding.cond_proj") for k in missing), missing
+    torch.nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student
+
+
+def consistency_loss(
+    student: UNet2DConditionModel,
+    target: UNet2DConditionModel,
+    teacher_unet: UNet2DConditionModel,
+    solver: Solver,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    empty: torch.Tensor,
+    generator: torch.Generator,
+    recipe: StudentRecipe = STUDENT,
+) -> torch.Tensor:
+    device, batch = latents.device, len(latents)
+    index = torch.randint(len(solver.timesteps), (batch,), generator=generator)
+    t = solver.timesteps[index].to(device)
+    t_prev = (t - solver.skip).clamp(min=0)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    noisy = solver.at(solver.alpha, t) * latents + solver.at(solver.sigma, t) * noise
+
+    guidance = recipe.guidance_min + (recipe.guidance_max - recipe.guidance_min) * torch.rand(batch, generator=generator)
+    w = (guidance - 1).to(device)
+    w_embedding = guidance_embedding(w.cpu(), recipe.guidance_embedding_dim).to(latents)
+
+    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
+    v = student(noisy, t, text, timestep_cond=w_embedding).sample
+    prediction = c_skip * noisy + c_out * solver.split(v, noisy, t)[0]
+
+    with torch.no_grad():
+        both = teacher_unet(noisy.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([text, empty.expand_as(text)])).sample
+        x0_text, eps_text = solver.split(both[:batch], noisy, t)
+        x0_empty, eps_empty = solver.split(both[batch:], noisy, t)
+        w4 = w.view(-1, 1, 1, 1)
+        x0 = x0_text + w4 * (x0_text - x0_empty)
+        eps = eps_text + w4 * (eps_text - eps_empty)
+        previous = solver.ddim_step(x0, eps, t_prev)
+        c_skip_prev, c_out_prev = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t_prev))
+        v_prev = target(previous, t_prev, text, timestep_cond=w_embedding).sample
+        goal = c_skip_prev * previous + c_out_prev * solver.split(v_prev, previous, t_prev)[0]
+
+    c = recipe.huber_c
+    return (((prediction.float() - goal.float()) ** 2 + c**2).sqrt() - c).mean()
+
+
+def train(
+    workdir: Path,
+    recipe: StudentRecipe = STUDENT,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> UNet2DConditionModel:
+    dev = pick_device(device)
+    latents = teacher.scaled_latents(workdir)
+    captions: CaptionEmbeddings = embed_captions(workdir, progress=progress)
+    empty = captions.empty.float().to(dev)
+    teacher_unet = teacher.load(workdir).to(dev).requires_grad_(False)
+    solver = Solver(teacher.noise_schedule().alphas_cumprod, recipe.solver_steps)
+
+    torch.manual_seed(SEED)
+    student = student_from(teacher_unet, recipe).to(dev).train()
+    target = copy.deepcopy(student).requires_grad_(False)
+    ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.lr, weight_decay=0.0)
+    total = steps or recipe.steps
+    lr_schedule = loop.warmup_cosine(optimizer, recipe.warmup, total)
+
+    def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
+        index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
+        text = captions.sample(index, generator).to(dev)
+        loss = consistency_loss(student, target, teacher_unet, solver, latents[index].to(dev), text, empty, generator, recipe)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        with torch.no_grad():
+            for goal, live in zip(target.parameters(), student.parameters()):
+                goal.lerp_(live, 1 - recipe.target_decay)
+        ema.step(student.parameters())
+        return {"loss": loss.item()}
+
+    objects = {"model": student, "target": target, "ema": ema, "optimizer": optimizer, "schedule": lr_schedule}
+    loop.run(loop.Stage(workdir / "student"), total, train_step, objects, SEED, progress=progress)
+    ema.copy_to(student.parameters())
+    student.eval().cpu().save_pretrained(workdir / "student" / "unet")
+    return student
+
+
+def load(workdir: Path) -> UNet2DConditionModel:
+    return UNet2DConditionModel.from_pretrained(workdir / "student" / "unet").eval()

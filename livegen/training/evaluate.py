@@ -1,0 +1,166 @@
+"""`livegen eval`: does the picture show the emoji the prompt asked for, and do the pictures
+look like real emoji? Measured for the teacher at many step counts and the student at 1-4.
+
+- Prompt accuracy: each generated image is matched to its nearest real emoji (cosine similarity
+  in the classifier's feature space); top-1 / top-5 count a hit when an acceptable emoji is
+  among the nearest 1 / 5. Prompts: captions of a fixed random sample of the dataset, plus
+  hand-written paraphrases (tests/data/paraphrases.json) that name no caption verbatim.
+- KID (Binkowski et al. 2018): unbiased squared MMD with the cubic polynomial kernel between
+  generated and real features, averaged over random subsets.
+
+Both models run through plain diffusers StableDiffusionPipeline, as a user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, pipeline_components
+from livegen.training import classifier
+from livegen.training.dataset import EmojiDataset
+from livegen.training.recipe import SEED
+
+PARAPHRASES = Path(__file__).resolve().parents[2] / "tests" / "data" / "paraphrases.json"
+CAPTION_PROMPTS = 300
+SETTINGS = (("teacher", 1), ("teacher", 2), ("teacher", 4), ("teacher", 8), ("teacher", 25), ("teacher", 50),
+            ("student", 1), ("student", 2), ("student", 4))  # fmt: skip
+GRID_PROMPTS = ("a kitty", "a red car", "a face with heart eyes", "a slice of pizza", "a rocket",
+                "the flag of japan", "a thumbs up with dark skin", "a snowman")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    targets: tuple[int, ...]  # dataset indices of the emoji that count as right
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    steps: int | None  # None for the reference rows
+    top1: float
+    top5: float
+    kid: float
+
+
+def eval_prompts(dataset: EmojiDataset, paraphrases: Path = PARAPHRASES, count: int = CAPTION_PROMPTS) -> list[Prompt]:
+    """Captions of `count` random emoji, then the paraphrases; an identical render also counts."""
+    rng = np.random.default_rng(SEED)
+    twins = dataset.same_picture()
+    picked = rng.choice(len(dataset), size=min(count, len(dataset)), replace=False)
+    prompts = [Prompt(str(rng.choice(dataset.records[i].captions)), twins[i]) for i in picked]
+    for item in json.loads(paraphrases.read_text()):
+        wanted = {j for char in item["emoji"] for j in twins[dataset.index_of(char)]}
+        prompts.append(Prompt(item["prompt"], tuple(sorted(wanted))))
+    return prompts
+
+
+def retrieval_accuracy(
+    queries: torch.Tensor, gallery: torch.Tensor, targets: list[tuple[int, ...]], k: int = 5
+) -> tuple[float, float]:
+    """Share of queries whose nearest gallery item (top-1) / any of the k nearest is a target."""
+    centre = gallery.mean(dim=0)  # cosine about the gallery's mean, so shared feature directions do not dominate
+    similarity = F.normalize(queries - centre, dim=1) @ F.normalize(gallery - centre, dim=1).T
+    nearest = similarity.topk(k, dim=1).indices.tolist()
+    top1 = np.mean([ranked[0] in wanted for ranked, wanted in zip(nearest, targets)])
+    topk = np.mean([any(r in wanted for r in ranked) for ranked, wanted in zip(nearest, targets)])
+    return float(top1), float(topk)
+
+
+def kid(x: torch.Tensor, y: torch.Tensor, subset_size: int = 100, subsets: int = 50) -> float:
+    """Kernel Inception Distance in any feature space: mean unbiased MMD^2 over random subsets."""
+    generator = torch.Generator().manual_seed(SEED)
+    m = min(subset_size, len(x), len(y))
+    dim = x.shape[1]
+    scores = []
+    for _ in range(subsets):
+        a = x[torch.randperm(len(x), generator=generator)[:m]].double()
+        b = y[torch.randperm(len(y), generator=generator)[:m]].double()
+        k_aa, k_bb, k_ab = ((p @ q.T / dim + 1) ** 3 for p, q in ((a, a), (b, b), (a, b)))
+        off_diagonal = (k_aa.sum() - k_aa.trace() + k_bb.sum() - k_bb.trace()) / (m * (m - 1))
+        scores.append((off_diagonal - 2 * k_ab.mean()).item())
+    return float(np.mean(scores))
+
+
+def load_pipeline(path: Path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(path, **pipeline_components(path))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], steps: int, guidance: float, batch: int = 128) -> torch.Tensor:
+    """One image per prompt in [-1, 1]; image i always starts from the noise of seed SEED + i."""
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        generators = [torch.Generator().manual_seed(SEED + start + i) for i in range(len(chunk))]
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pt")
+        images.append(out.images * 2 - 1)
+    return torch.cat(images)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+def save_grid(columns: dict[str, torch.Tensor], path: Path, scale: int = 2) -> None:
+    """Rows: GRID_PROMPTS; columns: sampler settings."""
+    tiles = {name: to_pil(images) for name, images in columns.items()}
+    side = next(iter(tiles.values()))[0].width * scale
+    grid = Image.new("RGB", (side * len(tiles), side * len(GRID_PROMPTS)), "white")
+    for col, images in enumerate(tiles.values()):
+        for row, image in enumerate(images):
+            grid.paste(image.resize((side, side), Image.NEAREST), (col * side, row * side))
+    grid.save(path)
+
+
+def evaluate(
+    workdir: Path,
+    student: Path = EMBEDDED_MODEL,
+    guidance: float = GUIDANCE,
+    grid: Path | None = None,
+    progress: bool = True,
+) -> list[Row]:
+    dataset = EmojiDataset.load(workdir)
+    prompts = eval_prompts(dataset)
+    texts = [p.text for p in prompts]
+    model = classifier.load(workdir)
+    real = model.embed(dataset.tensor())
+    pipelines = {"teacher": load_pipeline(workdir / "teacher" / "pipeline"), "student": load_pipeline(student)}
+    targets = [p.targets for p in prompts]
+
+    def score(name: str, steps: int | None, images: torch.Tensor) -> Row:
+        features = model.embed(images)
+        return Row(name, steps, *retrieval_accuracy(features, real, targets), kid(features, real))
+
+    # What the metrics say about the real emoji asked for, and about noise: the scale's two ends.
+    rows = [score("real images", None, dataset.tensor()[[t[0] for t in targets]])]
+    noise = torch.rand((len(prompts), 3, dataset.size, dataset.size), generator=torch.Generator().manual_seed(SEED))
+    rows.append(score("uniform noise", None, noise * 2 - 1))
+    columns = {}
+    for name, steps in tqdm(SETTINGS, desc="evaluate", disable=not progress):
+        pipe = pipelines[name]
+        rows.append(score(name, steps, generate(pipe, texts, steps, guidance)))
+        columns[f"{name} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance)
+    if grid is not None:
+        save_grid(columns, grid)
+    (workdir / "eval.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| model | steps | top-1 | top-5 | KID x 10^3 |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid * 1e3:.2f} |" for r in rows]
+    return "\n".join(lines)

