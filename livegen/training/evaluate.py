@@ -161,6 +161,6 @@ def evaluate(
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| model | steps | top-1 | top-5 | KID x 10^3 |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid * 1e3:.2f} |" for r in rows]
+    lines = ["| model | steps | top-1 | top-5 | KID |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid:.3g} |" for r in rows]
     return "\n".join(lines)

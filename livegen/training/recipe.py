@@ -26,7 +26,7 @@ class AutoencoderRecipe:
     latent_noise: float = 0.1  # decoder sees slightly noisy latents, as it will from the sampler
     latent_penalty: float = 1e-4  # keeps latents inside the decoder's tanh clamp
     edge_weight: float = 0.5
-    decoder_steps: int = 3000  # then the decoder alone, on the frozen latents
+    decoder_steps: int = 1500  # then the decoder alone, on the frozen latents
     decoder_lr: float = 5e-4
     decoder_latent_noise: float = 0.03
 
@@ -71,7 +71,7 @@ class TeacherRecipe:
 class StudentRecipe:
     """Latent consistency distillation (Luo et al. 2023) from the teacher."""
 
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 5e-5
     warmup: int = 100
