@@ -15,7 +15,7 @@ from livegen.training import autoencoder, distill, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, describe, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
-from livegen.training.recipe import AutoencoderRecipe, UNetRecipe
+from livegen.training.recipe import STUDENT, AutoencoderRecipe, UNetRecipe
 
 TINY_UNET = UNetRecipe(
     block_out_channels=(32, 64),
@@ -121,7 +121,7 @@ def test_one_distillation_step_lowers_the_consistency_loss():
     teacher_unet = tiny_unet().requires_grad_(False)
     student = distill.student_from(teacher_unet)
     target = distill.student_from(teacher_unet).requires_grad_(False)
-    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, 50)
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
     latents, text, empty = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384), torch.zeros(6, 384)
     before, after = fixed_batch_improves(
         lambda g: distill.consistency_loss(student, target, teacher_unet, solver, latents, text, empty, g),
@@ -156,7 +156,7 @@ def test_boundary_scalings_match_the_scheduler():
 
 def test_student_sampler_timesteps_lie_on_the_distillation_grid():
     scheduler = distill.sampler()
-    grid = set(distill.Solver(teacher.noise_schedule().alphas_cumprod, 50).timesteps.tolist())
+    grid = set(distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps).timesteps.tolist())
     for steps in (1, 2, 4):
         scheduler.set_timesteps(steps)
         assert set(scheduler.timesteps.tolist()) <= grid
