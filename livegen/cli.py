@@ -193,6 +193,8 @@ def _train_stage(stage: str, workdir: Path, steps: int | None, device: str) -> N
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"{stage}: done, in {workdir / stage}")
+    if stage in ("autoencoder", "decoder"):
+        typer.echo(f"{stage}: reconstruction PSNR {autoencoder.stage_psnr(workdir, stage):.1f} dB")
 
 
 @train_app.command("data")

@@ -4,13 +4,17 @@ checkpoints resume, and the evaluation metrics give known answers. No full train
 from __future__ import annotations
 
 import json
+import re
+import types
 
 import emoji
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from typer.testing import CliRunner
 
+from livegen.cli import app
 from livegen.training import autoencoder, distill, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, describe, render
@@ -93,12 +97,30 @@ def fixed_batch_improves(loss_fn, parameters, lr: float = 1e-3) -> tuple[float, 
     return before.item(), after.item()
 
 
+def test_reconstruction_psnr_known_answer():
+    images = torch.rand(4, 3, 8, 8) * 1.6 - 0.8
+    shifted = types.SimpleNamespace(decoder=lambda latents: latents + 0.2)  # 0.1 on the [0, 1] scale
+    assert autoencoder.reconstruction_psnr(shifted, images, images) == pytest.approx(20.0, abs=1e-3)
+
+
 def test_one_autoencoder_step_lowers_its_loss(dataset):
     recipe = AutoencoderRecipe(channels=8)
     vae = autoencoder.build(recipe)
     images = dataset.tensor()[:8]
     before, after = fixed_batch_improves(lambda g: autoencoder.losses(vae, images, g, recipe)[0], vae.parameters())
     assert after < before
+
+
+def test_train_command_runs_the_autoencoder_stages_and_reports_their_psnr(dataset, tmp_path):
+    np.save(tmp_path / "images.npy", dataset.images[:16])
+    records = [{"char": r.char, "name": r.name, "captions": list(r.captions)} for r in dataset.records[:16]]
+    (tmp_path / "emoji.json").write_text(json.dumps(records))
+    for stage in ("autoencoder", "decoder"):
+        result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "2", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert re.search(rf"{stage}: reconstruction PSNR \d+\.\d dB", result.output)
+        assert (tmp_path / stage / "model" / "config.json").is_file()
+    assert torch.load(tmp_path / "latents.pt").shape == (16, 8, 8, 8)
 
 
 def tiny_unet(**extra) -> UNet2DConditionModel:

@@ -137,6 +137,12 @@ def refine_decoder(
     return vae
 
 
+def stage_psnr(workdir: Path, stage: str) -> float:
+    """PSNR of the dataset decoded from its stored latents by the `autoencoder` or `decoder` stage."""
+    images = EmojiDataset.load(workdir).tensor()
+    return reconstruction_psnr(load(workdir, stage), images, torch.load(workdir / "latents.pt"))
+
+
 def reconstruction_psnr(vae: AutoencoderTiny, images: torch.Tensor, latents: torch.Tensor) -> float:
     with torch.no_grad():
         decoded = torch.cat([vae.decoder(batch) for batch in latents.split(256)]).clamp(-1, 1)

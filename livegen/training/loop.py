@@ -65,11 +65,6 @@ class Stage:
         torch.save(state, partial)
         os.replace(partial, self.checkpoint)  # a crash mid-write never leaves a broken checkpoint
 
-    def done(self, steps: int) -> bool:
-        if not self.checkpoint.is_file():
-            return False
-        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)["step"] >= steps
-
 
 def run(
     stage: Stage,
