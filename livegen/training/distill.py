@@ -3,10 +3,11 @@
 
 The student starts as a copy of the teacher with a guidance embedding (`time_cond_proj_dim`,
 zero-initialised so it starts exactly as the teacher). Each step: noise a latent to a timestep
-t on the teacher's 50-step grid, let the teacher (with classifier-free guidance w) take one DDIM
-step to t - 20, and train the student so its boundary-conditioned prediction of the clean latent
-at t matches the slowly-moving target network's prediction at t - 20. The boundary scalings and
-the grid are LCMScheduler's, so the saved student samples with the stock scheduler in 1-4 steps.
+t on the teacher's solver grid (20 steps: t = 49, 99, ..., 999), let the teacher (with
+classifier-free guidance w) take one DDIM step to t - 50, and train the student so its
+boundary-conditioned prediction of the clean latent at t matches the slowly-moving target
+network's prediction at t - 50. The boundary scalings and the grid are LCMScheduler's, so the
+saved student samples with the stock scheduler in 1-4 steps.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class Solver:
-    """The teacher's grid (t = 19, 39, ..., 999) and one DDIM step down it."""
+    """The teacher's grid (for 20 steps: t = 49, 99, ..., 999) and one DDIM step down it."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, steps: int):
         ratio = len(alphas_cumprod) // steps
