@@ -112,9 +112,7 @@ def test_one_autoencoder_step_lowers_its_loss(dataset):
 
 
 def test_train_command_runs_the_autoencoder_stages_and_reports_their_psnr(dataset, tmp_path):
-    np.save(tmp_path / "images.npy", dataset.images[:16])
-    records = [{"char": r.char, "name": r.name, "captions": list(r.captions)} for r in dataset.records[:16]]
-    (tmp_path / "emoji.json").write_text(json.dumps(records))
+    EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
     for stage in ("autoencoder", "decoder"):
         result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "2", "--device", "cpu"])
         assert result.exit_code == 0, result.output

@@ -127,11 +127,8 @@ def build(workdir: Path, size: int = 64, progress: bool = True) -> int:
         if image is None:
             continue
         images.append(np.asarray(image))
-        record = describe(char, data)
-        records.append({"char": record.char, "name": record.name, "captions": list(record.captions)})
-    workdir.mkdir(parents=True, exist_ok=True)
-    np.save(workdir / "images.npy", np.stack(images))
-    (workdir / "emoji.json").write_text(json.dumps(records, ensure_ascii=False, indent=0))
+        records.append(describe(char, data))
+    EmojiDataset(np.stack(images), records).save(workdir)
     return len(records)
 
 
@@ -149,6 +146,12 @@ class EmojiDataset:
             for r in json.loads((workdir / "emoji.json").read_text())
         ]
         return cls(np.load(workdir / "images.npy"), records)
+
+    def save(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        np.save(workdir / "images.npy", self.images)
+        records = [{"char": r.char, "name": r.name, "captions": list(r.captions)} for r in self.records]
+        (workdir / "emoji.json").write_text(json.dumps(records, ensure_ascii=False, indent=0))
 
     def __len__(self) -> int:
         return len(self.records)
