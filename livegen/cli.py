@@ -101,7 +101,7 @@ def serve(
     from livegen.server.app import create_app
 
     url = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"livegen: serving on {url} (stream: ws://{settings.host}:{settings.port}/v1/stream); "
+    typer.echo(f"livegen: open {url}/ for the playground (stream: ws://{settings.host}:{settings.port}/v1/stream); "
                f"{url}/readyz turns 200 once every model is warm")
     uvicorn.run(create_app(Engine(settings)), host=settings.host, port=settings.port,
                 ws_max_size=settings.max_message_bytes * 4, log_level="info")

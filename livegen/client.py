@@ -25,6 +25,7 @@ from livegen.protocol import (
     Generate,
     Hello,
     Outcome,
+    Skipped,
     Superseded,
     decode_server_message,
     encode,
@@ -66,6 +67,8 @@ def _answer(outcome: Outcome, request_id: str) -> Frame | None:
         return outcome
     if isinstance(outcome, Superseded):
         raise GenerationError(Error(id=outcome.id, code="superseded", message=f"by {outcome.by}"))
+    if isinstance(outcome, Skipped):
+        raise GenerationError(Error(id=outcome.id, code="skipped", message=f"the frame of {outcome.frame} stands"))
     raise GenerationError(outcome)
 
 
@@ -121,7 +124,7 @@ class AsyncClient:
             yield await self.receive()
 
     async def frames(self) -> AsyncIterator[Frame]:
-        """Frames only; superseded inputs are skipped, errors raise GenerationError."""
+        """Frames only; superseded and skipped inputs are passed over, errors raise GenerationError."""
         async for outcome in self.outcomes():
             if isinstance(outcome, Error):
                 raise GenerationError(outcome)

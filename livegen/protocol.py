@@ -63,6 +63,9 @@ class Generate(Message):
     type: Literal["generate"] = "generate"
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Client-chosen id; outcomes name it.")
     prompt: str = Field(description="Text prompt; the server's max_prompt_chars applies.")
+    blend_prompt: str | None = Field(default=None, description="Second prompt to morph towards.")
+    blend: float = Field(default=0.0, ge=0.0, le=1.0,
+                         description="0: `prompt` alone, 1: `blend_prompt` alone; embeddings are interpolated.")
     model: str | None = Field(default=None, description="Model name from /v1/models; default model if absent.")
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Noise seed; the session's own if absent.")
     steps: int = Field(default=1, ge=1, le=MAX_STEPS)
@@ -71,6 +74,10 @@ class Generate(Message):
     guidance: float | None = Field(default=None, ge=0.0, le=30.0, description="Model family default if absent.")
     strength: float = Field(default=0.5, gt=0.0, le=1.0, description="Image-to-image only: how much to change.")
     image: WireBytes | None = Field(default=None, description="JPEG/PNG/WebP input for image-to-image.")
+    similarity_filter: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description="Image-to-image only: skip generation when the input's cosine similarity to the input "
+                    "behind the session's last frame is at least this (0.98 suits a camera); null: never skip.")
     format: ImageFormat = "jpeg"
     quality: int = Field(default=85, ge=1, le=100)
 
@@ -124,6 +131,15 @@ class Superseded(Message):
     by: str
 
 
+class Skipped(Message):
+    """The input barely changed from the one behind `frame`, the session's last frame; it stands."""
+
+    type: Literal["skipped"] = "skipped"
+    id: str
+    frame: str = Field(description="Id of the input whose frame stays current.")
+    similarity: float
+
+
 class Error(Message):
     """The input (or message) could not be served. `id` is null when it could not be read."""
 
@@ -133,8 +149,8 @@ class Error(Message):
     message: str
 
 
-ServerMessage = Annotated[Hello | Frame | Superseded | Error, Field(discriminator="type")]
-Outcome = Frame | Superseded | Error
+ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Error, Field(discriminator="type")]
+Outcome = Frame | Superseded | Skipped | Error
 
 Hello.model_rebuild()
 
@@ -155,7 +171,7 @@ class ProtocolError(Exception):
 
 
 _client_adapter: TypeAdapter[Generate] = TypeAdapter(ClientMessage)
-_server_adapter: TypeAdapter[Hello | Frame | Superseded | Error] = TypeAdapter(ServerMessage)
+_server_adapter: TypeAdapter[Hello | Outcome] = TypeAdapter(ServerMessage)
 Codec = Literal["msgpack", "json"]
 
 
@@ -211,7 +227,7 @@ def encode(message: Message, codec: Codec = "msgpack") -> bytes | str:
     return msgpack.packb(message.model_dump(mode="python"), use_bin_type=True)
 
 
-def decode_server_message(data: bytes | str) -> Hello | Frame | Superseded | Error:
+def decode_server_message(data: bytes | str) -> Hello | Outcome:
     if isinstance(data, str):
         return _server_adapter.validate_json(data)
     return _server_adapter.validate_python(msgpack.unpackb(data, raw=False))

@@ -169,3 +169,55 @@ async def test_a_session_that_is_not_read_stops_taking_inputs_until_drained(engi
     outcome = await session.next_outcome()
     assert outcome.code == "unknown_model"
     await asyncio.wait_for(waiting, 1)
+
+
+async def test_blend_interpolates_between_the_two_prompts(engine):
+    session = engine.open_session()
+
+    async def picture(**fields) -> bytes:
+        engine.submit(session, Generate(id="b", prompt="a red fox", format="png", **fields))
+        return (await session.next_outcome()).image
+
+    fox = await picture()
+    assert await picture(blend_prompt="a white owl", blend=0.0) == fox
+    halfway = await picture(blend_prompt="a white owl", blend=0.5)
+    engine.submit(session, Generate(id="o", prompt="a white owl", format="png"))
+    owl = (await session.next_outcome()).image
+    assert await picture(blend_prompt="a white owl", blend=1.0) == owl
+    assert halfway not in (fox, owl)
+
+
+def _camera_frame(shift: int = 0, noise: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64]
+    pixels = np.stack([(x * 4 + shift) % 256, (y * 4) % 256, ((x + y) * 2) % 256], -1).astype(np.int16)
+    pixels += np.random.default_rng(shift + noise).integers(-noise, noise + 1, pixels.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def test_similarity_filter_skips_a_still_camera_frame_and_not_a_moving_one(engine):
+    session = engine.open_session()
+
+    def send(id: str, image: bytes, **fields) -> None:
+        fields.setdefault("similarity_filter", 0.98)
+        engine.submit(session, Generate(id=id, prompt="a fox", image=image, strength=0.5, **fields))
+
+    send("first", _camera_frame())
+    assert (await session.next_outcome()).type == "frame"
+    send("still", _camera_frame(noise=3))  # sensor noise only
+    skipped = await session.next_outcome()
+    assert (skipped.type, skipped.id, skipped.frame) == ("skipped", "still", "first")
+    assert 0.98 <= skipped.similarity < 1
+    send("moved", _camera_frame(shift=80))
+    assert (await session.next_outcome()).type == "frame"
+    send("unfiltered", _camera_frame(shift=80), similarity_filter=None)
+    assert (await session.next_outcome()).type == "frame"
+    send("new prompt", _camera_frame(shift=80), seed=5)  # same picture, other settings: must run
+    assert (await session.next_outcome()).type == "frame"
+    assert engine.metrics.skipped._value.get() == 1

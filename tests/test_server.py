@@ -42,6 +42,28 @@ async def test_json_text_messages_are_answered_in_json(server):
     assert (frame.type, frame.id) == ("frame", "j1")
 
 
+async def test_codec_json_in_the_url_makes_even_hello_json(server):
+    async with websockets.connect(server.ws_url + "/v1/stream?codec=json") as ws:
+        hello = decode_server_message(await ws.recv())
+        assert hello.type == "hello" and hello.models[0].name == "tiny"
+    async with websockets.connect(server.ws_url + "/v1/stream?codec=xml") as ws:
+        error = decode_server_message(await ws.recv())
+        assert (error.type, error.code) == ("error", "invalid")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 1008
+
+
+def test_root_serves_the_playground_and_its_assets(server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '"/static/playground.js"' in page.text and '"/static/style.css"' in page.text
+    script = httpx.get(server.url + "/static/playground.js")
+    assert script.status_code == 200 and "from './livegen.js'" in script.text
+    assert "export class LivegenClient" in httpx.get(server.url + "/static/livegen.js").text
+    assert httpx.get(server.url + "/v1").json()["playground"] == "/"
+
+
 async def test_two_sessions_share_one_forward_pass(server):
     async with AsyncClient(server.ws_url) as a, AsyncClient(server.ws_url) as b:
         await a.generate("prime a")
@@ -201,6 +223,9 @@ BAD_INPUTS = {
     "size_out_of_range": (msgpack.packb(_generate(width=4096, height=4096)), "invalid"),
     "size_not_served": (msgpack.packb(_generate(width=96, height=96)), "size_not_served"),
     "prompt_too_long": (msgpack.packb(_generate(prompt="x" * 501)), "prompt_too_long"),
+    "blend_prompt_too_long": (msgpack.packb(_generate(blend_prompt="x" * 501, blend=0.5)), "prompt_too_long"),
+    "blend_out_of_range": (msgpack.packb(_generate(blend_prompt="y", blend=1.5)), "invalid"),
+    "similarity_filter_of_one": (msgpack.packb(_generate(similarity_filter=1.0)), "invalid"),
     "oversized_message": (msgpack.packb(_generate(prompt="x" * BIG)), "message_too_large"),
     "undecodable_image": (msgpack.packb(_generate(image=b"definitely not an image")), "bad_image"),
     "image_not_base64_in_json": ('{"type": "generate", "id": "bad", "prompt": "x", "image": "@@@"}', "invalid"),

@@ -11,11 +11,11 @@ import time
 
 from livegen.config import Settings
 from livegen.engine.image_runner import ImageRunner, ImageTask
-from livegen.engine.images import BadImage, decode_input_image
+from livegen.engine.images import BadImage, decode_input_image, image_similarity
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.session import Session
 from livegen.models.base import BatchSpec
-from livegen.protocol import Generate, ModelInfo, Outcome, ProtocolError
+from livegen.protocol import Generate, ModelInfo, Outcome, ProtocolError, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,25 @@ class Engine:
         except ProtocolError as error:
             self.reject(session, error)
             return
+        if (skipped := self._similar_to_last(session, task)) is not None:
+            self.metrics.skipped.inc()
+            session.emit(skipped)
+            return
         if session.offer(task) is not None:
             self.metrics.superseded.inc()
+
+    @staticmethod
+    def _similar_to_last(session: Session, task: ImageTask) -> Skipped | None:
+        """The similarity filter: a camera frame that barely moved reuses the last input's frame."""
+        threshold = task.request.similarity_filter  # type: ignore[union-attr]
+        last = session.last_accepted
+        if (threshold is None or task.image is None or not isinstance(last, ImageTask) or last.image is None
+                or last.similarity_key != task.similarity_key):
+            return None
+        similarity = image_similarity(task.image, last.image)
+        if similarity < threshold:
+            return None
+        return Skipped(id=task.id, frame=last.id, similarity=round(similarity, 5))
 
     def _task(self, session: Session, request: Generate, received_at: float) -> ImageTask:
         def fail(code: str, message: str) -> ProtocolError:
@@ -112,9 +129,10 @@ class Engine:
         runner = self.runners.get(name or "")
         if runner is None:
             raise fail("unknown_model", f"unknown model {request.model!r}; served: {sorted(self.runners)}")
-        if len(request.prompt) > self.settings.max_prompt_chars:
-            raise fail("prompt_too_long",
-                       f"prompt has {len(request.prompt)} characters; at most {self.settings.max_prompt_chars}")
+        for field, text in (("prompt", request.prompt), ("blend_prompt", request.blend_prompt or "")):
+            if len(text) > self.settings.max_prompt_chars:
+                raise fail("prompt_too_long",
+                           f"{field} has {len(text)} characters; at most {self.settings.max_prompt_chars}")
         description = runner.generator.description  # type: ignore[union-attr]
         width, height = request.width, request.height
         if not width and not height:

@@ -23,7 +23,7 @@ from livegen.engine.images import encode_frame
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import Runner, Task
 from livegen.engine.session import Session
-from livegen.models.base import BatchSpec, ImageGenerator
+from livegen.models.base import BatchSpec, ImageGenerator, PromptEmbedding
 from livegen.models.loader import load_generator
 from livegen.protocol import Error, Frame, Generate
 
@@ -39,6 +39,13 @@ class ImageTask(Task):
     spec: BatchSpec | None = None
     seed: int = 0
     image: np.ndarray | None = None  # decoded input for image-to-image
+
+    @property
+    def similarity_key(self) -> tuple:
+        """What must be equal, besides a similar image, for an input to reuse this one's frame."""
+        r = self.request
+        assert r is not None
+        return (self.runner.name, self.spec, self.seed, r.prompt, r.blend_prompt, r.blend, r.format, r.quality)
 
 
 class ImageRunner(Runner):
@@ -179,6 +186,13 @@ class ImageRunner(Runner):
             task.timings[stage] = (now - started) * 1000
         return now
 
+    def _embed(self, prompt: str) -> PromptEmbedding:
+        hits = self.encode_prompt.cache_info().hits
+        embedding = self.encode_prompt(prompt)
+        cached = self.encode_prompt.cache_info().hits > hits
+        self.metrics.prompt_cache.labels(self.name, "hit" if cached else "miss").inc()
+        return embedding
+
     def _compute(self, tasks: list[ImageTask]) -> list[Frame] | None:
         generator = self.generator
         spec = tasks[0].spec
@@ -186,10 +200,11 @@ class ImageRunner(Runner):
         prompts = []
         for task in tasks:
             started = time.perf_counter()
-            hits = self.encode_prompt.cache_info().hits
-            prompts.append(self.encode_prompt(task.request.prompt))
-            cached = self.encode_prompt.cache_info().hits > hits
-            self.metrics.prompt_cache.labels(self.name, "hit" if cached else "miss").inc()
+            request = task.request
+            embedding = self._embed(request.prompt)
+            if request.blend_prompt is not None and request.blend > 0:
+                embedding = embedding.blend(self._embed(request.blend_prompt), request.blend)
+            prompts.append(embedding)
             task.timings["text_encode_ms"] = (time.perf_counter() - started) * 1000
 
         started = time.perf_counter()

@@ -30,6 +30,14 @@ def decode_input_image(data: bytes, width: int, height: int) -> np.ndarray:
     return np.asarray(rgb)
 
 
+def image_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two same-sized images, centred so that brightness alone does not count."""
+    x = a.astype(np.float32).ravel() / 127.5 - 1.0
+    y = b.astype(np.float32).ravel() / 127.5 - 1.0
+    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y) / norms if norms else float(np.array_equal(a, b))
+
+
 def encode_frame(pixels: np.ndarray, fmt: str, quality: int) -> bytes:
     buffer = io.BytesIO()
     options = {"quality": quality} if fmt != "png" else {"compress_level": 1}

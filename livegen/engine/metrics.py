@@ -25,6 +25,8 @@ class EngineMetrics:
         self.queue_depth = Gauge("livegen_queue_depth", "Inputs waiting for a runner.", ["model"], registry=r)
         self.frames = Counter("livegen_frames_total", "Frames delivered.", ["model"], registry=r)
         self.superseded = Counter("livegen_superseded_total", "Inputs replaced by a newer one.", registry=r)
+        self.skipped = Counter("livegen_skipped_total",
+                               "Image inputs answered by the last frame: the similarity filter.", registry=r)
         self.errors = Counter("livegen_errors_total", "Inputs and messages answered with an error.",
                               ["code"], registry=r)
         self.cancelled = Counter("livegen_cancelled_total", "Inputs stopped because their client left.",

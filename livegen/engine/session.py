@@ -26,6 +26,7 @@ class Session:
         self.closed = False
         self.last_input_at = 0.0
         self.pending: Task | None = None
+        self.last_accepted: Task | None = None  # the similarity filter compares new inputs with it
         self.running: Task | None = None
         self._outbox: asyncio.Queue[tuple[Outcome, Task | None]] = asyncio.Queue()
         self._room = asyncio.Event()
@@ -38,6 +39,7 @@ class Session:
     def offer(self, task: Task) -> Task | None:
         """Put a new input in the slot; return the input it replaced (already answered)."""
         replaced, self.pending = self.pending, task
+        self.last_accepted = task
         if replaced is not None:
             self.emit(Superseded(id=replaced.id, by=task.id))
         task.runner.wake(self)
@@ -73,5 +75,6 @@ class Session:
     def close(self) -> None:
         self.closed = True
         self.pending = None
+        self.last_accepted = None
         self._room.set()
 

@@ -35,6 +35,11 @@ class PromptEmbedding:
 
     tensors: dict[str, torch.Tensor]
 
+    def blend(self, other: PromptEmbedding, weight: float) -> PromptEmbedding:
+        """Linear interpolation towards `other`: 0 is this prompt, 1 is the other."""
+        return PromptEmbedding({key: torch.lerp(value, other.tensors[key], weight)
+                                for key, value in self.tensors.items()})
+
     @staticmethod
     def stack(embeddings: list[PromptEmbedding]) -> dict[str, torch.Tensor]:
         keys = embeddings[0].tensors

@@ -7,9 +7,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livegen import __version__
@@ -18,6 +20,7 @@ from livegen.protocol import Error, Frame, Generate, ProtocolError, json_schema,
 from livegen.server.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
 
 HTTP_STATUS = {
     "not_ready": 503, "too_many_sessions": 503, "unknown_model": 404, "internal": 500,
@@ -117,9 +120,16 @@ def create_app(engine: Engine) -> FastAPI:
         }
         return Response(outcome.image, media_type=MEDIA_TYPES[outcome.format], headers=headers)
 
-    @app.get("/")
-    async def index() -> dict:
-        return {"name": "livegen", "version": __version__, "stream": "/v1/stream",
+    @app.get("/v1")
+    async def about() -> dict:
+        return {"name": "livegen", "version": __version__, "playground": "/", "stream": "/v1/stream",
                 "generate": "/v1/generate", "docs": "/docs", "schema": "/v1/protocol.schema.json"}
+
+    # The playground: every script and style it needs is served from here, nothing from a CDN.
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     return app

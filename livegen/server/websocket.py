@@ -17,6 +17,7 @@ from livegen.protocol import Codec, Error, Hello, ProtocolError, encode, parse_c
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+CODECS = ("msgpack", "json")
 
 
 async def _send(websocket: WebSocket, data: bytes | str) -> None:
@@ -30,19 +31,26 @@ async def _send(websocket: WebSocket, data: bytes | str) -> None:
 async def stream(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
     await websocket.accept()
+    # Until the client sends, the server writes in the codec the URL asks for (?codec=json for
+    # browsers without a msgpack library), msgpack by default.
+    requested = websocket.query_params.get("codec", "msgpack")
+    codec: Codec = "json" if requested == "json" else "msgpack"
+    if requested not in CODECS:
+        await _send(websocket, encode(Error(code="invalid", message=f"codec must be one of {CODECS}"), codec))
+        await websocket.close(code=1008)
+        return
     try:
         session = engine.open_session()
     except EngineBusy as exc:
         engine.metrics.errors.labels("too_many_sessions").inc()
-        await websocket.send_bytes(encode(Error(code="too_many_sessions", message=str(exc))))
+        await _send(websocket, encode(Error(code="too_many_sessions", message=str(exc)), codec))
         await websocket.close(code=1013)
         return
 
-    codec: Codec = "msgpack"
     hello = Hello(session=session.id, ready=engine.ready, models=engine.models(),
                   max_message_bytes=engine.settings.max_message_bytes,
                   max_prompt_chars=engine.settings.max_prompt_chars)
-    await websocket.send_bytes(encode(hello))
+    await _send(websocket, encode(hello, codec))
 
     async def send_outcomes() -> None:
         while True:

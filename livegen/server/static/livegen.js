@@ -1,0 +1,193 @@
+// livegen.js: a browser client for the livegen stream (docs/protocol.md, "JavaScript client").
+//
+// One WebSocket speaking JSON text messages, reconnecting on its own. `send()` never queues: at
+// most `maxInFlight` inputs are unanswered at a time and a newer input replaces one that is still
+// waiting in the page, so the page, like the server, lets the latest input win.
+
+export function streamUrl(base = location.href) {
+  const url = new URL('/v1/stream', base);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.searchParams.set('codec', 'json');
+  return url.href;
+}
+
+export function toBase64(bytes) {
+  let text = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+}
+
+export function fromBase64(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+function percentile(sorted, q) {
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+// Frames per second and input-to-frame latency over a sliding window, plus running counts.
+export class StreamStats {
+  constructor(windowMs = 5000) {
+    this.windowMs = windowMs;
+    this.recent = []; // {at, latencyMs} per frame received
+    this.sent = 0;
+    this.frames = 0;
+    this.superseded = 0; // replaced on the server before it ran
+    this.dropped = 0; // replaced in the page before it was sent
+    this.skipped = 0; // answered by the last frame (similarity filter)
+    this.errors = 0;
+  }
+
+  addFrame(latencyMs, at = performance.now()) {
+    this.frames += 1;
+    this.recent.push({at, latencyMs});
+    this.#trim(at);
+  }
+
+  #trim(now) {
+    while (this.recent.length && now - this.recent[0].at > this.windowMs) this.recent.shift();
+  }
+
+  summary(now = performance.now()) {
+    this.#trim(now);
+    const latencies = this.recent.map((f) => f.latencyMs).sort((a, b) => a - b);
+    const span = this.recent.length > 1 ? now - this.recent[0].at : 0;
+    return {
+      fps: span > 0 ? (this.recent.length - 1) / (span / 1000) : 0,
+      p50: percentile(latencies, 0.5),
+      p95: percentile(latencies, 0.95),
+      sent: this.sent, frames: this.frames, superseded: this.superseded,
+      dropped: this.dropped, skipped: this.skipped, errors: this.errors,
+    };
+  }
+}
+
+// Events: 'status' {state: 'connecting'|'open'|'reconnecting', attempt, delayMs, reason},
+// 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped',
+// 'error' (an error message: {id, code, message}).
+export class LivegenClient extends EventTarget {
+  constructor({url = streamUrl(), maxInFlight = 2, minDelayMs = 250, maxDelayMs = 4000} = {}) {
+    super();
+    this.url = url;
+    this.maxInFlight = maxInFlight;
+    this.minDelayMs = minDelayMs;
+    this.maxDelayMs = maxDelayMs;
+    this.stats = new StreamStats();
+    this.hello = null;
+    this.state = 'closed';
+    this.ws = null;
+    this.nextId = 0;
+    this.inFlight = new Map(); // id -> time sent
+    this.waiting = null; // the newest input not yet sent
+    this.attempt = 0;
+    this.stopped = false;
+  }
+
+  get open() {
+    return this.state === 'open';
+  }
+
+  // True when an input sent now would go out at once rather than wait in the page.
+  get canSend() {
+    return this.open && this.inFlight.size < this.maxInFlight;
+  }
+
+  connect() {
+    this.stopped = false;
+    this.#setState('connecting');
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onmessage = (event) => this.#receive(JSON.parse(event.data));
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.hello = null;
+      this.inFlight.clear(); // their outcomes will never come
+      if (this.stopped) {
+        this.#setState('closed');
+        return;
+      }
+      this.attempt += 1;
+      const delayMs = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** (this.attempt - 1));
+      this.#setState('reconnecting', {attempt: this.attempt, delayMs, reason: event.reason || `code ${event.code}`});
+      setTimeout(() => this.stopped || this.connect(), delayMs);
+    };
+  }
+
+  // Drop the socket and open a fresh one (e.g. once the server turns ready).
+  reconnect() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
+    this.connect();
+  }
+
+  close() {
+    this.stopped = true;
+    if (this.ws) this.ws.close();
+  }
+
+  // Send a `generate` (fields as in docs/protocol.md; `image` as a Uint8Array). Returns its id.
+  send(fields) {
+    const input = {type: 'generate', ...fields, id: String(++this.nextId)};
+    if (input.image instanceof Uint8Array) input.image = toBase64(input.image);
+    if (this.canSend) {
+      this.#transmit(input);
+    } else {
+      if (this.waiting) this.stats.dropped += 1;
+      this.waiting = input;
+    }
+    return input.id;
+  }
+
+  #transmit(input) {
+    this.inFlight.set(input.id, performance.now());
+    this.stats.sent += 1;
+    this.ws.send(JSON.stringify(input));
+  }
+
+  #setState(state, detail = {}) {
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('status', {detail: {state, ...detail}}));
+  }
+
+  #receive(message) {
+    if (message.type === 'hello') {
+      this.hello = message;
+      this.attempt = 0;
+      this.#setState('open');
+      this.dispatchEvent(new CustomEvent('hello', {detail: message}));
+      this.#sendWaiting();
+      return;
+    }
+    const sentAt = this.inFlight.get(message.id);
+    this.inFlight.delete(message.id);
+    if (message.type === 'frame') {
+      const latencyMs = sentAt === undefined ? null : performance.now() - sentAt;
+      if (latencyMs !== null) this.stats.addFrame(latencyMs);
+      const blob = new Blob([fromBase64(message.image)], {type: `image/${message.format}`});
+      this.dispatchEvent(new CustomEvent('frame', {detail: {frame: message, blob, latencyMs}}));
+    } else if (message.type === 'superseded') {
+      this.stats.superseded += 1;
+      this.dispatchEvent(new CustomEvent('superseded', {detail: message}));
+    } else if (message.type === 'skipped') {
+      this.stats.skipped += 1;
+      this.dispatchEvent(new CustomEvent('skipped', {detail: message}));
+    } else if (message.type === 'error') {
+      this.stats.errors += 1;
+      this.dispatchEvent(new CustomEvent('error', {detail: message}));
+    }
+    this.#sendWaiting();
+  }
+
+  #sendWaiting() {
+    if (this.waiting && this.canSend) {
+      const input = this.waiting;
+      this.waiting = null;
+      this.#transmit(input);
+    }
+  }
+}

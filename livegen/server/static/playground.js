@@ -1,0 +1,226 @@
+// The playground page: controls -> `generate` inputs on one socket; frames -> the output image.
+import {LivegenClient} from './livegen.js';
+
+const $ = (id) => document.getElementById(id);
+const client = new LivegenClient();
+window.livegen = client; // for the console and the browser tests
+
+const SIMILARITY_THRESHOLD = 0.98; // a still camera frame scores above this against its predecessor
+const sliders = ['blend', 'seed', 'steps', 'guidance', 'strength'];
+let current = null; // {blob, url, frame}: what the output shows
+let camera = null; // {stream, canvas} while the camera runs
+let polling = null;
+
+function setStatus(state, text) {
+  $('status').dataset.state = state;
+  $('status').textContent = text;
+}
+
+function selectedModel() {
+  return client.hello?.models.find((m) => m.name === $('model').value);
+}
+
+function params() {
+  const [width, height] = $('size').value.split('x').map(Number);
+  const input = {
+    prompt: $('prompt').value,
+    model: $('model').value || null,
+    seed: Number($('seed').value),
+    steps: Number($('steps').value),
+    guidance: Number($('guidance').value),
+    width: width || 0,
+    height: height || 0,
+  };
+  if (Number($('blend').value) > 0) {
+    input.blend_prompt = $('blend-prompt').value;
+    input.blend = Number($('blend').value);
+  }
+  return input;
+}
+
+// Text mode sends on every change; camera mode picks the new settings up with its next frame.
+function render() {
+  for (const name of sliders) $(`${name}-value`).textContent = $(name).value;
+  if (!camera && client.hello?.ready) client.send(params());
+}
+
+function fillSelect(select, values, keep) {
+  select.replaceChildren(...values.map((v) => new Option(v, v)));
+  if (values.includes(keep)) select.value = keep;
+}
+
+function fillSizes() {
+  const model = selectedModel();
+  fillSelect($('size'), (model?.sizes ?? []).map(([w, h]) => `${w}x${h}`), $('size').value);
+  $('camera-toggle').disabled = !model?.image_to_image;
+}
+
+function onModelChange() {
+  fillSizes();
+  const model = selectedModel();
+  if (model) $('guidance').value = model.default_guidance;
+  render();
+}
+
+async function pollReadiness() {
+  if (polling) return;
+  polling = setInterval(async () => {
+    try {
+      const response = await fetch('/readyz');
+      const body = await response.json();
+      if (body.ready) {
+        clearInterval(polling);
+        polling = null;
+        client.reconnect(); // a fresh hello lists every warm model
+      } else if (body.error) {
+        setStatus('error', `Model missing or failed to load: ${body.error}`);
+      } else {
+        setStatus('warming', 'Server is loading and warming its models…');
+      }
+    } catch {
+      // the server is down; the socket's reconnect reports that
+    }
+  }, 1000);
+}
+
+client.addEventListener('status', ({detail}) => {
+  if (detail.state === 'reconnecting') {
+    setStatus('reconnecting', `Connection lost (${detail.reason}); reconnecting, attempt ${detail.attempt}…`);
+  } else if (detail.state === 'connecting' && $('status').dataset.state !== 'reconnecting') {
+    setStatus('connecting', 'Connecting…');
+  }
+});
+
+client.addEventListener('hello', ({detail: hello}) => {
+  if (!hello.ready) {
+    setStatus('warming', 'Server is loading and warming its models…');
+    pollReadiness();
+    return;
+  }
+  const names = hello.models.map((m) => m.name);
+  fillSelect($('model'), names, $('model').value);
+  const model = selectedModel();
+  if (model && !$('guidance').dataset.touched) $('guidance').value = model.default_guidance;
+  fillSizes();
+  setStatus('open', `Connected: ${names.join(', ')} on ${model?.device ?? '?'}`);
+  render();
+});
+
+client.addEventListener('frame', ({detail: {frame, blob}}) => {
+  if (current) URL.revokeObjectURL(current.url);
+  current = {blob, frame, url: URL.createObjectURL(blob)};
+  $('output').src = current.url;
+  $('output').dataset.frameId = frame.id;
+  $('save').disabled = false;
+  $('hud-timings').replaceChildren(...Object.entries(frame.timings).flatMap(([stage, ms]) => {
+    const dt = document.createElement('dt');
+    const dd = document.createElement('dd');
+    dt.textContent = stage.replace(/_ms$/, '');
+    dd.textContent = ms.toFixed(1);
+    return [dt, dd];
+  }));
+  if ($('status').dataset.state === 'error') setStatus('open', 'Connected');
+  updateHud();
+});
+
+client.addEventListener('error', ({detail: error}) => {
+  if (error.code === 'not_ready') {
+    setStatus('warming', 'Server is loading and warming its models…');
+    pollReadiness();
+  } else {
+    setStatus('error', `${error.code}: ${error.message}`);
+  }
+});
+
+function updateHud() {
+  const s = client.stats.summary();
+  const ms = (v) => (v === null ? '–' : `${v.toFixed(0)} ms`);
+  $('hud-fps').textContent = s.fps.toFixed(1);
+  $('hud-p50').textContent = ms(s.p50);
+  $('hud-p95').textContent = ms(s.p95);
+  $('hud-frames').textContent = s.frames;
+  $('hud-superseded').textContent = s.superseded + s.dropped;
+  $('hud-skipped').textContent = s.skipped;
+}
+
+// ------------------------------------------------------------------ camera filter
+
+async function startCamera() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 480}, audio: false});
+  } catch (error) {
+    const why = error.name === 'NotAllowedError' ? 'permission denied' : error.message || error.name;
+    setStatus('error', `Camera unavailable: ${why} (${error.name}). Allow camera access and try again.`);
+    return;
+  }
+  $('camera').srcObject = stream;
+  $('camera-view').hidden = false;
+  $('camera-toggle').textContent = 'Stop camera';
+  camera = {stream, canvas: document.createElement('canvas')};
+  cameraLoop(camera);
+}
+
+function stopCamera() {
+  camera.stream.getTracks().forEach((track) => track.stop());
+  camera = null;
+  $('camera').srcObject = null;
+  $('camera-view').hidden = true;
+  $('camera-toggle').textContent = 'Start camera';
+  render();
+}
+
+// Downscale and centre-crop the video to the model's size, as JPEG bytes.
+async function captureFrame({canvas}, width, height) {
+  const video = $('camera');
+  canvas.width = width;
+  canvas.height = height;
+  const scale = Math.max(width / video.videoWidth, height / video.videoHeight);
+  const w = video.videoWidth * scale;
+  const h = video.videoHeight * scale;
+  canvas.getContext('2d').drawImage(video, (width - w) / 2, (height - h) / 2, w, h);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, 'image/jpeg', 0.9));
+  return new Uint8Array(await blob.arrayBuffer());
+}
+
+// Each new camera frame at most once, and only when an input slot is free: the filter runs at
+// the rate the model allows and never builds a backlog.
+function nextVideoFrame(video) {
+  return new Promise((resolve) => ('requestVideoFrameCallback' in video
+    ? video.requestVideoFrameCallback(resolve) : requestAnimationFrame(resolve)));
+}
+
+async function cameraLoop(session) {
+  while (camera === session) {
+    await nextVideoFrame($('camera'));
+    if (!client.canSend || !client.hello?.ready || $('camera').readyState < 2) continue;
+    const input = params();
+    const [width, height] = input.width ? [input.width, input.height] : selectedModel().sizes[0];
+    input.image = await captureFrame(session, width, height);
+    input.strength = Number($('strength').value);
+    if ($('skip-still').checked) input.similarity_filter = SIMILARITY_THRESHOLD;
+    if (camera === session) client.send(input);
+  }
+}
+
+// ------------------------------------------------------------------ wiring
+
+function save() {
+  const {frame, url} = current;
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = `livegen-${frame.model}-seed${frame.seed}-${frame.id}.${frame.format === 'jpeg' ? 'jpg' : frame.format}`;
+  link.click();
+}
+
+$('prompt').addEventListener('input', render);
+$('blend-prompt').addEventListener('input', render);
+for (const name of sliders) $(name).addEventListener('input', render);
+$('guidance').addEventListener('input', () => { $('guidance').dataset.touched = '1'; });
+$('model').addEventListener('change', onModelChange);
+$('size').addEventListener('change', render);
+$('camera-toggle').addEventListener('click', () => (camera ? stopCamera() : startCamera()));
+$('save').addEventListener('click', save);
+setInterval(updateHud, 500);
+render();
+client.connect();
