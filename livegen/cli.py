@@ -321,15 +321,52 @@ def bench_model(
 ) -> None:
     """Noise to RGB pixels at 1, 2 and 4 steps, with the prompt embedding cached and not."""
     from livegen.bench.model import run
-    from livegen.config import embedded_model
 
     _quiet_libraries()
-    config = embedded_model() if model is None else ModelConfig(source=str(model))
-    if size:
-        config = ModelConfig(**{**config.model_dump(), "sizes": [size]})
-    run(config, 3 if quick else images, output)
+    run(_bench_model(model, size), 3 if quick else images, output)
     typer.echo((output / "model.md").read_text())
     typer.echo(f"results: {output / 'model.json'}")
+
+
+def _bench_model(model: Path | None, size: str | None) -> ModelConfig:
+    from livegen.config import embedded_model
+
+    config = embedded_model() if model is None else ModelConfig(source=str(model))
+    return ModelConfig(**{**config.model_dump(), "sizes": [size]}) if size else config
+
+
+@bench_app.command("interactive")
+def bench_interactive(
+    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
+    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
+    seconds: Annotated[float, typer.Option(help="How long to send, per sending mode.")] = 20.0,
+    quick: Annotated[bool, typer.Option(help="Smoke-test mode: 2 seconds.")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for interactive.json and .md.")] = Path("bench-results"),
+) -> None:
+    """A slider dragged at 30 inputs/s over the playground's protocol: latency, frames/s, superseded."""
+    from livegen.bench.interactive import run
+
+    _quiet_libraries()
+    run(_bench_model(model, size), 2.0 if quick else seconds, output)
+    typer.echo((output / "interactive.md").read_text())
+    typer.echo(f"results: {output / 'interactive.json'}")
+
+
+@bench_app.command("camera")
+def bench_camera(
+    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
+    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
+    frames: Annotated[int, typer.Option(help="Camera frames per row.")] = 150,
+    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few frames.")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for camera.json and .md.")] = Path("bench-results"),
+) -> None:
+    """Camera filter on a still and a panning input: flicker and frames skipped, noise fixed or not."""
+    from livegen.bench.camera import run
+
+    _quiet_libraries()
+    run(_bench_model(model, size), 6 if quick else frames, output)
+    typer.echo((output / "camera.md").read_text())
+    typer.echo(f"results: {output / 'camera.json'}")
 
 
 # The default benchmark pipeline has the shape the embedded model targets on a CPU: a 16M UNet

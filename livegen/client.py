@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
 from livegen.protocol import (
+    Codec,
     Error,
     Frame,
     Generate,
@@ -87,8 +88,11 @@ def _outcome(data: bytes | str) -> Outcome:
 
 
 class AsyncClient:
-    def __init__(self, url: str = "ws://127.0.0.1:8000"):
-        self.url = stream_url(url)
+    """`codec="json"` speaks JSON text messages, as the browser playground does."""
+
+    def __init__(self, url: str = "ws://127.0.0.1:8000", codec: Codec = "msgpack"):
+        self.url = stream_url(url) + ("?codec=json" if codec == "json" else "")
+        self.codec = codec
         self._requests = _Requests()
         self._ws: ClientConnection | None = None
         self.hello: Hello | None = None
@@ -108,7 +112,7 @@ class AsyncClient:
     async def send(self, prompt: str, **fields: Any) -> str:
         """Send an input and return its id at once; the server keeps only the latest waiting one."""
         request = self._requests.build(prompt, **fields)
-        await self.send_raw(encode(request))
+        await self.send_raw(encode(request, self.codec))
         return request.id
 
     async def send_raw(self, data: bytes | str) -> None:
