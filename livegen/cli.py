@@ -340,6 +340,7 @@ def bench_interactive(
     model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
     size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
     seconds: Annotated[float, typer.Option(help="How long to send, per sending mode.")] = 20.0,
+    steps: Annotated[int, typer.Option(min=1, max=8, help="Denoising steps per frame.")] = 1,
     quick: Annotated[bool, typer.Option(help="Smoke-test mode: 2 seconds.")] = False,
     output: Annotated[Path, typer.Option(help="Folder for interactive.json and .md.")] = Path("bench-results"),
 ) -> None:
@@ -347,7 +348,7 @@ def bench_interactive(
     from livegen.bench.interactive import run
 
     _quiet_libraries()
-    run(_bench_model(model, size), 2.0 if quick else seconds, output)
+    run(_bench_model(model, size), 2.0 if quick else seconds, steps, output)
     typer.echo((output / "interactive.md").read_text())
     typer.echo(f"results: {output / 'interactive.json'}")
 

@@ -3,11 +3,12 @@
 A JSON WebSocket session (the page's codec) sends `generate` inputs on a fixed 30 Hz clock for a
 fixed time, sweeping the prompt-blend slider between two cached prompts. Two ways to send:
 - raw: every input goes out at once; the server's latest-wins slot drops stale ones (`superseded`);
-- page: the playground's throttle, at most two inputs unanswered and the newest waiting in the page.
+- page: the playground's throttle, at most three inputs unanswered and the newest waiting in the page.
 
-Measured by the client: frames delivered per second, the share of inputs superseded (server) or
-dropped (page), the latency of each delivered frame from its own input, and, for every input, the
-time until a frame for it or a newer input reached the screen ("input to screen").
+Measured by the client, from the moment the slider produced each input: the latency of each
+delivered frame, and, for every input, the time until a frame for it or a newer input reached
+the screen ("input to screen"); frames delivered per second; the share of inputs superseded
+(server) or dropped (page).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from livegen.protocol import Error, Frame, Superseded
 from livegen.server.background import BackgroundServer
 
 RATE_HZ = 30
-PAGE_IN_FLIGHT = 2  # the playground's LivegenClient default
+PAGE_IN_FLIGHT = 3  # the playground's LivegenClient default
 PROMPTS = ("a smiling cat", "a red apple")
 
 
-async def drive(url: str, seconds: float, max_in_flight: int | None, progress: Progress | None = None) -> dict:
+async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
+                progress: Progress | None = None) -> dict:
     """Send at RATE_HZ for `seconds`, then wait for every outcome; return the measurements."""
+    created_at: dict[int, float] = {}  # when the slider moved: latency counts from here
     sent_at: dict[int, float] = {}
     frames: list[tuple[int, float, dict]] = []  # (input number, received at, timings)
     superseded = dropped = errors = 0
@@ -70,7 +73,8 @@ async def drive(url: str, seconds: float, max_in_flight: int | None, progress: P
         started = time.perf_counter()
         for i in range(total):
             await asyncio.sleep(max(0.0, started + i / RATE_HZ - time.perf_counter()))
-            fields = {"number": i, "blend_prompt": PROMPTS[1], "blend": (i % 61) / 60, "steps": 1}
+            created_at[i] = time.perf_counter()
+            fields = {"number": i, "blend_prompt": PROMPTS[1], "blend": (i % 61) / 60, "steps": steps}
             if max_in_flight is None or len(in_flight) < max_in_flight:
                 await transmit(fields)
             else:
@@ -83,14 +87,14 @@ async def drive(url: str, seconds: float, max_in_flight: int | None, progress: P
         await asyncio.wait_for(receiver, 60)
 
     delivered = Series("delivered frame latency",
-                       [(at - sent_at[n]) * 1000 for n, at, _ in frames])
+                       [(at - created_at[n]) * 1000 for n, at, _ in frames])
     # Every input is on screen once a frame for it or a newer input has arrived.
     to_screen = Series("input to screen")
     shown = sorted((n, at) for n, at, _ in frames)
-    for number, sent in sent_at.items():
+    for number, created in created_at.items():
         first = min((at for n, at in shown if n >= number), default=None)
         if first is not None:
-            to_screen.ms.append((first - sent) * 1000)
+            to_screen.ms.append((first - created) * 1000)
     stages = {key: round(sorted(t[key] for _, _, t in frames)[len(frames) // 2], 2) for key in frames[0][2]}
     return {
         "mode": "page throttle" if max_in_flight else "raw",
@@ -103,16 +107,17 @@ async def drive(url: str, seconds: float, max_in_flight: int | None, progress: P
     }
 
 
-def run(config: ModelConfig, seconds: float, output: Path) -> dict:
+def run(config: ModelConfig, seconds: float, steps: int, output: Path) -> dict:
     server = BackgroundServer(Settings(models=[config]))
     try:
         with Progress() as progress:
-            runs = [asyncio.run(drive(server.ws_url, seconds, mode, progress)) for mode in (None, PAGE_IN_FLIGHT)]
+            runs = [asyncio.run(drive(server.ws_url, seconds, steps, mode, progress))
+                    for mode in (None, PAGE_IN_FLIGHT)]
     finally:
         server.stop()
     results = {
         "scenario": "interactive", "command": " ".join(["livegen", *sys.argv[1:]]), "machine": machine(),
-        "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "rate_hz": RATE_HZ,
+        "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "steps": steps, "rate_hz": RATE_HZ,
         "runs": runs,
     }
     output.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,7 @@ def run(config: ModelConfig, seconds: float, output: Path) -> dict:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, inputs at {r['rate_hz']} Hz; "
+    lines = [f"Model `{r['model']}`, {r['size']}, {r['steps']} step(s), inputs at {r['rate_hz']} Hz; "
              f"{m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
              "| sending | inputs | frames/s | superseded | frame latency p50 / p95 ms | "
              "input to screen p50 / p95 ms | server total p50 ms |",

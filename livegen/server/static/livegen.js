@@ -2,7 +2,10 @@
 //
 // One WebSocket speaking JSON text messages, reconnecting on its own. `send()` never queues: at
 // most `maxInFlight` inputs are unanswered at a time and a newer input replaces one that is still
-// waiting in the page, so the page, like the server, lets the latest input win.
+// waiting in the page, so the page, like the server, lets the latest input win. Three in flight
+// is one computing, one in the server's latest-wins slot and one on its way to replace it: with
+// two, the slot's input is never replaced and goes stale, which doubles the latency whenever the
+// model is slower than the input (measured: docs/benchmarks.md).
 
 export function streamUrl(base = location.href) {
   const url = new URL('/v1/stream', base);
@@ -69,7 +72,7 @@ export class StreamStats {
 // 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped',
 // 'error' (an error message: {id, code, message}).
 export class LivegenClient extends EventTarget {
-  constructor({url = streamUrl(), maxInFlight = 2, minDelayMs = 250, maxDelayMs = 4000} = {}) {
+  constructor({url = streamUrl(), maxInFlight = 3, minDelayMs = 250, maxDelayMs = 4000} = {}) {
     super();
     this.url = url;
     this.maxInFlight = maxInFlight;
