@@ -76,8 +76,8 @@ class Generate(Message):
     image: WireBytes | None = Field(default=None, description="JPEG/PNG/WebP input for image-to-image.")
     similarity_filter: float | None = Field(
         default=None, ge=0.0, lt=1.0,
-        description="Image-to-image only: skip generation when the input's cosine similarity to the input "
-                    "behind the session's last frame is at least this (0.98 suits a camera); null: never skip.")
+        description="Image-to-image only: skip generation when the input's cosine similarity to the session's "
+                    "last accepted input is at least this (0.98 suits a camera); null: never skip.")
     format: ImageFormat = "jpeg"
     quality: int = Field(default=85, ge=1, le=100)
 
@@ -132,7 +132,7 @@ class Superseded(Message):
 
 
 class Skipped(Message):
-    """The input barely changed from the one behind `frame`, the session's last frame; it stands."""
+    """The input barely changed from input `frame`, the session's last accepted one; its frame stands."""
 
     type: Literal["skipped"] = "skipped"
     id: str

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from livegen.bench.warm import Series, machine
+from livegen.bench.report import Series, header, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.protocol import Frame, Skipped
@@ -104,12 +102,10 @@ def run(config: ModelConfig, count: int, output: Path) -> dict:
                     progress.advance(task)
     finally:
         server.stop()
-    results = {"scenario": "camera", "command": " ".join(["livegen", *sys.argv[1:]]), "machine": machine(),
+    results = {**header("camera"),
                "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "strength": 0.5,
                "sensor_noise": SENSOR_NOISE, "rows": rows}
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "camera.json").write_text(json.dumps(results, indent=2))
-    (output / "camera.md").write_text(markdown(results))
+    save(results, markdown(results), output)
     return results
 
 

@@ -14,14 +14,12 @@ the screen ("input to screen"); frames delivered per second; the share of inputs
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from pathlib import Path
 
 from rich.progress import Progress
 
-from livegen.bench.warm import Series, machine
+from livegen.bench.report import Series, header, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.protocol import Error, Frame, Superseded
@@ -116,13 +114,11 @@ def run(config: ModelConfig, seconds: float, steps: int, output: Path) -> dict:
     finally:
         server.stop()
     results = {
-        "scenario": "interactive", "command": " ".join(["livegen", *sys.argv[1:]]), "machine": machine(),
+        **header("interactive"),
         "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "steps": steps, "rate_hz": RATE_HZ,
         "runs": runs,
     }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "interactive.json").write_text(json.dumps(results, indent=2))
-    (output / "interactive.md").write_text(markdown(results))
+    save(results, markdown(results), output)
     return results
 
 

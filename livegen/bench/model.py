@@ -9,14 +9,12 @@ No engine, no wire encode: this is the model's own cost, the floor under every s
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 from rich.progress import Progress
 
-from livegen.bench.warm import Series, machine
+from livegen.bench.report import Series, header, save
 from livegen.config import ModelConfig
 from livegen.models.base import BatchSpec
 from livegen.models.loader import load_generator
@@ -40,9 +38,7 @@ def run(config: ModelConfig, images: int, output: Path) -> dict[str, object]:
     guidance = generator.description.default_guidance
     cached = generator.encode_prompt(PROMPT)
     results: dict[str, object] = {
-        "scenario": "model",
-        "command": " ".join(["livegen", *sys.argv[1:]]),
-        "machine": machine(),
+        **header("model"),
         "model": config.display_name,
         "size": f"{width}x{height}",
         "guidance": guidance,
@@ -61,9 +57,7 @@ def run(config: ModelConfig, images: int, output: Path) -> dict[str, object]:
                         series[name].ms.append(ms)
                     progress.advance(task)
             results["steps"][str(steps)] = {name: s.summary() for name, s in series.items()}  # type: ignore[index]
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "model.json").write_text(json.dumps(results, indent=2))
-    (output / "model.md").write_text(markdown(results))
+    save(results, markdown(results), output)
     return results
 
 

@@ -12,19 +12,14 @@ from __future__ import annotations
 import asyncio
 import io
 import multiprocessing
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from livegen.bench.report import Series, header, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
@@ -32,35 +27,6 @@ from livegen.protocol import Frame, Generate
 from livegen.server.background import BackgroundServer
 
 PROMPT = "a red fox in the snow"
-
-
-@dataclass
-class Series:
-    name: str
-    ms: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float]:
-        ordered = sorted(self.ms)
-
-        def pct(q: float) -> float:
-            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-        return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
-                "p95_ms": round(pct(0.95), 2), "p99_ms": round(pct(0.99), 2)}
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
 def bench_direct(model: Path, width: int, height: int, frames: int) -> Series:
@@ -151,9 +117,7 @@ def run(model: Path, width: int, height: int, frames: int, output: Path) -> dict
                            settings, frames)
     warm_new_prompt = statistics.median(served["new_prompt"].ms)
     results = {
-        "scenario": "warm",
-        "command": " ".join(["livegen", *sys.argv[1:]]),
-        "machine": machine(),
+        **header("warm"),
         "model": str(model),
         "size": f"{width}x{height}",
         "frames": frames,
@@ -169,9 +133,7 @@ def run(model: Path, width: int, height: int, frames: int, output: Path) -> dict
         # The first frame's prompt is new, so it is compared with warm frames whose prompts are new too.
         "first_frame_over_warm_median": round(served["first"].ms[0] / warm_new_prompt, 2),
     }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "warm.json").write_text(json.dumps(results, indent=2))
-    (output / "warm.md").write_text(markdown(results))
+    save(results, markdown(results), output)
     return results
 
 

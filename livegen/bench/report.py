@@ -1,0 +1,54 @@
+"""What every scenario reports: latency series, the machine it ran on, its results as JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Series:
+    name: str
+    ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.ms)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
+                "p95_ms": round(pct(0.95), 2), "p99_ms": round(pct(0.99), 2)}
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def header(scenario: str) -> dict[str, object]:
+    """The fields every result file starts with: the scenario, the exact command, the machine."""
+    return {"scenario": scenario, "command": " ".join(["livegen", *sys.argv[1:]]), "machine": machine()}
+
+
+def save(results: dict, markdown: str, output: Path) -> None:
+    """Write <scenario>.json and <scenario>.md into `output`."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{results['scenario']}.json").write_text(json.dumps(results, indent=2))
+    (output / f"{results['scenario']}.md").write_text(markdown)
