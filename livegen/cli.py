@@ -286,45 +286,85 @@ bench_app = typer.Typer(help="Measure latency; results go to JSON and markdown."
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("warm")
-def bench_warm(
-    model: Annotated[Path | None, typer.Option(help="Pipeline folder; a tiny random SD pipeline if absent.")] = None,
-    size: Annotated[str, typer.Option(help="WxH.")] = "128x128",
-    frames: Annotated[int, typer.Option(help="Measured frames per path.")] = 50,
-    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few frames.")] = False,
-    output: Annotated[Path, typer.Option(help="Folder for warm.json and warm.md.")] = Path("bench-results"),
-) -> None:
-    """Warm engine vs direct diffusers call vs WebSocket round trip, and the first frame after ready."""
-    from livegen.bench.warm import run
-    from livegen.config import parse_size
-    from livegen.models.tiny import build_tiny_pipeline
+ModelPathOption = Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")]
+BenchSizeOption = Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")]
+QuickOption = Annotated[bool, typer.Option(help="Smoke-test mode: a few frames, not figures.")]
+PeersOption = Annotated[bool, typer.Option(help="Also run StreamDiffusion (builds its own venv once).")]
+OutputOption = Annotated[Path, typer.Option(help="Folder for the JSON, markdown and plots.")]
+RESULTS = Path("bench-results")
+
+
+def _peer(config: ModelConfig, peers: bool, quick: bool, output: Path) -> dict | None:
+    from livegen.bench.suite import streamdiffusion_peer
+
+    return streamdiffusion_peer(config, 5 if quick else 50, output) if peers else None
+
+
+def _show(output: Path, scenario: str) -> None:
+    typer.echo((output / f"{scenario}.md").read_text())
+    typer.echo(f"results: {output / (scenario + '.json')}")
+
+
+@bench_app.command("all")
+def bench_all(model: ModelPathOption = None, size: BenchSizeOption = None, quick: QuickOption = False,
+              peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
+    """The standard set (cold, warm, interactive, load, camera) and summary.md with the targets."""
+    from livegen.bench.suite import run
 
     _quiet_libraries()
-    width, height = parse_size(size)
-    if model is None:
-        model = output / "bench-sd-16m"
-        if not (model / "model_index.json").is_file():
-            build_tiny_pipeline(model, "sd", "turbo", unet_channels=BENCH_UNET, text_width=384, text_layers=6)
-    run(model, width, height, 3 if quick else frames, output)
-    typer.echo((output / "warm.md").read_text())
-    typer.echo(f"results: {output / 'warm.json'}")
+    run(_bench_model(model, size), quick, peers, output)
+    _show(output, "summary")
+
+
+@bench_app.command("cold")
+def bench_cold(model: ModelPathOption = None, size: BenchSizeOption = None,
+               runs: Annotated[int, typer.Option(help="Cold starts.")] = 3,
+               frames: Annotated[int, typer.Option(help="Warm frames per start, for the median.")] = 20,
+               quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """`livegen serve` process start to /readyz, and a new connection's first frame against the warm median."""
+    from livegen.bench.cold import run
+
+    _quiet_libraries()
+    run(_bench_model(model, size), 1 if quick else runs, 3 if quick else frames, output)
+    _show(output, "cold")
+
+
+@bench_app.command("warm")
+def bench_warm(model: ModelPathOption = None, size: BenchSizeOption = None,
+               frames: Annotated[int, typer.Option(help="Measured frames per system.")] = 50,
+               quick: QuickOption = False, peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
+    """One session's warm frames: livegen, direct diffusers, naive server, serverless, StreamDiffusion."""
+    from livegen.bench.warm import run
+
+    _quiet_libraries()
+    config = _bench_model(model, size)
+    run(config, 3 if quick else frames, output, _peer(config, peers, quick, output))
+    _show(output, "warm")
+
+
+@bench_app.command("load")
+def bench_load(model: ModelPathOption = None, size: BenchSizeOption = None,
+               seconds: Annotated[float, typer.Option(help="Measured seconds per row.")] = 10.0,
+               quick: QuickOption = False, peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
+    """1 to 32 concurrent sessions, micro-batching on and off: frames/s and p99."""
+    from livegen.bench.load import run
+
+    _quiet_libraries()
+    config = _bench_model(model, size)
+    run(config, 0.5 if quick else seconds, output, _peer(config, peers, quick, output))
+    _show(output, "load")
 
 
 @bench_app.command("model")
-def bench_model(
-    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
-    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
-    images: Annotated[int, typer.Option(help="Measured images per row.")] = 50,
-    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few images.")] = False,
-    output: Annotated[Path, typer.Option(help="Folder for model.json and model.md.")] = Path("bench-results"),
-) -> None:
+def bench_model(model: ModelPathOption = None, size: BenchSizeOption = None,
+                images: Annotated[int, typer.Option(help="Measured images per row.")] = 50,
+                quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
     """Noise to RGB pixels at 1, 2 and 4 steps, with the prompt embedding cached and not."""
     from livegen.bench.model import run
 
     _quiet_libraries()
     run(_bench_model(model, size), 3 if quick else images, output)
-    typer.echo((output / "model.md").read_text())
-    typer.echo(f"results: {output / 'model.json'}")
+    _show(output, "model")
 
 
 def _bench_model(model: Path | None, size: str | None) -> ModelConfig:
@@ -335,40 +375,27 @@ def _bench_model(model: Path | None, size: str | None) -> ModelConfig:
 
 
 @bench_app.command("interactive")
-def bench_interactive(
-    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
-    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
-    seconds: Annotated[float, typer.Option(help="How long to send, per sending mode.")] = 20.0,
-    steps: Annotated[int, typer.Option(min=1, max=8, help="Denoising steps per frame.")] = 1,
-    quick: Annotated[bool, typer.Option(help="Smoke-test mode: 2 seconds.")] = False,
-    output: Annotated[Path, typer.Option(help="Folder for interactive.json and .md.")] = Path("bench-results"),
-) -> None:
+def bench_interactive(model: ModelPathOption = None, size: BenchSizeOption = None,
+                      seconds: Annotated[float, typer.Option(help="How long to send, per sending mode.")] = 20.0,
+                      steps: Annotated[int, typer.Option(min=1, max=8, help="Denoising steps per frame.")] = 1,
+                      quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
     """A slider dragged at 30 inputs/s over the playground's protocol: latency, frames/s, superseded."""
     from livegen.bench.interactive import run
 
     _quiet_libraries()
     run(_bench_model(model, size), 2.0 if quick else seconds, steps, output)
-    typer.echo((output / "interactive.md").read_text())
-    typer.echo(f"results: {output / 'interactive.json'}")
+    _show(output, "interactive")
 
 
 @bench_app.command("camera")
-def bench_camera(
-    model: Annotated[Path | None, typer.Option(help="Pipeline folder; livegen's own emoji model if absent.")] = None,
-    size: Annotated[str | None, typer.Option(help="WxH; the model's own size if absent.")] = None,
-    frames: Annotated[int, typer.Option(help="Camera frames per row.")] = 150,
-    quick: Annotated[bool, typer.Option(help="Smoke-test mode: a few frames.")] = False,
-    output: Annotated[Path, typer.Option(help="Folder for camera.json and .md.")] = Path("bench-results"),
-) -> None:
-    """Camera filter on a still and a panning input: flicker and frames skipped, noise fixed or not."""
+def bench_camera(model: ModelPathOption = None, size: BenchSizeOption = None,
+                 frames: Annotated[int, typer.Option(help="Camera frames per row.")] = 150,
+                 quick: QuickOption = False, peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
+    """Camera filter on a still and a panning input: flicker, frames skipped, speed against peers."""
     from livegen.bench.camera import run
 
     _quiet_libraries()
-    run(_bench_model(model, size), 6 if quick else frames, output)
-    typer.echo((output / "camera.md").read_text())
-    typer.echo(f"results: {output / 'camera.json'}")
+    config = _bench_model(model, size)
+    run(config, 6 if quick else frames, output, _peer(config, peers, quick, output))
+    _show(output, "camera")
 
-
-# The default benchmark pipeline has the shape the embedded model targets on a CPU: a 16M UNet
-# with 384-wide cross-attention and a MiniLM-sized (384 x 6 layers) text encoder.
-BENCH_UNET = (64, 128, 256)

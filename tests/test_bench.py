@@ -1,23 +1,87 @@
-"""`livegen bench warm|model --quick` run end to end (smoke tests: no thresholds asserted)."""
+"""`livegen bench ... --quick` run end to end (smoke tests: no timing thresholds asserted)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from livegen.cli import app
 
+PNG = b"\x89PNG"
 
-def test_warm_bench_quick_mode_writes_results(tiny_sd, tmp_path):
-    result = CliRunner().invoke(app, ["bench", "warm", "--quick", "--model", str(tiny_sd), "--size", "64x64",
-                                      "--output", str(tmp_path)])
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standard set, once, in quick mode (StreamDiffusion left out: it needs its own venv)."""
+    output = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, ["bench", "all", "--quick", "--output", str(output)])
     assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "warm.json").read_text())
-    for path in ("direct", "engine", "websocket", "websocket_overhead"):
-        assert results[path]["n"] == 3
-    assert results["first_frame_over_warm_median"] > 0
-    assert "| direct diffusers call |" in (tmp_path / "warm.md").read_text()
+    return output
+
+
+def load(output: Path, scenario: str) -> dict:
+    return json.loads((output / f"{scenario}.json").read_text())
+
+
+def test_summary_reports_each_target(suite: Path):
+    summary = (suite / "summary.md").read_text()
+    assert "quick mode" in summary
+    for target in ("1.3x faster than the direct diffusers call", "as fast per frame as StreamDiffusion",
+                   "within 1.5x of the warm median", "at least 10x slower"):
+        assert target in summary
+    assert "not run (--peers)" in summary
+    machine = load(suite, "summary")["machine"]
+    assert {"cpu", "cores", "torch", "diffusers", "livegen"} <= set(machine)
+
+
+def test_warm_measures_every_system_and_plots_their_latency(suite: Path):
+    warm = load(suite, "warm")
+    assert set(warm["systems"]) == {"livegen", "livegen_new_prompt", "livegen_engine", "direct",
+                                    "naive_teacher", "serverless"}
+    assert warm["systems"]["livegen"]["n"] == 3 and warm["systems"]["livegen"]["over_livegen"] == 1.0
+    assert {"queue_ms", "denoise_ms", "decode_ms", "total_ms"} <= set(warm["server_stages_p50_ms"])
+    assert (suite / "latency-cdf.png").read_bytes()[:4] == PNG
+    assert warm["command"].startswith("livegen bench all")
+
+
+def test_cold_starts_a_process_and_compares_its_first_frame(suite: Path):
+    cold = load(suite, "cold")
+    assert len(cold["runs"]) == 1
+    run = cold["runs"][0]
+    assert run["start_to_ready_s"] > 0 and run["first_frame_ms"] > 0 and run["first_over_warm_new_prompt"] > 0
+
+
+def test_load_sweeps_sessions_with_batching_on_and_off(suite: Path):
+    rows = load(suite, "load")["rows"]
+    for setting in ("micro-batching on (max_batch 8)", "micro-batching off (max_batch 1)"):
+        assert [r["sessions"] for r in rows if r["setting"] == setting] == [1, 2, 4, 8, 16, 32]
+    assert all(r["frames"] > 0 for r in rows)
+    assert (suite / "load.png").read_bytes()[:4] == PNG
+
+
+def test_interactive_accounts_for_every_input(suite: Path):
+    runs = load(suite, "interactive")["runs"]
+    assert [run["mode"] for run in runs] == ["raw", "page throttle"]
+    for run in runs:
+        assert run["inputs"] == 60 and run["errors"] == 0
+        # Every input ends as a frame, superseded on the server or dropped in the page.
+        assert run["frames"] + run["superseded"] + run["dropped_in_client"] == run["inputs"]
+        assert run["frame_latency"]["n"] == run["frames"] > 0
+
+
+def test_camera_measures_flicker_skips_and_speed(suite: Path):
+    camera = load(suite, "camera")
+    rows = {(r["input"], r["setting"]): r for r in camera["rows"]}
+    assert len(rows) == 6
+    for row in rows.values():
+        assert row["generated"] + row["skipped"] == row["inputs"] == 6
+    assert rows["still", "fresh noise"]["skipped"] == rows["still", "fixed noise"]["skipped"] == 0
+    assert rows["still", "fixed noise + similarity filter"]["skipped"] > 0
+    assert rows["still", "fixed noise"]["flicker"] < rows["still", "fresh noise"]["flicker"]
+    assert set(camera["speed"]) == {"livegen", "direct"}
 
 
 def test_model_bench_quick_mode_measures_each_step_count(tmp_path):
@@ -29,28 +93,3 @@ def test_model_bench_quick_mode_measures_each_step_count(tmp_path):
         for path in ("cached_prompt", "uncached_prompt"):
             assert results["steps"][steps][path]["n"] == 3
     assert "| 1 |" in (tmp_path / "model.md").read_text()
-
-
-def test_interactive_bench_quick_mode_accounts_for_every_input(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "interactive", "--quick", "--output", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "interactive.json").read_text())
-    assert [run["mode"] for run in results["runs"]] == ["raw", "page throttle"]
-    for run in results["runs"]:
-        assert run["inputs"] == 60 and run["errors"] == 0
-        # Every input ends as a frame, superseded on the server or dropped in the page.
-        assert run["frames"] + run["superseded"] + run["dropped_in_client"] == run["inputs"]
-        assert run["frame_latency"]["n"] == run["frames"] > 0
-    assert "| raw |" in (tmp_path / "interactive.md").read_text()
-
-
-def test_camera_bench_quick_mode_measures_flicker_and_skips(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "camera", "--quick", "--output", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    rows = {(r["input"], r["setting"]): r for r in json.loads((tmp_path / "camera.json").read_text())["rows"]}
-    assert len(rows) == 6
-    for row in rows.values():
-        assert row["generated"] + row["skipped"] == row["inputs"] == 6
-    assert rows["still", "fresh noise"]["skipped"] == rows["still", "fixed noise"]["skipped"] == 0
-    assert rows["still", "fixed noise + similarity filter"]["skipped"] > 0
-    assert rows["still", "fixed noise"]["flicker"] < rows["still", "fresh noise"]["flicker"]

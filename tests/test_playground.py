@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from livegen.config import ModelConfig, Settings
-from livegen.server.background import BackgroundServer
+from livegen.server.background import BackgroundServer, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -220,12 +219,6 @@ def test_missing_model_is_reported_in_the_page(browser: Browser, tmp_path: Path)
         live.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_server(port: int) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "livegen", "serve", "--port", str(port)],
@@ -243,7 +236,7 @@ def _start_server(port: int) -> subprocess.Popen:
 
 
 def test_killing_and_restarting_the_server_shows_the_reconnect(browser: Browser):
-    port = _free_port()
+    port = free_port()
     process = _start_server(port)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:

@@ -9,6 +9,9 @@ panning. Three settings on each:
   is answered `skipped` and the previous output stays on screen.
 
 Flicker is the mean absolute difference between consecutive frames on screen (0-255 scale).
+
+Speed on the same panning sequence (filter off), against the direct diffusers image-to-image
+call per frame and, when its results are given, StreamDiffusion's `img2img()`.
 """
 
 from __future__ import annotations
@@ -88,7 +91,29 @@ async def stream(url: str, frames: list[bytes], fresh_seed: bool = False, **fiel
     }
 
 
-def run(config: ModelConfig, count: int, output: Path) -> dict:
+def bench_direct_img2img(config: ModelConfig, frames: list[bytes]) -> Series:
+    """`StableDiffusionImg2ImgPipeline` per frame at strength 0.5: 2 scheduled steps, 1 of them run."""
+    from diffusers import AutoPipelineForImage2Image
+
+    from livegen.models.embedded import pipeline_components
+
+    width, height = config.sizes[0]
+    path = Path(config.source)
+    pipe = AutoPipelineForImage2Image.from_pretrained(path, local_files_only=True, **pipeline_components(path))
+    pipe.set_progress_bar_config(disable=True)
+    series = Series("direct diffusers image-to-image call")
+    for i, data in enumerate(frames[:2] + frames):  # two warm-up calls
+        started = time.perf_counter()
+        image = Image.open(io.BytesIO(data)).convert("RGB").resize((width, height))
+        output = pipe(PROMPT, image=image, strength=0.5, num_inference_steps=2,
+                      guidance_scale=config.guidance or 0.0).images[0]
+        output.save(io.BytesIO(), "PNG", compress_level=1)
+        if i >= 2:
+            series.ms.append((time.perf_counter() - started) * 1000)
+    return series
+
+
+def run(config: ModelConfig, count: int, output: Path, peer: dict | None = None) -> dict:
     server = BackgroundServer(Settings(models=[config]))
     rows = []
     try:
@@ -100,11 +125,17 @@ def run(config: ModelConfig, count: int, output: Path) -> dict:
                     result = asyncio.run(stream(server.ws_url, frames, **fields))
                     rows.append({"input": "panning" if moving else "still", "setting": name, **result})
                     progress.advance(task)
+        direct = bench_direct_img2img(config, camera_frames(count, moving=True))
     finally:
         server.stop()
+    livegen_row = next(r for r in rows if r["input"] == "panning" and r["setting"] == "fixed noise")
+    speed = {"livegen": {"label": "livegen camera stream (WebSocket)", **livegen_row["generated_latency"]},
+             "direct": {"label": direct.name, **direct.summary()}}
+    if peer is not None:
+        speed["streamdiffusion"] = {"label": "StreamDiffusion img2img", **Series("", peer["img2img_ms"]).summary()}
     results = {**header("camera"),
                "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "strength": 0.5,
-               "sensor_noise": SENSOR_NOISE, "rows": rows}
+               "sensor_noise": SENSOR_NOISE, "rows": rows, "speed": speed}
     save(results, markdown(results), output)
     return results
 
@@ -120,4 +151,9 @@ def markdown(r: dict) -> str:
         skip = row["skipped_latency"]["p50_ms"] if row["skipped_latency"] else "–"
         lines.append(f"| {row['input']} | {row['setting']} | {row['flicker']} | {row['share_skipped']:.0%} | "
                      f"{row['inputs_per_s']} | {gen} | {skip} |")
+    lines += ["", "Speed on the panning sequence, similarity filter off, one frame at a time:", "",
+              "| system | p50 ms | p95 ms | p50 vs livegen |", "|---|---|---|---|"]
+    base = r["speed"]["livegen"]["p50_ms"]
+    for s in r["speed"].values():
+        lines.append(f"| {s['label']} | {s['p50_ms']} | {s['p95_ms']} | {round(s['p50_ms'] / base, 2)}x |")
     return "\n".join(lines) + "\n"

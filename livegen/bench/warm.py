@@ -1,10 +1,16 @@
-"""`livegen bench warm`: a warm engine frame against the diffusers call people start from.
+"""`livegen bench warm`: one session's warm frames, livegen against what people would use instead.
 
-On the same pipeline, prompt and settings, in one run:
-- direct: `pipe(prompt, num_inference_steps=1)` per frame, plus the same JPEG encode;
-- engine: the warm engine in-process (prompt cache, fixed noise, no per-call set-up);
-- websocket: the same engine behind uvicorn on loopback, measured by the Python client;
-- cold: a fresh engine's start-to-ready time and its first frame after ready, against the warm median.
+Same weights, prompt and size, in one run; each system in a fresh process, so that torch threads
+from one cannot slow the next:
+- livegen over WebSocket: the round trip measured by the Python client, beside the server's own
+  per-stage timings; and the same with a new prompt every frame (text encoding not cached);
+- livegen engine in-process: the same engine without the socket;
+- direct diffusers call: `pipe(prompt, num_inference_steps=1)` per frame plus the same JPEG encode;
+- the naive server (bench/naive.py): HTTP per frame with the teacher's 50 steps, and serverless
+  with the model loaded per request;
+- StreamDiffusion's `txt2img()` (bench/streamdiffusion.py), when its results are given.
+
+Writes warm.json, warm.md and latency-cdf.png (one curve per system).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from livegen.bench.naive import bench_naive
+from livegen.bench.plots import latency_cdf
 from livegen.bench.report import Series, header, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
@@ -26,37 +34,38 @@ from livegen.engine import Engine
 from livegen.protocol import Frame, Generate
 from livegen.server.background import BackgroundServer
 
-PROMPT = "a red fox in the snow"
+PROMPT = "a smiling cat"
+NAIVE_FRAMES = 10  # the teacher's 50 steps take seconds a frame on a CPU
 
 
-def bench_direct(model: Path, width: int, height: int, frames: int) -> Series:
-    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+def bench_direct(config: ModelConfig, frames: int) -> Series:
+    from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    from livegen.models.embedded import pipeline_components
+
+    width, height = config.sizes[0]
+    path = Path(config.source)
+    pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **pipeline_components(path))
     pipe.set_progress_bar_config(disable=True)
     series = Series("direct diffusers call")
     for i in range(frames + 2):
         started = time.perf_counter()
-        image = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, width=width, height=height).images[0]
+        image = pipe(PROMPT, num_inference_steps=1, guidance_scale=config.guidance or 0.0,
+                     width=width, height=height).images[0]
         image.save(io.BytesIO(), "JPEG", quality=85)
         if i >= 2:  # two warm-up calls, like the engine's warm-up
             series.ms.append((time.perf_counter() - started) * 1000)
     return series
 
 
-def _settings(model: Path, width: int, height: int) -> Settings:
-    return Settings(models=[ModelConfig(source=str(model), name="bench", sizes=[(width, height)])])
-
-
-def bench_engine(settings: Settings, frames: int) -> Series:
-    return asyncio.run(_engine_frames(settings, frames))
+def bench_engine(config: ModelConfig, frames: int) -> Series:
+    return asyncio.run(_engine_frames(Settings(models=[config]), frames))
 
 
 async def _engine_frames(settings: Settings, frames: int) -> Series:
     engine = Engine(settings)
     await engine.start()
-    series = Series("livegen engine (in-process)")
+    series = Series("livegen engine, in-process")
     session = engine.open_session()
     try:
         for i in range(frames):
@@ -70,36 +79,37 @@ async def _engine_frames(settings: Settings, frames: int) -> Series:
     return series
 
 
-async def _client_frames(url: str, frames: int, name: str, new_prompts: bool = False) -> tuple[Series, Series]:
-    """Frames one after another on a new connection; `new_prompts` makes every prompt a cache miss."""
-    round_trip, server_total = Series(name), Series("server total (same frames)")
+async def client_frames(url: str, frames: int, name: str, new_prompts: bool = False) -> tuple[Series, list[dict]]:
+    """Frames one after another on a new connection, and each frame's server timings."""
+    round_trip, timings = Series(name), []
     async with AsyncClient(url) as client:
         for i in range(frames):
             started = time.perf_counter()
             frame = await client.generate(f"{PROMPT} {i}" if new_prompts else PROMPT)
             round_trip.ms.append((time.perf_counter() - started) * 1000)
-            server_total.ms.append(frame.timings["total_ms"])
-    return round_trip, server_total
+            timings.append(frame.timings)
+    return round_trip, timings
 
 
-def bench_websocket_and_cold(settings: Settings, frames: int) -> dict[str, object]:
-    started = time.perf_counter()
-    server = BackgroundServer(settings)
-    start_to_ready_s = time.perf_counter() - started
+def stage_medians(timings: list[dict]) -> dict[str, float]:
+    return {stage: round(statistics.median(t[stage] for t in timings), 2) for stage in timings[0]}
+
+
+def bench_websocket(config: ModelConfig, frames: int) -> dict[str, object]:
+    server = BackgroundServer(Settings(models=[config]))
     try:
-        first, _ = asyncio.run(_client_frames(server.ws_url, 1, "first frame after ready", new_prompts=True))
-        round_trip, server_total = asyncio.run(_client_frames(server.ws_url, frames, "livegen over WebSocket"))
-        new_prompt, _ = asyncio.run(_client_frames(server.ws_url, frames, "new prompt", new_prompts=True))
+        round_trip, timings = asyncio.run(client_frames(server.ws_url, frames, "livegen over WebSocket"))
+        new_prompt, _ = asyncio.run(client_frames(server.ws_url, frames, "livegen, a new prompt every frame",
+                                                  new_prompts=True))
     finally:
         server.stop()
-    overhead = Series("WebSocket overhead", [r - s for r, s in zip(round_trip.ms, server_total.ms, strict=True)])
-    return {"start_to_ready_s": round(start_to_ready_s, 2), "first": first, "round_trip": round_trip,
-            "new_prompt": new_prompt,
-            "server_total": server_total, "overhead": overhead}
+    overhead = Series("WebSocket overhead", [r - t["total_ms"] for r, t in zip(round_trip.ms, timings, strict=True)])
+    return {"round_trip": round_trip, "new_prompt": new_prompt, "overhead": overhead,
+            "stages": stage_medians(timings)}
 
 
 def _isolated(progress: Progress, name: str, fn, *args):
-    """Each path in a fresh process: torch threads from one path must not slow the next."""
+    """Each system in a fresh process: torch threads from one must not slow the next."""
     task = progress.add_task(name, total=1)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         result = pool.submit(fn, *args).result()
@@ -107,48 +117,46 @@ def _isolated(progress: Progress, name: str, fn, *args):
     return result
 
 
-def run(model: Path, width: int, height: int, frames: int, output: Path) -> dict[str, object]:
-    settings = _settings(model, width, height)
+def run(config: ModelConfig, frames: int, output: Path, peer: dict | None = None) -> dict[str, object]:
+    width, height = config.sizes[0]
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns) as progress:
-        direct = _isolated(progress, "direct diffusers call", bench_direct, model, width, height, frames)
-        engine = _isolated(progress, "livegen engine, in-process", bench_engine, settings, frames)
-        served = _isolated(progress, "livegen over WebSocket, from a cold start", bench_websocket_and_cold,
-                           settings, frames)
-    warm_new_prompt = statistics.median(served["new_prompt"].ms)
+        served = _isolated(progress, "livegen over WebSocket", bench_websocket, config, frames)
+        engine = _isolated(progress, "livegen engine, in-process", bench_engine, config, frames)
+        direct = _isolated(progress, "direct diffusers call", bench_direct, config, frames)
+        naive = _isolated(progress, "naive server and serverless", bench_naive, Path(config.source),
+                          output / "naive-teacher", width, height, min(frames, NAIVE_FRAMES), PROMPT,
+                          config.guidance or 0.0)
+    systems = {"livegen": served["round_trip"], "livegen_new_prompt": served["new_prompt"],
+               "livegen_engine": engine, "direct": direct, "naive_teacher": naive["teacher"],
+               "serverless": naive["serverless"]}
+    if peer is not None:
+        systems["streamdiffusion"] = Series("StreamDiffusion txt2img", peer["txt2img_ms"])
+    livegen_p50 = statistics.median(served["round_trip"].ms)
     results = {
         **header("warm"),
-        "model": str(model),
-        "size": f"{width}x{height}",
-        "frames": frames,
-        "direct": direct.summary(),
-        "engine": engine.summary(),
-        "websocket": served["round_trip"].summary(),
-        "websocket_new_prompt": served["new_prompt"].summary(),
-        "server_total": served["server_total"].summary(),
+        "model": config.display_name, "size": f"{width}x{height}", "frames": frames, "prompt": PROMPT,
+        "systems": {key: {"label": s.name, **s.summary(), "fps": round(1000 / statistics.fmean(s.ms), 1),
+                          "over_livegen": round(statistics.median(s.ms) / livegen_p50, 2)}
+                    for key, s in systems.items()},
+        "server_stages_p50_ms": served["stages"],
         "websocket_overhead": served["overhead"].summary(),
-        "engine_speedup_over_direct": round(statistics.median(direct.ms) / statistics.median(engine.ms), 2),
-        "start_to_ready_s": served["start_to_ready_s"],
-        "first_frame_after_ready_ms": round(served["first"].ms[0], 2),
-        # The first frame's prompt is new, so it is compared with warm frames whose prompts are new too.
-        "first_frame_over_warm_median": round(served["first"].ms[0] / warm_new_prompt, 2),
     }
     save(results, markdown(results), output)
+    latency_cdf(list(systems.values()), output / "latency-cdf.png",
+                f"Warm frame latency, {config.display_name} {width}x{height}, 1 step (one session)")
     return results
 
 
 def markdown(r: dict) -> str:
-    rows = [("direct diffusers call", r["direct"]), ("livegen engine, in-process", r["engine"]),
-            ("livegen over WebSocket (client round trip)", r["websocket"]),
-            ("livegen over WebSocket, a new prompt every frame", r["websocket_new_prompt"]),
-            ("WebSocket overhead (round trip - server total)", r["websocket_overhead"])]
-    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, {r['frames']} frames; "
-             f"{r['machine']['cpu']} ({r['machine']['cores']} cores), GPU: {r['machine']['gpu'] or 'none'}.",
-             "", "| path | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
-    lines += [f"| {name} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} |" for name, s in rows]
-    lines += ["", f"- engine speed-up over the direct call (p50): **{r['engine_speedup_over_direct']}x**",
-              f"- start to ready (load + warm-up): {r['start_to_ready_s']} s",
-              f"- first frame after ready: {r['first_frame_after_ready_ms']} ms = "
-              f"**{r['first_frame_over_warm_median']}x** the warm median with new prompts "
-              "(the first frame's prompt is new too)", ""]
+    m = r["machine"]
+    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, one session, {r['frames']} frames per system "
+             f"(naive ones: fewer); {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             "| system | p50 ms | p95 ms | p99 ms | frames/s | p50 vs livegen |", "|---|---|---|---|---|---|"]
+    for s in r["systems"].values():
+        lines.append(f"| {s['label']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | {s['fps']} | "
+                     f"{s['over_livegen']}x |")
+    stages = ", ".join(f"{k.removesuffix('_ms')} {v}" for k, v in r["server_stages_p50_ms"].items())
+    lines += ["", f"Server stages, p50 ms: {stages}. WebSocket overhead (round trip - server total): "
+                  f"{r['websocket_overhead']['p50_ms']} ms p50.", ""]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Run the app under a real uvicorn server in a background thread (tests, benchmarks)."""
+"""Run an app under a real uvicorn server in a background thread (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import uvicorn
@@ -15,24 +16,30 @@ from livegen.engine import Engine
 from livegen.server.app import create_app
 
 
-class BackgroundServer:
-    """livegen on a free loopback port; `stop()` shuts it down."""
+def free_port() -> int:
+    """A loopback port free right now, for a server in another process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    def __init__(self, settings: Settings, wait_ready: bool = True, ready_timeout: float = 300):
-        self.engine = Engine(settings)
+
+class LoopbackServer:
+    """Any ASGI app on a free loopback port; `stop()` shuts it down."""
+
+    def __init__(self, app: Any, ws_max_size: int = 16 * 1024 * 1024):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(self.engine), log_level="warning",
-                                ws_max_size=settings.max_message_bytes * 4)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=ws_max_size))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
-        self._wait(lambda: httpx.get(self.url + "/livez").status_code == 200, 30)
-        if wait_ready:
-            self._wait(lambda: httpx.get(self.url + "/readyz").status_code == 200, ready_timeout)
+        self.wait_for("/livez", 30)
+
+    def wait_for(self, path: str, timeout: float) -> None:
+        """Until GET `path` answers 200."""
+        self._wait(lambda: httpx.get(self.url + path).status_code == 200, timeout)
 
     @staticmethod
     def _wait(check: Callable[[], bool], timeout: float) -> None:
@@ -49,3 +56,13 @@ class BackgroundServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class BackgroundServer(LoopbackServer):
+    """livegen itself, ready (every model warm) when the constructor returns unless told not to wait."""
+
+    def __init__(self, settings: Settings, wait_ready: bool = True, ready_timeout: float = 300):
+        self.engine = Engine(settings)
+        super().__init__(create_app(self.engine), ws_max_size=settings.max_message_bytes * 4)
+        if wait_ready:
+            self.wait_for("/readyz", ready_timeout)
