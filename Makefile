@@ -34,8 +34,10 @@ model: install
 eval: install
 	$(BIN)/livegen eval --workdir build/emoji
 
+# The standard set (cold, warm, interactive, load, camera) with StreamDiffusion as a peer; figures,
+# plots and summary.md land in bench-results/.
 bench: install
-	$(BIN)/livegen bench warm $(if $(MODEL),--model $(MODEL))
+	$(BIN)/livegen bench all --peers $(if $(MODEL),--model $(MODEL)) $(if $(SIZE),--size $(SIZE))
 
 clean:
 	rm -rf $(VENV) test-artifacts bench-results

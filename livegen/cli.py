@@ -294,10 +294,10 @@ OutputOption = Annotated[Path, typer.Option(help="Folder for the JSON, markdown 
 RESULTS = Path("bench-results")
 
 
-def _peer(config: ModelConfig, peers: bool, quick: bool, output: Path) -> dict | None:
+def _peer(config: ModelConfig, peers: bool, quick: bool) -> dict | None:
     from livegen.bench.suite import streamdiffusion_peer
 
-    return streamdiffusion_peer(config, 5 if quick else 50, output) if peers else None
+    return streamdiffusion_peer(config, 5 if quick else 50) if peers else None
 
 
 def _show(output: Path, scenario: str) -> None:
@@ -338,7 +338,7 @@ def bench_warm(model: ModelPathOption = None, size: BenchSizeOption = None,
 
     _quiet_libraries()
     config = _bench_model(model, size)
-    run(config, 3 if quick else frames, output, _peer(config, peers, quick, output))
+    run(config, 3 if quick else frames, output, _peer(config, peers, quick))
     _show(output, "warm")
 
 
@@ -351,7 +351,7 @@ def bench_load(model: ModelPathOption = None, size: BenchSizeOption = None,
 
     _quiet_libraries()
     config = _bench_model(model, size)
-    run(config, 0.5 if quick else seconds, output, _peer(config, peers, quick, output))
+    run(config, 0.5 if quick else seconds, output, _peer(config, peers, quick))
     _show(output, "load")
 
 
@@ -396,6 +396,6 @@ def bench_camera(model: ModelPathOption = None, size: BenchSizeOption = None,
 
     _quiet_libraries()
     config = _bench_model(model, size)
-    run(config, 6 if quick else frames, output, _peer(config, peers, quick, output))
+    run(config, 6 if quick else frames, output, _peer(config, peers, quick))
     _show(output, "camera")
 

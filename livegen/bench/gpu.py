@@ -25,7 +25,10 @@ import gc
 import statistics
 import sys
 import time
+import traceback
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from livegen.bench.report import Series, header, save
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
 from livegen.models.base import BatchSpec
+from livegen.models.pipeline import DiffusersGenerator
 from livegen.protocol import Frame, Generate
 
 PROMPT = "a red fox in the snow, golden hour"
@@ -49,12 +53,14 @@ class Case:
     compile: bool = False
     tiny_vae: bool = True
     dtype: str = "float16"
+    compile_mode: str | None = None  # None: livegen's own (DiffusersGenerator.compile); else a torch.compile mode
     estimate_s: float = 60  # rough wall time with a warm cache, to skip what the budget cannot hold
 
     @property
     def label(self) -> str:
+        compiled = f"compile {self.compile_mode}" if self.compile_mode else "compile"
         return (f"{self.architecture} {self.size}x{self.size} {self.dtype} "
-                f"{'compile' if self.compile else 'eager'} {'tiny-vae' if self.tiny_vae else 'full-vae'}")
+                f"{compiled if self.compile else 'eager'} {'tiny-vae' if self.tiny_vae else 'full-vae'}")
 
 
 def cases(quick: bool, only: str | None = None) -> list[Case]:
@@ -73,6 +79,27 @@ def cases(quick: bool, only: str | None = None) -> list[Case]:
         ]
     words = [w.strip() for w in (only or "").split(",") if w.strip()]
     return [c for c in chosen if all(w in c.label for w in words)]
+
+
+@contextmanager
+def compile_mode(mode: str | None) -> Iterator[None]:
+    """Bench-only: torch.compile with another mode than livegen's own ("reduce-overhead": CUDA graphs)."""
+    if mode is None:
+        yield
+        return
+    original = DiffusersGenerator.compile
+
+    def compile(self: DiffusersGenerator) -> None:
+        if self.device.type == "cuda":
+            self.denoiser.to(memory_format=torch.channels_last)
+        self.denoiser = torch.compile(self.denoiser, mode=mode)
+        self.vae.decoder = torch.compile(self.vae.decoder, mode=mode)
+
+    DiffusersGenerator.compile = compile  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DiffusersGenerator.compile = original  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------- models on disk
@@ -174,29 +201,36 @@ def gpu_floor(engine: Engine, size: int, reps: int) -> dict:
     return result
 
 
-async def measure(case: Case, config: ModelConfig, frames: int, seconds: float) -> dict:
+async def measure(config: ModelConfig, size: int, frames: int, seconds: float, result: dict,
+                  checkpoint: Callable[[], None], partial_warmup: bool = True) -> None:
+    """Fills `result` part by part, calling `checkpoint` after each (a run cut short keeps its parts)."""
     settings = Settings(models=[config], max_batch=SESSIONS)
     engine = Engine(settings)
     started = time.perf_counter()
     await engine.start()
-    result: dict = {"start_to_ready_s": round(time.perf_counter() - started, 1)}
-    generator = next(iter(engine.runners.values())).generator
+    result["start_to_ready_s"] = round(time.perf_counter() - started, 1)
+    runner = next(iter(engine.runners.values()))
+    generator = runner.generator
     denoiser = getattr(generator.pipe, "unet", None)  # type: ignore[union-attr]
     if denoiser is not None:
         result["attention"] = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
     try:
         result["one_session"] = await one_session(engine, frames, seconds)
-        result["gpu_floor"] = gpu_floor(engine, case.size, reps=10 if frames > 20 else 2)
+        checkpoint()
+        # On the runner's own thread: CUDA graphs recorded there are replayed there.
+        result["gpu_floor"] = await asyncio.get_running_loop().run_in_executor(
+            runner._executor, gpu_floor, engine, size, 10 if frames > 20 else 2)
+        checkpoint()
         # Warm-up, not measured: a partial batch (with torch.compile, the first batch size other
         # than 1 and 8 compiles a dynamic-shape graph), then full ones.
         started = time.perf_counter()
-        await many_sessions(engine, 3, 0.0, min_frames=2)
+        if partial_warmup:
+            await many_sessions(engine, 3, 0.0, min_frames=2)
         await many_sessions(engine, SESSIONS, 0.0, min_frames=3)
         result["sessions_warmup_s"] = round(time.perf_counter() - started, 1)
         result[f"sessions_{SESSIONS}"] = await many_sessions(engine, SESSIONS, seconds)
     finally:
         await engine.stop()
-    return result
 
 
 # ---------------------------------------------------------------- the run
@@ -214,9 +248,12 @@ def machine_info() -> dict:
 
 
 def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | None = None,
-        budget_s: float | None = None, autotune: bool = False, only: str | None = None) -> dict:
+        budget_s: float | None = None, autotune: bool = False, only: str | None = None,
+        mode: str | None = None, partial_warmup: bool = True) -> dict:
     """Measure every case that fits `budget_s`; writes gpu.json and gpu.md to `output` after each case.
 
+    `mode` compiles with that torch.compile mode instead of livegen's own (max-autotune-no-cudagraphs);
+    without `partial_warmup`, 8 sessions skip the warm-up that compiles a dynamic-batch graph.
     `cpu` runs the same path with livegen's tiny pipelines at 64x64 (a smoke test, not a figure).
     Without `autotune`, torch.compile's max-autotune keeps cuBLAS/cuDNN for matrix products and
     convolutions instead of benchmarking Triton templates: compile takes a minute, not tens.
@@ -243,13 +280,15 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
         "weights": "tiny random pipelines (CPU smoke test, not a measurement)" if cpu else WEIGHTS,
         "tokenizer": "livegen's character-level CLIP tokenizer, padded to the real 77 tokens",
         "attention": "diffusers default processor (torch SDPA)",
-        "autotune": autotune,
+        "autotune": autotune, "partial_batch_warmup": partial_warmup,
         "frames_per_session_max": frames, "seconds_per_scenario": seconds, "max_batch": SESSIONS,
         "builds_s": {}, "cases": [],
     }
     for case in cases(quick, only):
         if cpu:
             case = Case(case.architecture, 64, case.compile, case.tiny_vae, "float32")
+        if mode and case.compile:
+            case = Case(case.architecture, case.size, True, case.tiny_vae, case.dtype, mode, case.estimate_s)
         entry: dict = {"label": case.label, **asdict(case)}
         entry.pop("estimate_s")
         spent = time.perf_counter() - begun
@@ -268,9 +307,16 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
                 source=str(source), name="bench", device="cpu" if cpu else "cuda", dtype=case.dtype,
                 compile=case.compile, tiny_vae=str(tiny) if tiny else None, sizes=[(case.size, case.size)],
             )
-            entry.update(asyncio.run(measure(case, config, frames, seconds)))
+            results["cases"].append(entry)
+
+            def checkpoint() -> None:
+                save(results, markdown(results), output)
+
+            with compile_mode(case.compile_mode):
+                asyncio.run(measure(config, case.size, frames, seconds, entry, checkpoint, partial_warmup))
         except Exception as exc:  # one failing case must not cost the others' figures
             entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            traceback.print_exc()
         finally:
             gc.collect()
             torch._dynamo.reset()
@@ -278,7 +324,8 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
                 torch.cuda.empty_cache()
         entry["case_s"] = round(time.perf_counter() - begun - spent, 1)
         print(f"      {summary_line(entry)}", flush=True)
-        results["cases"].append(entry)
+        if entry not in results["cases"]:
+            results["cases"].append(entry)
         results["targets"] = targets(results["cases"])
         save(results, markdown(results), output)
     results["total_s"] = round(time.perf_counter() - begun, 1)
@@ -287,8 +334,8 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
 
 
 def summary_line(entry: dict) -> str:
-    if "error" in entry:
-        return f"ERROR {entry['error']}"
+    if "error" in entry or f"sessions_{SESSIONS}" not in entry:
+        return f"ERROR {entry.get('error')}; {entry}"
     one, many = entry["one_session"], entry[f"sessions_{SESSIONS}"]
     return (f"ready {entry['start_to_ready_s']}s; 1 session p50 {one['p50_ms']} p99 {one['p99_ms']} ms; "
             f"{SESSIONS} sessions {many['frames_per_s']} frames/s p99 {many['p99_ms']} ms; "
@@ -298,11 +345,14 @@ def summary_line(entry: dict) -> str:
 def targets(entries: list[dict]) -> dict:
     """Issue 6's targets, on the SD-Turbo architecture at 512x512, 1 step, text-to-image."""
     sd = [e for e in entries if e["architecture"] == "sd-turbo" and e["size"] == 512 and "one_session" in e]
+    many = [e for e in sd if f"sessions_{SESSIONS}" in e]
     if not sd:
         return {}
     best_p50 = min(sd, key=lambda e: e["one_session"]["p50_ms"])
-    best_fps = max(sd, key=lambda e: e[f"sessions_{SESSIONS}"]["frames_per_s"])
-    p50, fps = best_p50["one_session"]["p50_ms"], best_fps[f"sessions_{SESSIONS}"]["frames_per_s"]
+    best_fps = max(many, key=lambda e: e[f"sessions_{SESSIONS}"]["frames_per_s"]) if many else None
+    p50 = best_p50["one_session"]["p50_ms"]
+    fps = best_fps[f"sessions_{SESSIONS}"]["frames_per_s"] if best_fps else 0.0
+    best_fps = best_fps or {"label": None}
     return {"one_session_p50_ms": p50, "one_session_p50_case": best_p50["label"], "p50_at_most_10ms": p50 <= 10,
             "sessions_frames_per_s": fps, "sessions_case": best_fps["label"], "at_least_150_fps": fps >= 150}
 
@@ -317,8 +367,9 @@ def markdown(r: dict) -> str:
              f"floor b1 denoise+decode ms | {SESSIONS} sessions frames/s | {SESSIONS} sessions p50 / p99 ms | "
              "mean batch |", "|---|---|---|---|---|---|---|---|"]
     for e in r["cases"]:
-        if "one_session" not in e:
-            lines.append(f"| {e['label']} | {e.get('error') or e.get('skipped')} |||||||")
+        if f"sessions_{SESSIONS}" not in e:
+            partial = {k: e[k] for k in ("start_to_ready_s", "one_session", "gpu_floor") if k in e}
+            lines.append(f"| {e['label']} | {e.get('error') or e.get('skipped') or 'cut short'} {partial} |||||||")
             continue
         one, many, st = e["one_session"], e[f"sessions_{SESSIONS}"], e["one_session"]["stages_p50_ms"]
         floor = e["gpu_floor"]["batch1"]
@@ -346,10 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", action="store_true", help="smoke test on the CPU with tiny pipelines")
     parser.add_argument("--budget-s", type=float, default=None, help="skip cases that would not fit")
     parser.add_argument("--cases", default=None, help="comma-separated words each chosen case's label holds")
+    parser.add_argument("--mode", default=None, help="torch.compile mode for compiled cases (bench override)")
+    parser.add_argument("--no-partial-warmup", action="store_true", help="skip the dynamic-batch compile warm-up")
     parser.add_argument("--autotune", action="store_true", help="let max-autotune try Triton templates")
     args = parser.parse_args(argv)
     run(args.output, args.quick, cpu=args.cpu, cache=args.cache, budget_s=args.budget_s, autotune=args.autotune,
-        only=args.cases)
+        only=args.cases, mode=args.mode, partial_warmup=not args.no_partial_warmup)
 
 
 if __name__ == "__main__":

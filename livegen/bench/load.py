@@ -60,10 +60,12 @@ def run(config: ModelConfig, seconds: float, output: Path, peer: dict | None = N
             finally:
                 server.stop()
     if peer is not None:
-        round_robin = Series("StreamDiffusion", peer["round_robin_ms"])
-        rows.append({"setting": "StreamDiffusion, one stream in turn", "sessions": peer["sessions"],
-                     "frames": len(round_robin.ms), "frames_per_s": peer["round_robin_fps"],
-                     "latency": round_robin.summary()})
+        turns, n = peer["round_robin"], peer["round_robin"]["sessions"]
+        # A session's frame latency in turn: its own frame and the other sessions' before it.
+        waits = [sum(turns["ms"][i:i + n]) for i in range(len(turns["ms"]) - n + 1)]
+        rows.append({"setting": "StreamDiffusion, one stream in turn", "sessions": n,
+                     "frames": turns["frames"], "frames_per_s": round(turns["fps"], 1),
+                     "latency": Series("StreamDiffusion", waits).summary()})
     results = {**header("load"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "seconds": seconds, "rows": rows}
     save(results, markdown(results), output)

