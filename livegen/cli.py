@@ -355,6 +355,21 @@ def bench_load(model: ModelPathOption = None, size: BenchSizeOption = None,
     _show(output, "load")
 
 
+@bench_app.command("gpu")
+def bench_gpu(quick: QuickOption = False,
+              cpu: Annotated[bool, typer.Option(help="The same path on tiny pipelines, on the CPU: a smoke test.")] = False,
+              cases: Annotated[str | None, typer.Option(help="Comma-separated words each chosen case's label holds.")] = None,
+              budget_s: Annotated[float | None, typer.Option(help="Skip the cases that would not fit.")] = None,
+              cache: Annotated[Path | None, typer.Option(help="Where the built pipelines go.")] = None,
+              output: OutputOption = RESULTS / "gpu") -> None:
+    """SD-Turbo and SDXL-Turbo architectures (random weights) through the engine on CUDA."""
+    from livegen.bench.gpu import run
+
+    _quiet_libraries()
+    run(output, quick, cpu=cpu, cache=cache, budget_s=budget_s, only=cases)
+    _show(output, "gpu")
+
+
 @bench_app.command("model")
 def bench_model(model: ModelPathOption = None, size: BenchSizeOption = None,
                 images: Annotated[int, typer.Option(help="Measured images per row.")] = 50,

@@ -93,3 +93,13 @@ def test_model_bench_quick_mode_measures_each_step_count(tmp_path):
         for path in ("cached_prompt", "uncached_prompt"):
             assert results["steps"][steps][path]["n"] == 3
     assert "| 1 |" in (tmp_path / "model.md").read_text()
+
+
+def test_gpu_bench_runs_its_whole_path_on_tiny_pipelines(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "gpu", "--cpu", "--quick", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    (case,) = results["cases"]
+    assert case["architecture"] == "sd-turbo" and not case["compile"]
+    assert case["one_session"]["n"] > 0 and case["sessions_8"]["frames_per_s"] > 0
+    assert "random" in results["weights"]

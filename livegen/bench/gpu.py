@@ -1,7 +1,7 @@
 """GPU scenarios: the real SD-Turbo and SDXL-Turbo architectures through livegen's own engine.
 
-    python -m livegen.bench.gpu --output bench-results/gpu [--quick] [--budget-s 400]
-    python -m livegen.bench.gpu --output /tmp/smoke --cpu      # the same path, tiny models, on a CPU
+    livegen bench gpu [--quick] [--budget-s 400]    # on a CUDA machine
+    livegen bench gpu --cpu                          # the same path with tiny models: a smoke test
 
 The models are the real architectures with RANDOM WEIGHTS (`livegen.models.reference`): compute
 does not depend on weight values, so the timings are the real models' timings; the pictures are
@@ -19,16 +19,13 @@ Stage timings are CPU-side: kernels run asynchronously, so GPU time not yet fini
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import statistics
-import sys
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +35,6 @@ from livegen.bench.report import Series, header, save
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
 from livegen.models.base import BatchSpec
-from livegen.models.pipeline import DiffusersGenerator
 from livegen.protocol import Frame, Generate
 
 PROMPT = "a red fox in the snow, golden hour"
@@ -53,14 +49,12 @@ class Case:
     compile: bool = False
     tiny_vae: bool = True
     dtype: str = "float16"
-    compile_mode: str | None = None  # None: livegen's own (DiffusersGenerator.compile); else a torch.compile mode
     estimate_s: float = 60  # rough wall time with a warm cache, to skip what the budget cannot hold
 
     @property
     def label(self) -> str:
-        compiled = f"compile {self.compile_mode}" if self.compile_mode else "compile"
         return (f"{self.architecture} {self.size}x{self.size} {self.dtype} "
-                f"{compiled if self.compile else 'eager'} {'tiny-vae' if self.tiny_vae else 'full-vae'}")
+                f"{'compile' if self.compile else 'eager'} {'tiny-vae' if self.tiny_vae else 'full-vae'}")
 
 
 def cases(quick: bool, only: str | None = None) -> list[Case]:
@@ -79,27 +73,6 @@ def cases(quick: bool, only: str | None = None) -> list[Case]:
         ]
     words = [w.strip() for w in (only or "").split(",") if w.strip()]
     return [c for c in chosen if all(w in c.label for w in words)]
-
-
-@contextmanager
-def compile_mode(mode: str | None) -> Iterator[None]:
-    """Bench-only: torch.compile with another mode than livegen's own ("reduce-overhead": CUDA graphs)."""
-    if mode is None:
-        yield
-        return
-    original = DiffusersGenerator.compile
-
-    def compile(self: DiffusersGenerator) -> None:
-        if self.device.type == "cuda":
-            self.denoiser.to(memory_format=torch.channels_last)
-        self.denoiser = torch.compile(self.denoiser, mode=mode)
-        self.vae.decoder = torch.compile(self.vae.decoder, mode=mode)
-
-    DiffusersGenerator.compile = compile  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        DiffusersGenerator.compile = original  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------- models on disk
@@ -202,7 +175,7 @@ def gpu_floor(engine: Engine, size: int, reps: int) -> dict:
 
 
 async def measure(config: ModelConfig, size: int, frames: int, seconds: float, result: dict,
-                  checkpoint: Callable[[], None], partial_warmup: bool = True) -> None:
+                  checkpoint: Callable[[], None]) -> None:
     """Fills `result` part by part, calling `checkpoint` after each (a run cut short keeps its parts)."""
     settings = Settings(models=[config], max_batch=SESSIONS)
     engine = Engine(settings)
@@ -224,8 +197,7 @@ async def measure(config: ModelConfig, size: int, frames: int, seconds: float, r
         # Warm-up, not measured: a partial batch (with torch.compile, the first batch size other
         # than 1 and 8 compiles a dynamic-shape graph), then full ones.
         started = time.perf_counter()
-        if partial_warmup:
-            await many_sessions(engine, 3, 0.0, min_frames=2)
+        await many_sessions(engine, 3, 0.0, min_frames=2)
         await many_sessions(engine, SESSIONS, 0.0, min_frames=3)
         result["sessions_warmup_s"] = round(time.perf_counter() - started, 1)
         result[f"sessions_{SESSIONS}"] = await many_sessions(engine, SESSIONS, seconds)
@@ -236,59 +208,36 @@ async def measure(config: ModelConfig, size: int, frames: int, seconds: float, r
 # ---------------------------------------------------------------- the run
 
 
-def machine_info() -> dict:
-    import diffusers
-    import transformers
-
-    info = {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "cuda": torch.version.cuda}
-    if torch.cuda.is_available():
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return info
-
-
 def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | None = None,
-        budget_s: float | None = None, autotune: bool = False, only: str | None = None,
-        mode: str | None = None, partial_warmup: bool = True) -> dict:
+        budget_s: float | None = None, only: str | None = None) -> dict:
     """Measure every case that fits `budget_s`; writes gpu.json and gpu.md to `output` after each case.
 
-    `mode` compiles with that torch.compile mode instead of livegen's own (max-autotune-no-cudagraphs);
-    without `partial_warmup`, 8 sessions skip the warm-up that compiles a dynamic-batch graph.
-    `cpu` runs the same path with livegen's tiny pipelines at 64x64 (a smoke test, not a figure).
-    Without `autotune`, torch.compile's max-autotune keeps cuBLAS/cuDNN for matrix products and
-    convolutions instead of benchmarking Triton templates: compile takes a minute, not tens.
+    `cpu` runs the same path with livegen's tiny pipelines at 64x64, eager only (a smoke test).
     """
     begun = time.perf_counter()
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
     if not cpu and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --cpu for the smoke test")
-    if not autotune:
-        import torch._inductor.config as inductor
+    # max-autotune keeps cuBLAS/cuDNN for matrix products and convolutions instead of timing
+    # Triton templates for each: the compile then takes minutes, not tens of minutes.
+    import torch._inductor.config as inductor
 
-        inductor.max_autotune_gemm_backends = "ATEN"
-        inductor.max_autotune_conv_backends = "ATEN"
+    inductor.max_autotune_gemm_backends = "ATEN"
+    inductor.max_autotune_conv_backends = "ATEN"
     cache = cache or output / "models"
     frames, seconds = (4, 0.0) if cpu else ((60, 2.0) if quick else (200, 4.0))
     results = {
         **header("gpu"),
-        "command": " ".join(["python -m livegen.bench.gpu", *sys.argv[1:]]),
-        "versions": machine_info(),
         "weights": "tiny random pipelines (CPU smoke test, not a measurement)" if cpu else WEIGHTS,
         "tokenizer": "livegen's character-level CLIP tokenizer, padded to the real 77 tokens",
         "attention": "diffusers default processor (torch SDPA)",
-        "autotune": autotune, "partial_batch_warmup": partial_warmup,
         "frames_per_session_max": frames, "seconds_per_scenario": seconds, "max_batch": SESSIONS,
         "builds_s": {}, "cases": [],
     }
     for case in cases(quick, only):
         if cpu:
+            if case.compile:
+                continue  # an inductor compile on the CPU takes minutes: not a smoke test
             case = Case(case.architecture, 64, case.compile, case.tiny_vae, "float32")
-        if mode and case.compile:
-            case = Case(case.architecture, case.size, True, case.tiny_vae, case.dtype, mode, case.estimate_s)
         entry: dict = {"label": case.label, **asdict(case)}
         entry.pop("estimate_s")
         spent = time.perf_counter() - begun
@@ -312,8 +261,7 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
             def checkpoint() -> None:
                 save(results, markdown(results), output)
 
-            with compile_mode(case.compile_mode):
-                asyncio.run(measure(config, case.size, frames, seconds, entry, checkpoint, partial_warmup))
+            asyncio.run(measure(config, case.size, frames, seconds, entry, checkpoint))
         except Exception as exc:  # one failing case must not cost the others' figures
             entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
             traceback.print_exc()
@@ -358,9 +306,9 @@ def targets(entries: list[dict]) -> dict:
 
 
 def markdown(r: dict) -> str:
-    m, v = r["machine"], r["versions"]
-    lines = [f"GPU: {m['gpu'] or 'none'}; torch {m['torch']} (CUDA {v['cuda']}), diffusers {v['diffusers']}, "
-             f"transformers {v['transformers']}. Weights: **{r['weights']}**. Tokenizer: {r['tokenizer']}. "
+    m = r["machine"]
+    lines = [f"GPU: {m['gpu'] or 'none'}; torch {m['torch']} (CUDA {m['cuda']}), diffusers {m['diffusers']}, "
+             f"transformers {m['transformers']}. Weights: **{r['weights']}**. Tokenizer: {r['tokenizer']}. "
              f"Attention: {r['attention']}. Text-to-image, 1 step, prompt cached; latency seen by the "
              "in-process engine caller.", "",
              f"| case | ready s | 1 session p50 / p95 / p99 ms | denoise / decode / encode ms (p50) | "
@@ -387,23 +335,3 @@ def markdown(r: dict) -> str:
                   f"{t['sessions_case']})"]
     lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", type=Path, default=Path("bench-results/gpu"))
-    parser.add_argument("--cache", type=Path, default=None, help="where the built pipelines go (output/models)")
-    parser.add_argument("--quick", action="store_true", help="SD-Turbo only, fewer frames")
-    parser.add_argument("--cpu", action="store_true", help="smoke test on the CPU with tiny pipelines")
-    parser.add_argument("--budget-s", type=float, default=None, help="skip cases that would not fit")
-    parser.add_argument("--cases", default=None, help="comma-separated words each chosen case's label holds")
-    parser.add_argument("--mode", default=None, help="torch.compile mode for compiled cases (bench override)")
-    parser.add_argument("--no-partial-warmup", action="store_true", help="skip the dynamic-batch compile warm-up")
-    parser.add_argument("--autotune", action="store_true", help="let max-autotune try Triton templates")
-    args = parser.parse_args(argv)
-    run(args.output, args.quick, cpu=args.cpu, cache=args.cache, budget_s=args.budget_s, autotune=args.autotune,
-        only=args.cases, mode=args.mode, partial_warmup=not args.no_partial_warmup)
-
-
-if __name__ == "__main__":
-    main()

@@ -45,7 +45,8 @@ def machine() -> dict[str, object]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__, "livegen": __version__}
+            "cuda": torch.version.cuda, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "livegen": __version__}
 
 
 def header(scenario: str) -> dict[str, object]:

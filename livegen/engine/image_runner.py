@@ -84,12 +84,13 @@ class ImageRunner(Runner):
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
         guidance = self.generator.description.default_guidance
-        # Every served size, image- and text-to-image, at a full batch and at batch 1: the
-        # shapes the first real inputs will have. The most common first input (one text-to-image
-        # frame) runs last, so it finds its kernels chosen and its memory ready.
+        # Every served size, image- and text-to-image, at every batch size up to a full batch: the
+        # shapes real inputs will have (a batch size met first after ready cost seconds on the CPU,
+        # where each new shape builds its convolution kernels). The most common first input (one
+        # text-to-image frame) runs last, so it finds its kernels chosen and its memory ready.
         for width, height in self.generator.description.sizes:
             image = np.full((height, width, 3), 127, np.uint8)
-            for batch in sorted({1, self.settings.max_batch}, reverse=True):
+            for batch in range(self.settings.max_batch, 0, -1):
                 for strength in (0.5, None):
                     spec = BatchSpec(width, height, 1, guidance, strength)
                     tasks = [
