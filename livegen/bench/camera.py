@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.protocol import Frame, Skipped
@@ -143,7 +143,7 @@ def run(config: ModelConfig, count: int, output: Path, peer: dict | None = None)
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, strength {r['strength']}, sensor noise "
-             f"σ={r['sensor_noise']}; {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             f"σ={r['sensor_noise']}; {machine_line(m)}.", "",
              "| input | setting | flicker (mean abs diff) | inputs skipped | inputs/s | "
              "generated p50 ms | skipped answer p50 ms |", "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from rich.progress import Progress
 
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Series, header, machine_line, save
 from livegen.bench.warm import client_frames
 from livegen.config import ModelConfig
 from livegen.models.embedded import EMBEDDED_MODEL
@@ -84,7 +84,7 @@ def run(config: ModelConfig, runs: int, frames: int, output: Path) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, `python -m livegen serve` started {len(r['runs'])} "
-             f"times; {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             f"times; {machine_line(m)}.", "",
              "| run | start to ready s | first frame ms | warm p50 ms, new prompts | first / warm | "
              "warm p50 ms, cached prompt |", "|---|---|---|---|---|---|"]
     for i, row in enumerate(r["runs"], 1):

@@ -24,7 +24,6 @@ import gc
 import statistics
 import time
 import traceback
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from livegen.bench.report import Series, header, save
+from livegen.bench.warm import engine_frames, stage_medians
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
 from livegen.models.base import BatchSpec
@@ -100,24 +100,9 @@ def prepare(case: Case, cache: Path, cpu: bool) -> tuple[Path, Path | None, floa
 # ---------------------------------------------------------------- measurements
 
 
-async def one_session(engine: Engine, frames: int, seconds: float) -> dict:
-    series, stages = Series("1 session"), defaultdict(list)
-    session = engine.open_session()
-    deadline = time.perf_counter() + seconds
-    try:
-        for i in range(frames):
-            started = time.perf_counter()
-            engine.submit(session, Generate(id=str(i), prompt=PROMPT))
-            outcome = await session.next_outcome()
-            assert isinstance(outcome, Frame), outcome
-            series.ms.append((time.perf_counter() - started) * 1000)
-            for stage, ms in outcome.timings.items():
-                stages[stage].append(ms)
-            if i >= 20 and time.perf_counter() > deadline:
-                break
-    finally:
-        engine.close_session(session)
-    return {**series.summary(), "stages_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()}}
+async def one_session(engine: Engine, frames: int) -> dict:
+    series, timings = await engine_frames(engine, frames, PROMPT, "1 session")
+    return {**series.summary(), "stages_p50_ms": stage_medians(timings)}
 
 
 async def many_sessions(engine: Engine, sessions: int, seconds: float, min_frames: int = 3) -> dict:
@@ -188,7 +173,7 @@ async def measure(config: ModelConfig, size: int, frames: int, seconds: float, r
     if denoiser is not None:
         result["attention"] = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
     try:
-        result["one_session"] = await one_session(engine, frames, seconds)
+        result["one_session"] = await one_session(engine, frames)
         checkpoint()
         # On the runner's own thread: CUDA graphs recorded there are replayed there.
         result["gpu_floor"] = await asyncio.get_running_loop().run_in_executor(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.protocol import Error, Frame, Superseded
@@ -125,7 +125,7 @@ def run(config: ModelConfig, seconds: float, steps: int, output: Path) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, {r['steps']} step(s), inputs at {r['rate_hz']} Hz; "
-             f"{m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             f"{machine_line(m)}.", "",
              "| sending | inputs | frames/s | superseded | frame latency p50 / p95 ms | "
              "input to screen p50 / p95 ms | server total p50 ms |",
              "|---|---|---|---|---|---|---|"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from livegen.bench.plots import load_curves
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.server.background import BackgroundServer
@@ -77,7 +77,7 @@ def run(config: ModelConfig, seconds: float, output: Path, peer: dict | None = N
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, closed loop for {r['seconds']} s per row; "
-             f"{m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             f"{machine_line(m)}.", "",
              "| setting | sessions | frames/s (all sessions) | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for row in r["rows"]:
         lines.append(f"| {row['setting']} | {row['sessions']} | {row['frames_per_s']} | "

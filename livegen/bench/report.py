@@ -49,6 +49,11 @@ def machine() -> dict[str, object]:
             "livegen": __version__}
 
 
+def machine_line(m: dict) -> str:
+    """The machine in a table's caption: 'AMD EPYC (2 cores), GPU: none'."""
+    return f"{m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}"
+
+
 def header(scenario: str) -> dict[str, object]:
     """The fields every result file starts with: the scenario, the exact command, the machine."""
     return {"scenario": scenario, "command": " ".join(["livegen", *sys.argv[1:]]), "machine": machine()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from livegen.bench import camera, cold, interactive, load, warm
-from livegen.bench.report import header, save
+from livegen.bench.report import header, machine_line, save
 from livegen.config import ModelConfig
 
 PEER_SESSIONS = 8
@@ -72,7 +72,7 @@ def markdown(r: dict) -> str:
     m = r["machine"]
     mark = {True: "met", False: "**not met**", None: "not measured"}
     lines = [f"# livegen bench: {r['model']}{' (quick mode: smoke test, not figures)' if r['quick'] else ''}", "",
-             f"{m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}; torch {m['torch']}, "
+             f"{machine_line(m)}; torch {m['torch']}, "
              f"diffusers {m['diffusers']}. Command: `{r['command']}`.", "",
              "| target | measured | |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {mark[met]} |" for name, measured, met in targets(r)]

@@ -27,7 +27,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from livegen.bench.naive import bench_naive
 from livegen.bench.plots import latency_cdf
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
@@ -59,24 +59,32 @@ def bench_direct(config: ModelConfig, frames: int) -> Series:
 
 
 def bench_engine(config: ModelConfig, frames: int) -> Series:
-    return asyncio.run(_engine_frames(Settings(models=[config]), frames))
+    async def measure() -> Series:
+        engine = Engine(Settings(models=[config]))
+        await engine.start()
+        try:
+            return (await engine_frames(engine, frames, PROMPT, "livegen engine, in-process"))[0]
+        finally:
+            await engine.stop()
+
+    return asyncio.run(measure())
 
 
-async def _engine_frames(settings: Settings, frames: int) -> Series:
-    engine = Engine(settings)
-    await engine.start()
-    series = Series("livegen engine, in-process")
+async def engine_frames(engine: Engine, frames: int, prompt: str, name: str) -> tuple[Series, list[dict]]:
+    """One session on a started engine, frames one after another: latency and each frame's timings."""
+    series, timings = Series(name), []
     session = engine.open_session()
     try:
         for i in range(frames):
             started = time.perf_counter()
-            engine.submit(session, Generate(id=str(i), prompt=PROMPT))
+            engine.submit(session, Generate(id=str(i), prompt=prompt))
             outcome = await session.next_outcome()
             assert isinstance(outcome, Frame), outcome
             series.ms.append((time.perf_counter() - started) * 1000)
+            timings.append(outcome.timings)
     finally:
-        await engine.stop()
-    return series
+        engine.close_session(session)
+    return series, timings
 
 
 async def client_frames(url: str, frames: int, name: str, new_prompts: bool = False) -> tuple[Series, list[dict]]:
@@ -151,7 +159,7 @@ def run(config: ModelConfig, frames: int, output: Path, peer: dict | None = None
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, one session, {r['frames']} frames per system "
-             f"(naive ones: fewer); {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}.", "",
+             f"(naive ones: fewer); {machine_line(m)}.", "",
              "| system | p50 ms | p95 ms | p99 ms | frames/s | p50 vs livegen |", "|---|---|---|---|---|---|"]
     for s in r["systems"].values():
         lines.append(f"| {s['label']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | {s['fps']} | "
