@@ -64,13 +64,9 @@ def _check_models(settings: Settings) -> None:
 
 
 def _quiet_libraries() -> None:
-    import diffusers
-    import transformers
+    from livegen.models.loader import quiet_libraries
 
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_libraries()
 
 
 @app.command()

@@ -31,6 +31,7 @@ from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
+from livegen.models.loader import quiet_libraries
 from livegen.protocol import Frame, Generate
 from livegen.server.background import BackgroundServer
 
@@ -119,7 +120,7 @@ def bench_websocket(config: ModelConfig, frames: int) -> dict[str, object]:
 def _isolated(progress: Progress, name: str, fn, *args):
     """Each system in a fresh process: torch threads from one must not slow the next."""
     task = progress.add_task(name, total=1)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_libraries) as pool:
         result = pool.submit(fn, *args).result()
     progress.update(task, completed=1)
     return result

@@ -155,3 +155,15 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     if config.compile:
         generator.compile()
     return generator
+
+
+def quiet_libraries() -> None:
+    """No progress bars or warnings from diffusers and transformers: the CLI prints its own."""
+    import transformers
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
