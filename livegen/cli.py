@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from livegen.config import DType, Device, Family, ModelConfig, Settings
+from livegen.protocol import ProtocolError, Speak
 
 app = typer.Typer(help="livegen: real-time generation server.", no_args_is_help=True, add_completion=False)
 
@@ -146,6 +147,54 @@ def generate(
     assert isinstance(frame, Frame)
     output.write_bytes(frame.image)
     typer.echo(f"{output}: {frame.width}x{frame.height} seed {frame.seed} {json.dumps(frame.timings)}")
+
+
+@app.command()
+def say(
+    text: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="WAV file to write.")],
+    url: Annotated[str | None, typer.Option(help="A running server; in this process if absent.")] = None,
+    voice: Annotated[str | None, typer.Option(help="A voice of the model; its default if absent.")] = None,
+    speed: Annotated[float, typer.Option(min=0.5, max=2.0)] = 1.0,
+) -> None:
+    """Speak text into a WAV file, streamed through a running server (--url) or in this process."""
+    from livegen.client import Client, GenerationError
+
+    if url is None:
+        asyncio.run(_say_in_process(text, output, voice, speed))
+        return
+    try:
+        with Client(url) as client:
+            speech = client.say(text, voice=voice, speed=speed)
+    except GenerationError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    speech.save(output)
+    typer.echo(f"{output}: {len(speech.pcm) // 2 / speech.sample_rate:.2f} s in {len(speech.chunks)} chunks, "
+               f"first audio after {speech.end.timings['ttfa_ms']:.0f} ms")
+
+
+async def _say_in_process(text: str, output: Path, voice: str | None, speed: float) -> None:
+    from livegen.client import GenerationError, Speech
+    from livegen.engine import Engine
+
+    _quiet_libraries()
+    engine = Engine(Settings(models=[], speech=Settings().speech))
+    await engine.speech.start()  # type: ignore[union-attr]
+    session = engine.open_session()
+    try:
+        engine.speech.speak(session, Speak(id="say", text=text, voice=voice, speed=speed))  # type: ignore[union-attr]
+        speech = Speech("say")
+        while not speech.take(await session.next_outcome(), None):
+            pass
+    except (ProtocolError, GenerationError) as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        await engine.stop()
+    speech.save(output)
+    typer.echo(f"{output}: {len(speech.pcm) // 2 / speech.sample_rate:.2f} s, "
+               f"first audio after {speech.end.timings['ttfa_ms']:.0f} ms")  # type: ignore[union-attr]
 
 
 async def _generate_in_process(settings: Settings, request: object):

@@ -7,12 +7,17 @@
 
     with Client("ws://127.0.0.1:8000") as client:
         frame = client.generate("a red fox")          # send and wait for that input's outcome
+        speech = client.say("Hello there.", on_audio=play)   # chunks as they arrive, then the whole
+        speech.save("hello.wav")
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import wave
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,8 +30,12 @@ from livegen.protocol import (
     Frame,
     Generate,
     Hello,
+    Audio,
+    Cancelled,
     Outcome,
     Skipped,
+    Speak,
+    SpeechEnd,
     Superseded,
     decode_server_message,
     encode,
@@ -50,6 +59,47 @@ def stream_url(url: str) -> str:
     return url if url.endswith(STREAM_PATH) else url + STREAM_PATH
 
 
+@dataclass
+class Speech:
+    """An utterance's audio as it streamed in: 16-bit mono PCM chunks and the server's end report."""
+
+    id: str
+    chunks: list[Audio] = field(default_factory=list)
+    end: SpeechEnd | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.end.sample_rate if self.end else self.chunks[0].sample_rate
+
+    @property
+    def pcm(self) -> bytes:
+        return b"".join(chunk.pcm for chunk in self.chunks)
+
+    def save(self, path: str | Path) -> None:
+        """Write a 16-bit mono WAV file."""
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.sample_rate)
+            out.writeframes(self.pcm)
+
+    def take(self, outcome: Outcome, on_audio: Callable[[Audio], None] | None) -> bool:
+        """Add one outcome for this utterance; True once it ended. Errors and cancels raise."""
+        if outcome.id != self.id:
+            return False
+        if isinstance(outcome, Audio):
+            self.chunks.append(outcome)
+            if on_audio is not None:
+                on_audio(outcome)
+            return False
+        if isinstance(outcome, SpeechEnd):
+            self.end = outcome
+            return True
+        if isinstance(outcome, Cancelled):
+            raise GenerationError(Error(id=outcome.id, code="cancelled", message=f"by {outcome.by}"))
+        raise GenerationError(outcome)  # type: ignore[arg-type]
+
+
 class _Requests:
     """Builds `generate` messages with fresh ids."""
 
@@ -58,6 +108,9 @@ class _Requests:
 
     def build(self, prompt: str, id: str | None = None, **fields: Any) -> Generate:
         return Generate(id=id or str(next(self._ids)), prompt=prompt, **fields)
+
+    def speak(self, text: str, id: str | None = None, **fields: Any) -> Speak:
+        return Speak(id=id or str(next(self._ids)), text=text, **fields)
 
 
 def _answer(outcome: Outcome, request_id: str) -> Frame | None:
@@ -142,6 +195,19 @@ class AsyncClient:
             pass
         return frame
 
+    async def speak(self, text: str, **fields: Any) -> str:
+        """Send an utterance, or a piece of one (`id=` the same, `final=False` until the last)."""
+        request = self._requests.speak(text, **fields)
+        await self.send_raw(encode(request, self.codec))
+        return request.id
+
+    async def say(self, text: str, on_audio: Callable[[Audio], None] | None = None, **fields: Any) -> Speech:
+        """Stream one utterance: `on_audio` gets each chunk as it arrives; returns the whole."""
+        speech = Speech(await self.speak(text, **fields))
+        while not speech.take(await self.receive(), on_audio):
+            pass
+        return speech
+
 
 class Client:
     """The synchronous twin of AsyncClient, for scripts and notebooks."""
@@ -187,3 +253,12 @@ class Client:
         while (frame := _answer(self.receive(), request_id)) is None:
             pass
         return frame
+
+    def say(self, text: str, on_audio: Callable[[Audio], None] | None = None, **fields: Any) -> Speech:
+        request = self._requests.speak(text, **fields)
+        assert self._ws is not None, "use `with Client(...)`"
+        self._ws.send(encode(request))
+        speech = Speech(request.id)
+        while not speech.take(self.receive(), on_audio):
+            pass
+        return speech

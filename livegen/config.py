@@ -52,6 +52,16 @@ class ModelConfig(BaseModel):
         return self.name or Path(self.source.rstrip("/")).name
 
 
+class SpeechConfig(BaseModel):
+    """The speech model the server keeps warm beside the image models."""
+
+    model: str | None = Field(default=None, description="Kokoro ONNX file; the shipped Kokoro-82M int8 if absent.")
+    voices: str | None = Field(default=None, description="Kokoro voices file (.bin/.npz) for `model`.")
+    default_voice: str | None = Field(default=None, description="The model's first voice if absent.")
+    language: str = Field(default="en-us", description="espeak-ng language for the phonemes.")
+    max_text_chars: int = Field(default=4000, ge=1, description="Longest utterance, all its pieces together.")
+
+
 def embedded_model() -> ModelConfig:
     from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, IMAGE_SIZE
 
@@ -68,6 +78,9 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(
         default_factory=lambda: [embedded_model()], description="Models to keep warm; livegen's own if absent."
     )
+
+    speech: SpeechConfig | None = Field(
+        default_factory=SpeechConfig, description="The speech model; null serves images only.")
 
     max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
     batch_wait_ms: float = Field(

@@ -82,7 +82,25 @@ class Generate(Message):
     quality: int = Field(default=85, ge=1, le=100)
 
 
-ClientMessage = Annotated[Generate, Field(discriminator="type")]
+class Speak(Message):
+    """Say `text`, or its next piece. A new id stops the session's current utterance (barge-in)."""
+
+    type: Literal["speak"] = "speak"
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Client-chosen utterance id.")
+    text: str = Field(description="This piece of the text; the pieces of one id are joined in order.")
+    final: bool = Field(default=True, description="False while more pieces of this utterance will follow.")
+    voice: str | None = Field(default=None, description="A voice from hello.speech.voices; the default if absent.")
+    speed: float = Field(default=1.0, ge=0.5, le=2.0)
+
+
+class Cancel(Message):
+    """Stop an utterance now; no audio of it follows the `cancelled` answer."""
+
+    type: Literal["cancel"] = "cancel"
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+
+
+ClientMessage = Annotated[Generate | Speak | Cancel, Field(discriminator="type")]
 
 # ---------------------------------------------------------------- server -> client
 
@@ -95,6 +113,7 @@ class Hello(Message):
     session: str
     ready: bool
     models: list[ModelInfo]
+    speech: SpeechInfo | None = Field(default=None, description="The speech model, when one is served.")
     max_message_bytes: int
     max_prompt_chars: int
 
@@ -106,6 +125,14 @@ class ModelInfo(Message):
     sizes: list[tuple[int, int]]
     default_guidance: float
     image_to_image: bool
+
+
+class SpeechInfo(Message):
+    name: str
+    sample_rate: int
+    voices: list[str]
+    default_voice: str
+    max_text_chars: int
 
 
 class Frame(Message):
@@ -140,6 +167,35 @@ class Skipped(Message):
     similarity: float
 
 
+class Audio(Message):
+    """One chunk of an utterance's audio: 16-bit signed little-endian mono PCM, in `seq` order."""
+
+    type: Literal["audio"] = "audio"
+    id: str
+    seq: int
+    sample_rate: int
+    pcm: WireBytes
+
+
+class SpeechEnd(Message):
+    """The utterance's last audio chunk has been sent."""
+
+    type: Literal["speech_end"] = "speech_end"
+    id: str
+    chunks: int
+    samples: int
+    sample_rate: int
+    timings: dict[str, float] = Field(description="ttfa_ms (first text to first chunk), synth_ms, total_ms.")
+
+
+class Cancelled(Message):
+    """The utterance stopped at the client's cancel or at a newer utterance; no more audio of it follows."""
+
+    type: Literal["cancelled"] = "cancelled"
+    id: str
+    by: str | None = Field(default=None, description="The newer utterance that interrupted it, if any.")
+
+
 class Error(Message):
     """The input (or message) could not be served. `id` is null when it could not be read."""
 
@@ -149,8 +205,10 @@ class Error(Message):
     message: str
 
 
-ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Error, Field(discriminator="type")]
-Outcome = Frame | Superseded | Skipped | Error
+ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Audio | SpeechEnd | Cancelled | Error,
+                          Field(discriminator="type")]
+Outcome = Frame | Superseded | Skipped | Audio | SpeechEnd | Cancelled | Error
+ClientRequest = Generate | Speak | Cancel
 
 Hello.model_rebuild()
 
@@ -170,7 +228,8 @@ class ProtocolError(Exception):
         return Error(id=self.id, code=self.code, message=self.message)
 
 
-_client_adapter: TypeAdapter[Generate] = TypeAdapter(ClientMessage)
+_client_adapter: TypeAdapter[ClientRequest] = TypeAdapter(ClientMessage)
+_generate_adapter: TypeAdapter[Generate] = TypeAdapter(Generate)
 _server_adapter: TypeAdapter[Hello | Outcome] = TypeAdapter(ServerMessage)
 Codec = Literal["msgpack", "json"]
 
@@ -190,7 +249,7 @@ def _loads(data: bytes | str) -> Any:
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"] if p != "generate") or "message"
+        where = ".".join(str(p) for p in err["loc"] if p not in CLIENT_TYPES) or "message"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -200,7 +259,10 @@ def _message_id(raw: dict[str, Any]) -> str | None:
     return raw.get("id") if isinstance(raw.get("id"), str) else None
 
 
-def parse_client_message(data: bytes | str) -> Generate:
+CLIENT_TYPES = ("generate", "speak", "cancel")
+
+
+def parse_client_message(data: bytes | str) -> ClientRequest:
     """Decode (JSON text or msgpack bytes) and validate one client message; raise ProtocolError."""
     raw = _loads(data)
     if not isinstance(raw, dict):
@@ -209,14 +271,18 @@ def parse_client_message(data: bytes | str) -> Generate:
     kind = raw.get("type")
     if kind is None:
         raise ProtocolError("invalid", "type: field required", msg_id)
-    if kind != "generate":
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: generate", msg_id)
-    return parse_generate(raw)
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: {', '.join(CLIENT_TYPES)}", msg_id)
+    return _validate(_client_adapter, raw)
 
 
 def parse_generate(raw: dict[str, Any]) -> Generate:
+    return _validate(_generate_adapter, raw)
+
+
+def _validate(adapter: TypeAdapter, raw: dict[str, Any]) -> Any:
     try:
-        return _client_adapter.validate_python(raw)
+        return adapter.validate_python(raw)
     except ValidationError as exc:
         raise ProtocolError("invalid", _validation_message(exc), _message_id(raw)) from exc
 

@@ -47,7 +47,7 @@ def png_bytes(width: int = 96, height: int = 80, color: tuple[int, int, int] = (
 
 def server_settings(model: Path, **overrides) -> Settings:
     defaults = dict(max_batch=4, batch_wait_ms=50, warmup_runs=1, max_message_bytes=64 * 1024,
-                    max_prompt_chars=500)
+                    max_prompt_chars=500, speech=None)
     defaults.update(overrides)
     return Settings(models=[ModelConfig(source=str(model), name="tiny", sizes=SIZES)], **defaults)
 

@@ -12,7 +12,7 @@ from livegen.protocol import Frame, Generate
 
 
 def settings_for(model, **overrides) -> Settings:
-    values = dict(warmup_runs=1, max_batch=4, batch_wait_ms=30)
+    values = dict(warmup_runs=1, max_batch=4, batch_wait_ms=30, speech=None)
     values.update(overrides)
     return Settings(models=[ModelConfig(source=str(model), name="tiny", sizes=["64x64", "128x128"])], **values)
 

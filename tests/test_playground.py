@@ -208,7 +208,8 @@ def test_a_page_opened_while_the_server_warms_says_so_then_starts(browser: Brows
 
 def test_missing_model_is_reported_in_the_page(browser: Browser, tmp_path: Path):
     missing = tmp_path / "no-such-model"
-    live = BackgroundServer(Settings(models=[ModelConfig(source=str(missing), name="gone")]), wait_ready=False)
+    live = BackgroundServer(Settings(models=[ModelConfig(source=str(missing), name="gone")], speech=None),
+                            wait_ready=False)
     try:
         page = browser.new_page()
         page.goto(live.url + "/")

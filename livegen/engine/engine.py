@@ -14,8 +14,10 @@ from livegen.engine.image_runner import ImageRunner, ImageTask
 from livegen.engine.images import BadImage, decode_input_image, image_similarity
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.session import Session
-from livegen.models.base import BatchSpec
-from livegen.protocol import Generate, ModelInfo, Outcome, ProtocolError, Skipped
+from livegen.models.base import BatchSpec, ModelError
+from livegen.engine.runner import Runner
+from livegen.engine.speech_runner import SpeechRunner
+from livegen.protocol import ClientRequest, Generate, ModelInfo, Outcome, ProtocolError, Skipped, Speak
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +32,53 @@ class Engine:
         self.metrics = EngineMetrics()
         self.runners = {c.display_name: ImageRunner(c, settings, self.metrics) for c in settings.models}
         self.default_model = next(iter(self.runners), None)
+        self.speech = SpeechRunner(settings.speech, settings, self.metrics) if settings.speech else None
         self.sessions: set[Session] = set()
         self.started_at = time.time()
         self.start_error: str | None = None
+        self.speech_error: str | None = None
 
     # ------------------------------------------------------------------ life cycle
 
     @property
+    def all_runners(self) -> list[Runner]:
+        return [*self.runners.values(), *([self.speech] if self.speech else [])]
+
+    @property
     def ready(self) -> bool:
-        return bool(self.runners) and all(r.ready for r in self.runners.values())
+        return bool(self.runners) and all(r.ready for r in self.all_runners)
 
     async def start(self) -> None:
         """Load and warm every model; ready only when all of them are."""
         try:
             for runner in self.runners.values():
                 await runner.start()
+            await self._start_speech()
         except Exception as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             raise
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
 
+    async def _start_speech(self) -> None:
+        """Speech is on by default, but a machine without espeak-ng still serves images: unless
+        speech was asked for explicitly, a model that cannot load turns speech off, with the reason."""
+        if self.speech is None:
+            return
+        try:
+            await self.speech.start()
+        except ModelError as exc:
+            if "speech" in self.settings.model_fields_set:
+                raise
+            self.speech_error = str(exc)
+            log.warning("speech is off: %s", exc)
+            await self.speech.stop()
+            self.speech = None
+
     async def stop(self) -> None:
         for session in list(self.sessions):
             self.close_session(session)
-        for runner in self.runners.values():
+        for runner in self.all_runners:
             await runner.stop()
 
     def models(self) -> list[ModelInfo]:
@@ -81,6 +105,8 @@ class Engine:
         """The client left: drop its waiting input; a running batch stops if nobody else needs it."""
         if session.pending is not None:
             self.metrics.cancelled.labels(session.pending.runner.name).inc()
+        if self.speech:
+            self.speech.close_session(session)
         session.close()
         self.sessions.discard(session)
         self.metrics.sessions.set(len(self.sessions))
@@ -90,7 +116,24 @@ class Engine:
         self.metrics.errors.labels(error.code).inc()
         session.emit(error.to_message())
 
-    def submit(self, session: Session, request: Generate) -> None:
+    def submit(self, session: Session, request: ClientRequest) -> None:
+        """Take one client message: an image input, a piece of speech or a cancel; errors are answered."""
+        if isinstance(request, Generate):
+            self._submit_image(session, request)
+            return
+        try:
+            if not self.ready:
+                raise ProtocolError("not_ready", "the server is still loading and warming its models", request.id)
+            if self.speech is None:
+                raise ProtocolError("no_speech_model", "this server serves no speech model", request.id)
+            if isinstance(request, Speak):
+                self.speech.speak(session, request)
+            else:
+                self.speech.cancel(session, request)
+        except ProtocolError as error:
+            self.reject(session, error)
+
+    def _submit_image(self, session: Session, request: Generate) -> None:
         """Accept an input into the session's slot, or answer it at once with a typed error."""
         received_at = time.perf_counter()
         session.last_input_at = received_at

@@ -34,4 +34,10 @@ class EngineMetrics:
         self.sessions = Gauge("livegen_sessions", "Open sessions.", registry=r)
         self.prompt_cache = Counter("livegen_prompt_cache_total", "Prompt embedding lookups.",
                                     ["model", "result"], registry=r)
+        self.speech_ttfa = Histogram(
+            "livegen_speech_ttfa_seconds", "First text of an utterance to its first audio chunk.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.speech_seconds = Counter("livegen_speech_audio_seconds_total", "Audio sent, in seconds.", registry=r)
+        self.speech_cancelled = Counter("livegen_speech_cancelled_total",
+                                        "Utterances stopped by a cancel or a newer utterance.", registry=r)
         self.ready = Gauge("livegen_ready", "1 once every model is loaded and warm.", registry=r)

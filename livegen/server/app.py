@@ -76,8 +76,9 @@ def create_app(engine: Engine) -> FastAPI:
     async def readyz() -> JSONResponse:
         body = {
             "ready": engine.ready,
-            "models": {name: runner.ready for name, runner in engine.runners.items()},
+            "models": {runner.name: runner.ready for runner in engine.all_runners},
             "error": engine.start_error,
+            "speech_error": engine.speech_error,
         }
         if not engine.runners:
             body["error"] = "no model configured: start with --model PATH"

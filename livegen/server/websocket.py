@@ -48,6 +48,7 @@ async def stream(websocket: WebSocket) -> None:
         return
 
     hello = Hello(session=session.id, ready=engine.ready, models=engine.models(),
+                  speech=engine.speech.info() if engine.speech else None,
                   max_message_bytes=engine.settings.max_message_bytes,
                   max_prompt_chars=engine.settings.max_prompt_chars)
     await _send(websocket, encode(hello, codec))

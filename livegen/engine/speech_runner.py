@@ -1,0 +1,255 @@
+"""The speech runner: one warm speech model, streaming each session's utterance phrase by phrase.
+
+Text arrives in pieces (`speak` messages with one id, the last marked final); it is cut into
+phrases as soon as a phrase is complete, the first one short so that audio starts early. One
+worker thread synthesizes phrases, taking the sessions in turn, and each phrase goes out at once
+as small PCM chunks, so later phrases are synthesized while earlier ones play. A new utterance or
+a `cancel` stops the current one: it is answered `cancelled` on the event loop, and a phrase
+still being synthesized for it is dropped when it comes back, so no audio of it follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from livegen.config import Settings, SpeechConfig
+from livegen.engine.metrics import EngineMetrics
+from livegen.engine.runner import Runner
+from livegen.engine.session import Session
+from livegen.models.base import ModelError
+from livegen.models.speech import SpeechError
+from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Speak, SpeechEnd, SpeechInfo
+
+log = logging.getLogger(__name__)
+
+FIRST_PHRASE_CHARS = 16  # a short first phrase (two or three words): its audio is what the listener waits for
+SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
+CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
+
+
+@dataclass(eq=False)
+class Utterance:
+    id: str
+    session: Session
+    voice: str
+    speed: float
+    received_at: float
+    text: str = ""  # received, not yet cut into phrases
+    chars: int = 0  # received in all
+    final: bool = False
+    phrases: deque[str] = field(default_factory=deque)
+    started: bool = False  # its first phrase has been cut
+    limit: int = FIRST_PHRASE_CHARS  # longest next phrase, in characters
+    seq: int = 0
+    samples: int = 0
+    synth_ms: float = 0.0
+    first_audio_at: float | None = None
+    synthesizing: bool = False  # a phrase of it is with the worker thread
+    stopped: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.final and not self.text.strip() and not self.phrases
+
+
+class SpeechRunner(Runner):
+    kind = "speech"
+
+    def __init__(self, config: SpeechConfig, settings: Settings, metrics: EngineMetrics):
+        self.config = config
+        self.settings = settings
+        self.metrics = metrics
+        self.name = "speech"
+        self.model = None
+        self.voices: list[str] = []
+        self.default_voice = ""
+        self._ready = False
+        self._current: dict[Session, Utterance] = {}
+        self._queue: deque[Utterance] = deque()  # utterances with phrases to synthesize, in turn
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-speech")
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def info(self) -> SpeechInfo | None:
+        if self.model is None:
+            return None
+        return SpeechInfo(name=self.config.model or "kokoro-82m-int8", sample_rate=self.model.sample_rate,
+                          voices=self.voices, default_voice=self.default_voice,
+                          max_text_chars=self.config.max_text_chars)
+
+    async def start(self) -> None:
+        from livegen.models.speech import SpeechModel
+
+        def load() -> None:
+            started = time.perf_counter()
+            self.model = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
+            self.voices = self.model.list_voices()
+            self.default_voice = self.config.default_voice or self.voices[0]
+            if self.default_voice not in self.voices:
+                raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
+            self.model.warm_up(self.default_voice)
+            log.info("speech model warm in %.1fs", time.perf_counter() - started)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, load)
+        self._ready = True
+        self._loop_task = asyncio.create_task(self._serve(), name="runner-speech")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self, session: Session) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ inputs (event loop)
+
+    def speak(self, session: Session, request: Speak) -> None:
+        """Start an utterance (stopping the session's current one) or add a piece to it."""
+        utterance = self._current.get(session)
+        new = utterance is None or utterance.id != request.id
+        if new:
+            voice = request.voice or self.default_voice
+            if voice not in self.voices:
+                raise ProtocolError("unknown_voice", f"unknown voice {voice!r}; voices: {', '.join(self.voices)}",
+                                    request.id)
+            fresh = Utterance(request.id, session, voice, request.speed, time.perf_counter())
+        elif utterance.final:
+            raise ProtocolError("invalid", f"utterance {request.id!r} already had its final piece", request.id)
+        target = fresh if new else utterance
+        text = target.text + request.text
+        total = target.chars + len(request.text)
+        if total > self.config.max_text_chars:
+            raise ProtocolError("text_too_long", f"the utterance has {total} characters; "
+                                f"at most {self.config.max_text_chars}", request.id)
+        if request.final and not text.strip() and not target.started:
+            raise ProtocolError("empty_text", "nothing to say: the text is empty", request.id)
+        phrases = self._split(text, target, request.id) if text.strip() else []
+        if new:  # valid: it replaces the session's current utterance (barge-in)
+            if utterance is not None:
+                self._stop(utterance, by=request.id)
+            self._current[session] = target
+        target.text, target.final, target.chars = text, request.final, total
+        self._queue_phrases(target, phrases)
+
+    def cancel(self, session: Session, request: Cancel) -> None:
+        utterance = self._current.get(session)
+        if utterance is None or utterance.id != request.id:
+            raise ProtocolError("unknown_utterance", f"no utterance {request.id!r} is playing", request.id)
+        self._stop(utterance, by=None)
+
+    def close_session(self, session: Session) -> None:
+        utterance = self._current.pop(session, None)
+        if utterance is not None:
+            utterance.stopped = True
+
+    def _stop(self, utterance: Utterance, by: str | None) -> None:
+        utterance.stopped = True
+        self._current.pop(utterance.session, None)
+        self.metrics.speech_cancelled.inc()
+        utterance.session.emit(Cancelled(id=utterance.id, by=by))
+
+    def _split(self, text: str, utterance: Utterance, request_id: str) -> list[str]:
+        """Phrases of the text not yet cut, each at most twice as long as the one before it.
+
+        The first is short, so audio starts early; each next one takes at most twice as long to
+        synthesize as the one before, which plays meanwhile at about twice synthesis speed (the
+        CPU's real-time factor is about 0.5), so playback does not run dry once it has started.
+        """
+        phrases, limit = [], utterance.limit
+        try:
+            while text:
+                head, *rest = self.model.split_phrases(text, first_max_chars=limit, language=self.config.language)
+                phrases.append(head)
+                text = " ".join(rest)
+                limit = min(2 * limit, self.config.max_text_chars)
+        except SpeechError as exc:
+            raise ProtocolError(exc.code, str(exc), request_id) from exc
+        return phrases
+
+    def _queue_phrases(self, utterance: Utterance, phrases: list[str]) -> None:
+        """Move every complete phrase (all of them once the text is final) to the synthesis queue."""
+        # The last phrase may still grow, unless the text is final or ends a sentence.
+        complete = phrases if utterance.final or SENTENCE_DONE.search(utterance.text) else phrases[:-1]
+        if complete:
+            utterance.started = True
+            utterance.limit = min(utterance.limit * 2 ** len(complete), self.config.max_text_chars)
+            utterance.phrases.extend(complete)
+            rest = "" if len(complete) == len(phrases) else phrases[-1]
+            utterance.text = rest + (" " if rest and utterance.text[-1:].isspace() else "")
+        if utterance.synthesizing or utterance in self._queue:
+            return  # the runner picks up the new phrases, or finishes it, after the phrase in hand
+        if utterance.phrases:
+            self._queue.append(utterance)
+            self._wake.set()
+        elif utterance.done:
+            self._finish(utterance)
+
+    # ------------------------------------------------------------------ synthesis (worker thread)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            utterance = self._queue.popleft()
+            if utterance.stopped:
+                continue
+            phrase = utterance.phrases.popleft()
+            started = time.perf_counter()
+            utterance.synthesizing = True
+            try:
+                audio = await loop.run_in_executor(self._executor, self.model.synthesize, phrase,
+                                                   utterance.voice, utterance.speed, self.config.language)
+            except Exception as exc:  # one bad phrase must not stop the runner
+                log.exception("speech synthesis failed")
+                utterance.stopped = True
+                self._current.pop(utterance.session, None)
+                self.metrics.errors.labels("internal").inc()
+                utterance.session.emit(Error(id=utterance.id, code="internal", message=f"synthesis failed: {exc}"))
+                continue
+            finally:
+                utterance.synthesizing = False
+            if utterance.stopped:  # cancelled while this phrase was synthesized: drop it
+                continue
+            utterance.synth_ms += (time.perf_counter() - started) * 1000
+            self._send(utterance, audio)
+            if utterance.phrases:
+                self._queue.append(utterance)  # its next phrase, after the other sessions' turns
+            elif utterance.done:
+                self._finish(utterance)
+
+    def _send(self, utterance: Utterance, audio: np.ndarray) -> None:
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+        step = self.model.sample_rate * CHUNK_MS // 1000
+        if utterance.first_audio_at is None and len(pcm):
+            utterance.first_audio_at = time.perf_counter()
+            self.metrics.speech_ttfa.observe(utterance.first_audio_at - utterance.received_at)
+        for begin in range(0, len(pcm), step):
+            utterance.session.emit(Audio(id=utterance.id, seq=utterance.seq, sample_rate=self.model.sample_rate,
+                                         pcm=pcm[begin:begin + step].tobytes()))
+            utterance.seq += 1
+        utterance.samples += len(pcm)
+        self.metrics.speech_seconds.inc(len(pcm) / self.model.sample_rate)
+
+    def _finish(self, utterance: Utterance) -> None:
+        self._current.pop(utterance.session, None)
+        now = time.perf_counter()
+        ttfa = (utterance.first_audio_at or now) - utterance.received_at
+        utterance.session.emit(SpeechEnd(
+            id=utterance.id, chunks=utterance.seq, samples=utterance.samples, sample_rate=self.model.sample_rate,
+            timings={"ttfa_ms": round(ttfa * 1000, 3), "synth_ms": round(utterance.synth_ms, 3),
+                     "total_ms": round((now - utterance.received_at) * 1000, 3)}))

@@ -1,0 +1,97 @@
+"""Text -> phonemes for Kokoro, offline: espeak-ng (Debian) through `phonemizer`'s espeak backend.
+
+Why phonemizer: it is the maintained binding (bootphon, 3.4 in 2026) that loads Debian's
+libespeak-ng in-process (~0.3 ms a sentence, no subprocess per phrase) and keeps punctuation,
+which Kokoro uses for prosody. Since 3.4 its only dependencies are small pure-Python ones.
+
+Why a mapping: Kokoro v1.0 learned English from misaki's phoneme inventory, which writes the
+diphthongs and affricates as single symbols (eɪ -> A, aɪ -> I, oʊ -> O, dʒ -> ʤ, ...) and American
+English without length marks. espeak writes textbook IPA; `_ENGLISH` rewrites it into that
+inventory (see misaki's EN_PHONES.md for what each symbol means). Other espeak languages pass
+through with only their tie bars removed.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from functools import lru_cache
+
+from livegen.models.base import ModelError
+
+_TIE = "^"  # espeak joins multi-symbol phonemes with this (phonemizer's `tie` option)
+_SYLLABIC = "\u0329"  # combining vertical line below: a syllabic consonant, "button" -> bʌʔn̩
+
+# Applied in order. Multi-symbol phonemes (still tied with ^) first, then single symbols.
+_ENGLISH = [
+    ("a^ɪ", "I"), ("a^ʊ", "W"), ("e^ɪ", "A"), ("ɔ^ɪ", "Y"), ("d^ʒ", "ʤ"), ("t^ʃ", "ʧ"),
+    ("ə^l", "ᵊl"), ("ʔˌn" + _SYLLABIC, "tᵊn"), ("ʔn" + _SYLLABIC, "tᵊn"), ("ʔn", "tᵊn"),
+    ("ɚ", "əɹ"), ("r", "ɹ"), ("x", "k"), ("ç", "k"), ("ɐ", "ə"), ("ɬ", "l"), ("ʔ", "t"),
+    ("ʲ", ""), ("\u0303", ""),
+]
+_AMERICAN = [("o^ʊ", "O"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɪə", "iə"), ("ː", "")]
+_BRITISH = [("ə^ʊ", "Q"), ("e^ə", "ɛː"), ("i^ə", "ɪə"), ("iə", "ɪə")]
+
+_ALLOWED_CONTROLS = {"\n", "\r", "\t"}
+_espeak_lock = threading.Lock()  # libespeak-ng keeps global state: one call at a time
+
+
+def unsupported_characters(text: str, language: str = "en-us") -> list[str]:
+    """Characters espeak would misread, in order of first appearance.
+
+    Control and private-use characters are never accepted. For English, letters must be Latin
+    script: espeak reads other scripts as "Chinese letter" and the like, which is worse than an
+    error. Digits, punctuation and symbols (currency, emoji) are read out by espeak.
+    """
+    bad: list[str] = []
+    english = language.startswith("en")
+    for char in text:
+        category = unicodedata.category(char)
+        rejected = (
+            (category[0] == "C" and char not in _ALLOWED_CONTROLS)
+            or (english and category[0] == "L" and "LATIN" not in unicodedata.name(char, ""))
+        )
+        if rejected and char not in bad:
+            bad.append(char)
+    return bad
+
+
+@lru_cache(maxsize=8)
+def _backend(language: str):
+    try:
+        from phonemizer.backend import EspeakBackend
+    except ImportError as exc:
+        raise ModelError("English phonemes need phonemizer: pip install phonemizer") from exc
+    try:
+        return EspeakBackend(language, preserve_punctuation=True, with_stress=True, tie=_TIE,
+                             language_switch="remove-flags")
+    except RuntimeError as exc:  # no libespeak-ng, or a language it does not know
+        raise ModelError(f"espeak-ng cannot phonemize {language!r} ({exc}); on Debian: "
+                         "apt-get install espeak-ng") from exc
+
+
+def espeak_ipa(text: str, language: str = "en-us") -> str:
+    """espeak-ng's IPA for text, stress marks and punctuation kept, ties written as ^."""
+    backend = _backend(language)
+    with _espeak_lock:
+        # espeak may answer one input line with several clauses: join them
+        return " ".join(part.strip() for part in backend.phonemize([text], strip=True)).strip()
+
+
+def to_kokoro(ipa: str, language: str = "en-us") -> str:
+    """Rewrite espeak's IPA into the inventory Kokoro was trained on (see the module docstring)."""
+    rules = []
+    if language.startswith("en"):
+        rules = _ENGLISH + (_BRITISH if language == "en-gb" else _AMERICAN)
+    for old, new in rules:
+        ipa = ipa.replace(old, new)
+    ipa = re.sub(rf"(\S){_SYLLABIC}", r"ᵊ\1", ipa).replace(_SYLLABIC, "")
+    if language.startswith("en"):
+        ipa = ipa.replace("o", "ɔ")  # espeak < 1.52 (Debian 12) leaves a bare o in "forty"
+    return ipa.replace(_TIE, "")
+
+
+def phonemize(text: str, language: str = "en-us") -> str:
+    """Text -> Kokoro phonemes. Symbols the model's vocabulary lacks are the caller's to filter."""
+    return to_kokoro(espeak_ipa(text, language), language)

