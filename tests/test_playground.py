@@ -20,7 +20,8 @@ from livegen.server.background import BackgroundServer, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+               "--autoplay-policy=no-user-gesture-required"]
 
 if CHROMIUM is None:
     if os.environ.get("LIVEGEN_REQUIRE_BROWSER"):
@@ -176,6 +177,22 @@ def test_camera_filter_skips_still_frames(page: Page):
     page.click("#camera-toggle")  # "Skip still frames" is on by default
     page.wait_for_function("() => window.livegen.stats.skipped >= 5 && window.livegen.stats.frames >= 1",
                            timeout=20_000)
+
+
+def test_the_speak_box_streams_and_plays_audio(page: Page):
+    page.wait_for_function("() => window.livegen.hello?.ready")
+    expect(page.locator("#speech")).to_be_visible()
+    assert page.locator("#voice option").count() > 0
+    page.click("#speak")
+    page.wait_for_function("() => window.livegenSpeech.chunks >= 5", timeout=30_000)
+    ttfa = page.text_content("#speech-ttfa")
+    assert ttfa.endswith(" ms") and float(ttfa.removesuffix(" ms")) > 0
+    assert page.evaluate("window.livegenSpeech.context.state") == "running"
+    assert page.evaluate("window.livegenSpeech.nextTime > window.livegenSpeech.context.currentTime"), \
+        "chunks are scheduled ahead of the playback clock"
+    screenshot(page, "speech")
+    page.click("#stop-speech")
+    assert page.evaluate("window.livegenSpeech.sources.length") == 0
 
 
 def test_denied_camera_is_reported_in_the_page(playwright, emoji_server):

@@ -70,6 +70,7 @@ export class StreamStats {
 
 // Events: 'status' {state: 'connecting'|'open'|'reconnecting', attempt, delayMs, reason},
 // 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped',
+// 'audio' {chunk, samples: Float32Array}, 'speech_end', 'cancelled',
 // 'error' (an error message: {id, code, message}).
 export class LivegenClient extends EventTarget {
   constructor({url = streamUrl(), maxInFlight = 3, minDelayMs = 250, maxDelayMs = 4000} = {}) {
@@ -146,6 +147,18 @@ export class LivegenClient extends EventTarget {
     return input.id;
   }
 
+  // Speak text (fields as in docs/protocol.md, "Speech"); not throttled: every piece matters.
+  // Returns the utterance id; pass it back as `id` with `final: false` pieces to extend it.
+  speak(fields) {
+    const input = {type: 'speak', id: fields.id ?? String(++this.nextId), ...fields};
+    if (this.open) this.ws.send(JSON.stringify(input));
+    return input.id;
+  }
+
+  cancel(id) {
+    if (this.open) this.ws.send(JSON.stringify({type: 'cancel', id}));
+  }
+
   #transmit(input) {
     this.inFlight.set(input.id, performance.now());
     this.stats.sent += 1;
@@ -179,6 +192,12 @@ export class LivegenClient extends EventTarget {
     } else if (message.type === 'skipped') {
       this.stats.skipped += 1;
       this.dispatchEvent(new CustomEvent('skipped', {detail: message}));
+    } else if (message.type === 'audio') {
+      const pcm = new Int16Array(fromBase64(message.pcm).buffer);
+      const samples = Float32Array.from(pcm, (v) => v / 32768);
+      this.dispatchEvent(new CustomEvent('audio', {detail: {chunk: message, samples}}));
+    } else if (message.type === 'speech_end' || message.type === 'cancelled') {
+      this.dispatchEvent(new CustomEvent(message.type, {detail: message}));
     } else if (message.type === 'error') {
       this.stats.errors += 1;
       this.dispatchEvent(new CustomEvent('error', {detail: message}));

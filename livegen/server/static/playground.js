@@ -102,7 +102,8 @@ client.addEventListener('hello', ({detail: hello}) => {
   const model = selectedModel();
   if (model && !$('guidance').dataset.touched) $('guidance').value = model.default_guidance;
   fillSizes();
-  setStatus('open', `Connected: ${names.join(', ')} on ${model?.device ?? '?'}`);
+  showSpeech(hello.speech);
+  setStatus('open', `Connected: ${names.join(', ')}${hello.speech ? ' and speech' : ''} on ${model?.device ?? '?'}`);
   render();
 });
 
@@ -203,6 +204,64 @@ async function cameraLoop(session) {
   }
 }
 
+// ------------------------------------------------------------------ speech
+
+// Chunks play back to back from a short jitter buffer; a chunk that arrives after the audio
+// before it has finished is an underrun (an audible gap), counted in the page.
+const PLAYOUT_DELAY_S = 0.15;
+const speech = {context: null, id: null, sentAt: 0, nextTime: 0, started: false, chunks: 0, underruns: 0,
+                sources: []};
+window.livegenSpeech = speech; // for the console and the browser tests
+
+function stopPlayback() {
+  speech.sources.forEach((source) => source.stop());
+  speech.sources = [];
+}
+
+function speak() {
+  speech.context ??= new AudioContext();
+  speech.context.resume();
+  stopPlayback(); // the server stops the old utterance too (barge-in)
+  Object.assign(speech, {started: false, chunks: 0, underruns: 0, sentAt: performance.now()});
+  speech.id = client.speak({text: $('speak-text').value, voice: $('voice').value || null});
+  $('speech-ttfa').textContent = '…';
+  $('speech-underruns').textContent = '0';
+}
+
+function stopSpeech() {
+  if (speech.id) client.cancel(speech.id);
+  speech.id = null;
+  stopPlayback();
+}
+
+client.addEventListener('audio', ({detail: {chunk, samples}}) => {
+  if (chunk.id !== speech.id) return; // an utterance stopped here whose chunks were on the wire
+  const context = speech.context;
+  if (!speech.started) {
+    speech.started = true;
+    $('speech-ttfa').textContent = `${(performance.now() - speech.sentAt).toFixed(0)} ms`;
+    speech.nextTime = context.currentTime + PLAYOUT_DELAY_S;
+  } else if (speech.nextTime < context.currentTime) {
+    speech.underruns += 1;
+    $('speech-underruns').textContent = speech.underruns;
+    speech.nextTime = context.currentTime + PLAYOUT_DELAY_S;
+  }
+  const buffer = context.createBuffer(1, samples.length, chunk.sample_rate);
+  buffer.copyToChannel(samples, 0);
+  const source = context.createBufferSource();
+  source.buffer = buffer;
+  source.connect(context.destination);
+  source.start(speech.nextTime);
+  speech.sources.push(source);
+  speech.nextTime += buffer.duration;
+  speech.chunks += 1;
+});
+
+function showSpeech(info) {
+  $('speech').hidden = !info;
+  if (info) fillSelect($('voice'), info.voices, $('voice').value || info.default_voice);
+}
+
 // ------------------------------------------------------------------ wiring
 
 function save() {
@@ -221,6 +280,8 @@ $('model').addEventListener('change', onModelChange);
 $('size').addEventListener('change', render);
 $('camera-toggle').addEventListener('click', () => (camera ? stopCamera() : startCamera()));
 $('save').addEventListener('click', save);
+$('speak').addEventListener('click', speak);
+$('stop-speech').addEventListener('click', stopSpeech);
 setInterval(updateHud, 500);
 render();
 client.connect();
