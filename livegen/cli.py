@@ -400,6 +400,17 @@ def bench_load(model: ModelPathOption = None, size: BenchSizeOption = None,
     _show(output, "load")
 
 
+@bench_app.command("speech")
+def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is spoken.")] = 5,
+                 quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Time to first audio for agent replies, streamed and whole-reply-first; underruns; real-time factor."""
+    from livegen.bench.speech import run
+
+    _quiet_libraries()
+    run(1 if quick else rounds, output)
+    _show(output, "speech")
+
+
 @bench_app.command("gpu")
 def bench_gpu(quick: QuickOption = False,
               cpu: Annotated[bool, typer.Option(help="The same path on tiny pipelines, on the CPU: a smoke test.")] = False,

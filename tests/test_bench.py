@@ -103,3 +103,12 @@ def test_gpu_bench_runs_its_whole_path_on_tiny_pipelines(tmp_path):
     assert case["architecture"] == "sd-turbo" and not case["compile"]
     assert case["one_session"]["n"] > 0 and case["sessions_8"]["frames_per_s"] > 0
     assert "random" in results["weights"]
+
+
+def test_speech_bench_measures_ttfa_against_the_whole_reply(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "speech", "--quick", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "speech.json").read_text())
+    assert results["ttfa"]["n"] == results["replies"] == len(results["rows"])
+    assert results["whole_reply"]["n"] == 1 and results["three_sentence_speedup"] > 0
+    assert all(row["audio_s"] > 0 and row["underruns"] >= 0 for row in results["rows"])

@@ -46,7 +46,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return bool(self.runners) and all(r.ready for r in self.all_runners)
+        return bool(self.all_runners) and all(r.ready for r in self.all_runners)
 
     async def start(self) -> None:
         """Load and warm every model; ready only when all of them are."""

@@ -1,11 +1,13 @@
 """The speech runner: one warm speech model, streaming each session's utterance phrase by phrase.
 
-Text arrives in pieces (`speak` messages with one id, the last marked final); it is cut into
-phrases as soon as a phrase is complete, the first one short so that audio starts early. One
-worker thread synthesizes phrases, taking the sessions in turn, and each phrase goes out at once
-as small PCM chunks, so later phrases are synthesized while earlier ones play. A new utterance or
-a `cancel` stops the current one: it is answered `cancelled` on the event loop, and a phrase
-still being synthesized for it is dropped when it comes back, so no audio of it follows.
+Text arrives in pieces (`speak` messages with one id, the last marked final). One worker thread
+synthesizes phrases, taking the sessions in turn, and each phrase goes out at once as small PCM
+chunks. The next phrase is cut from the text when the worker is ready for it, no longer than it
+can synthesize while the audio already sent plays: the first is a word or two, so that audio
+starts early, and the phrases grow as the audio ahead of the listener grows, so playback does not
+run dry once it has started. A new utterance or a `cancel` stops the current one: it is answered
+`cancelled` on the event loop, and a phrase still being synthesized for it is dropped when it
+comes back, so no audio of it follows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +32,7 @@ from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Spe
 
 log = logging.getLogger(__name__)
 
-FIRST_PHRASE_CHARS = 16  # a short first phrase (two or three words): its audio is what the listener waits for
+FIRST_PHRASE_CHARS = 10  # the first phrase (a word or two): its audio is what the listener waits for
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
 
@@ -42,12 +44,9 @@ class Utterance:
     voice: str
     speed: float
     received_at: float
-    text: str = ""  # received, not yet cut into phrases
+    text: str = ""  # received, not yet synthesized
     chars: int = 0  # received in all
     final: bool = False
-    phrases: deque[str] = field(default_factory=deque)
-    started: bool = False  # its first phrase has been cut
-    limit: int = FIRST_PHRASE_CHARS  # longest next phrase, in characters
     seq: int = 0
     samples: int = 0
     synth_ms: float = 0.0
@@ -57,7 +56,13 @@ class Utterance:
 
     @property
     def done(self) -> bool:
-        return self.final and not self.text.strip() and not self.phrases
+        return self.final and not self.text.strip()
+
+    def audio_ahead_s(self, sample_rate: int) -> float:
+        """Audio sent and not yet played, if the client plays it as it arrives."""
+        if self.first_audio_at is None:
+            return 0.0
+        return self.samples / sample_rate - (time.perf_counter() - self.first_audio_at)
 
 
 class SpeechRunner(Runner):
@@ -69,6 +74,8 @@ class SpeechRunner(Runner):
         self.metrics = metrics
         self.name = "speech"
         self.model = None
+        self.call_s = 0.0  # synthesis cost: per phrase
+        self.char_s = 0.0  # and per character, measured at warm-up
         self.voices: list[str] = []
         self.default_voice = ""
         self._ready = False
@@ -100,11 +107,24 @@ class SpeechRunner(Runner):
             if self.default_voice not in self.voices:
                 raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
             self.model.warm_up(self.default_voice)
+            self._measure_speed()
             log.info("speech model warm in %.1fs", time.perf_counter() - started)
 
         await asyncio.get_running_loop().run_in_executor(self._executor, load)
         self._ready = True
         self._loop_task = asyncio.create_task(self._serve(), name="runner-speech")
+
+    def _measure_speed(self) -> None:
+        """Synthesis cost of a phrase: a fixed cost per call plus a cost per character (warm)."""
+        def timed(text: str) -> float:
+            started = time.perf_counter()
+            self.model.synthesize(text, self.default_voice, 1.0, self.config.language)
+            return time.perf_counter() - started
+
+        short, long = "Hi.", "This sentence measures how fast the model speaks on this machine."
+        self.call_s = min(timed(short) for _ in range(2))
+        self.char_s = max(0.0, min(timed(long) for _ in range(2)) - self.call_s) / (len(long) - len(short))
+        log.info("speech synthesis: %.0f ms a phrase + %.1f ms a character", self.call_s * 1000, self.char_s * 1000)
 
     async def stop(self) -> None:
         if self._loop_task:
@@ -134,15 +154,17 @@ class SpeechRunner(Runner):
         if total > self.config.max_text_chars:
             raise ProtocolError("text_too_long", f"the utterance has {total} characters; "
                                 f"at most {self.config.max_text_chars}", request.id)
-        if request.final and not text.strip() and not target.started:
+        if request.final and not text.strip() and not target.seq:
             raise ProtocolError("empty_text", "nothing to say: the text is empty", request.id)
-        phrases = self._split(text, target, request.id) if text.strip() else []
+        if text.strip():
+            self._split(text, self.config.max_text_chars, request.id)  # refuses what cannot be spoken, now
         if new:  # valid: it replaces the session's current utterance (barge-in)
             if utterance is not None:
                 self._stop(utterance, by=request.id)
             self._current[session] = target
         target.text, target.final, target.chars = text, request.final, total
-        self._queue_phrases(target, phrases)
+        if not (target.synthesizing or target in self._queue):  # else the runner looks again after it
+            self._schedule(target)
 
     def cancel(self, session: Session, request: Cancel) -> None:
         utterance = self._current.get(session)
@@ -161,41 +183,39 @@ class SpeechRunner(Runner):
         self.metrics.speech_cancelled.inc()
         utterance.session.emit(Cancelled(id=utterance.id, by=by))
 
-    def _split(self, text: str, utterance: Utterance, request_id: str) -> list[str]:
-        """Phrases of the text not yet cut, each at most twice as long as the one before it.
-
-        The first is short, so audio starts early; each next one takes at most twice as long to
-        synthesize as the one before, which plays meanwhile at about twice synthesis speed (the
-        CPU's real-time factor is about 0.5), so playback does not run dry once it has started.
-        """
-        phrases, limit = [], utterance.limit
+    def _split(self, text: str, first_max_chars: int, request_id: str | None = None) -> list[str]:
         try:
-            while text:
-                head, *rest = self.model.split_phrases(text, first_max_chars=limit, language=self.config.language)
-                phrases.append(head)
-                text = " ".join(rest)
-                limit = min(2 * limit, self.config.max_text_chars)
+            return self.model.split_phrases(text, first_max_chars=first_max_chars, language=self.config.language)
         except SpeechError as exc:
             raise ProtocolError(exc.code, str(exc), request_id) from exc
-        return phrases
 
-    def _queue_phrases(self, utterance: Utterance, phrases: list[str]) -> None:
-        """Move every complete phrase (all of them once the text is final) to the synthesis queue."""
-        # The last phrase may still grow, unless the text is final or ends a sentence.
-        complete = phrases if utterance.final or SENTENCE_DONE.search(utterance.text) else phrases[:-1]
-        if complete:
-            utterance.started = True
-            utterance.limit = min(utterance.limit * 2 ** len(complete), self.config.max_text_chars)
-            utterance.phrases.extend(complete)
-            rest = "" if len(complete) == len(phrases) else phrases[-1]
-            utterance.text = rest + (" " if rest and utterance.text[-1:].isspace() else "")
-        if utterance.synthesizing or utterance in self._queue:
-            return  # the runner picks up the new phrases, or finishes it, after the phrase in hand
-        if utterance.phrases:
+    def _next_phrase(self, utterance: Utterance) -> str | None:
+        """Cut the next phrase if it is complete: as long as can be synthesized while the audio
+        ahead of the listener plays (a word or two for the first), ending at a clause or sentence."""
+        budget = utterance.audio_ahead_s(self.model.sample_rate) - self.call_s
+        affordable = int(budget / self.char_s) if self.char_s else self.config.max_text_chars
+        for limit in (min(max(FIRST_PHRASE_CHARS, affordable), self.config.max_text_chars), FIRST_PHRASE_CHARS):
+            head, *rest = self._split(utterance.text, limit)
+            # The last phrase may still grow, unless the text is final or ends a sentence.
+            if rest or utterance.final or SENTENCE_DONE.search(utterance.text):
+                tail = " ".join(rest)
+                utterance.text = tail + (" " if tail and utterance.text[-1:].isspace() else "")
+                return head
+        return None
+
+    def _schedule(self, utterance: Utterance) -> None:
+        """Queue it for the worker if a phrase of it is ready; finish it if nothing is left."""
+        if utterance.done:
+            self._finish(utterance)
+        elif self._next_phrase_ready(utterance):
             self._queue.append(utterance)
             self._wake.set()
-        elif utterance.done:
-            self._finish(utterance)
+
+    def _next_phrase_ready(self, utterance: Utterance) -> bool:
+        """A complete phrase is waiting (the same test as `_next_phrase` at its shortest cut)."""
+        return bool(utterance.text.strip()) and (
+            utterance.final or bool(SENTENCE_DONE.search(utterance.text))
+            or len(self._split(utterance.text, FIRST_PHRASE_CHARS)) > 1)
 
     # ------------------------------------------------------------------ synthesis (worker thread)
 
@@ -208,7 +228,10 @@ class SpeechRunner(Runner):
             utterance = self._queue.popleft()
             if utterance.stopped:
                 continue
-            phrase = utterance.phrases.popleft()
+            phrase = self._next_phrase(utterance)
+            if phrase is None:  # cut smaller than it could be when queued: wait for more text
+                self._schedule(utterance)
+                continue
             started = time.perf_counter()
             utterance.synthesizing = True
             try:
@@ -227,10 +250,7 @@ class SpeechRunner(Runner):
                 continue
             utterance.synth_ms += (time.perf_counter() - started) * 1000
             self._send(utterance, audio)
-            if utterance.phrases:
-                self._queue.append(utterance)  # its next phrase, after the other sessions' turns
-            elif utterance.done:
-                self._finish(utterance)
+            self._schedule(utterance)  # its next phrase, after the other sessions' turns
 
     def _send(self, utterance: Utterance, audio: np.ndarray) -> None:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")

@@ -80,7 +80,7 @@ def create_app(engine: Engine) -> FastAPI:
             "error": engine.start_error,
             "speech_error": engine.speech_error,
         }
-        if not engine.runners:
+        if not engine.all_runners:
             body["error"] = "no model configured: start with --model PATH"
         return JSONResponse(body, status_code=200 if engine.ready else 503)
 

@@ -1,0 +1,113 @@
+"""`livegen bench speech`: time to first audio (TTFA) for agent replies, streamed and not.
+
+Typical voice-agent replies (one to three sentences) are spoken over the WebSocket, one after
+another, by a client that plays each chunk from a short jitter buffer the way the playground does;
+it records TTFA (text sent to first chunk received), underruns (a chunk that arrived after the
+audio before it had finished playing) and the real-time factor (synthesis time / audio time).
+The baseline is what a non-streaming server does: synthesize the whole reply, then send it; its
+TTFA is the whole synthesis time, measured on the same model in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+from rich.progress import Progress
+
+from livegen.bench.report import Series, header, machine_line, save
+from livegen.client import AsyncClient
+from livegen.config import Settings, SpeechConfig
+from livegen.protocol import Audio
+from livegen.server.background import BackgroundServer
+
+PLAYOUT_DELAY_S = 0.15  # the playground's jitter buffer
+REPLIES = [
+    "Sure, I can help with that.",
+    "Your table for two is booked for seven thirty tonight. You will get a confirmation by text.",
+    "Hmm, let me check. The next train leaves at ten past nine from platform four. "
+    "It takes about forty minutes, and there is a later one at ten.",
+    "Good question. The short answer is yes, but it depends on your plan. "
+    "Premium includes it, while basic does not. Would you like me to compare them?",
+    "Okay, done.",
+    "I found three flights. The cheapest one stops in Frankfurt and arrives at noon. "
+    "The direct one costs a little more but lands two hours earlier.",
+]
+THREE_SENTENCES = REPLIES[2]
+
+
+def playback(arrivals: list[tuple[float, float]]) -> int:
+    """Underruns of a player that starts PLAYOUT_DELAY_S after the first chunk: (arrival s, duration s)."""
+    underruns, clock = 0, arrivals[0][0] + PLAYOUT_DELAY_S
+    for arrived, duration in arrivals:
+        if arrived > clock:  # the audio before it has run out: a gap
+            underruns += 1
+            clock = arrived + PLAYOUT_DELAY_S
+        clock += duration
+    return underruns
+
+
+async def stream(url: str, text: str) -> dict:
+    arrivals: list[tuple[float, float]] = []
+    async with AsyncClient(url) as client:
+        started = time.perf_counter()
+
+        def heard(chunk: Audio) -> None:
+            arrivals.append((time.perf_counter() - started, len(chunk.pcm) / 2 / chunk.sample_rate))
+
+        speech = await client.say(text, on_audio=heard)
+    audio_s = sum(d for _, d in arrivals)
+    return {"ttfa_ms": arrivals[0][0] * 1000, "underruns": playback(arrivals), "audio_s": audio_s,
+            "rtf": speech.end.timings["synth_ms"] / 1000 / audio_s}
+
+
+def whole_reply_ms(model, text: str, voice: str) -> float:
+    """The non-streaming baseline: every phrase of the reply synthesized before anything is sent."""
+    started = time.perf_counter()
+    for sentence in model.split_phrases(text, first_max_chars=len(text)):
+        model.synthesize(sentence, voice)
+    return (time.perf_counter() - started) * 1000
+
+
+def run(rounds: int, output: Path) -> dict:
+    server = BackgroundServer(Settings(models=[], speech=SpeechConfig()))
+    rows = []
+    try:
+        with Progress() as progress:
+            task = progress.add_task("replies", total=rounds * len(REPLIES))
+            for _ in range(rounds):
+                for text in REPLIES:
+                    rows.append({"text": text, **asyncio.run(stream(server.ws_url, text))})
+                    progress.advance(task)
+        runner = server.engine.speech
+        baseline = Series("whole reply, then send", [whole_reply_ms(runner.model, THREE_SENTENCES,
+                                                                     runner.default_voice)
+                                                      for _ in range(max(1, rounds))])
+    finally:
+        server.stop()
+    ttfa = Series("streamed TTFA", [r["ttfa_ms"] for r in rows])
+    three = Series("streamed TTFA, three sentences", [r["ttfa_ms"] for r in rows if r["text"] == THREE_SENTENCES])
+    results = {**header("speech"), "replies": len(REPLIES), "rounds": rounds, "playout_delay_s": PLAYOUT_DELAY_S,
+               "ttfa": ttfa.summary(), "three_sentences": three.summary(), "whole_reply": baseline.summary(),
+               "three_sentence_speedup": round(statistics.median(baseline.ms) / statistics.median(three.ms), 2),
+               "underruns": sum(r["underruns"] for r in rows),
+               "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3), "rows": rows}
+    save(results, markdown(results), output)
+    return results
+
+
+def markdown(r: dict) -> str:
+    return "\n".join([
+        f"Kokoro-82M int8 (onnxruntime, CPU), {r['replies']} agent replies x {r['rounds']}; "
+        f"{machine_line(r['machine'])}.", "",
+        "| measure | p50 | p95 |", "|---|---|---|",
+        f"| time to first audio, streamed (all replies) | {r['ttfa']['p50_ms']} ms | {r['ttfa']['p95_ms']} ms |",
+        f"| time to first audio, streamed (three sentences) | {r['three_sentences']['p50_ms']} ms | "
+        f"{r['three_sentences']['p95_ms']} ms |",
+        f"| time to first audio, whole reply first (three sentences) | {r['whole_reply']['p50_ms']} ms | "
+        f"{r['whole_reply']['p95_ms']} ms |", "",
+        f"- streaming speed-up on the three-sentence reply: **{r['three_sentence_speedup']}x**",
+        f"- underruns with a {r['playout_delay_s'] * 1000:.0f} ms jitter buffer: **{r['underruns']}**",
+        f"- real-time factor (synthesis / audio), median: {r['rtf_median']}", ""])
