@@ -84,12 +84,15 @@ def serve(
     port: Annotated[int | None, typer.Option()] = None,
     max_batch: Annotated[int | None, typer.Option(help="Most inputs in one forward pass.")] = None,
     batch_wait_ms: Annotated[float | None, typer.Option(help="Longest wait for batch companions.")] = None,
+    speech: Annotated[bool, typer.Option(help="Serve the speech model beside the image models.")] = True,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
 
     settings = _settings(model, size, device, dtype, family, compile, tiny_vae, lora, host=host, port=port,
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    if not speech:
+        settings.speech = None
     _check_models(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _quiet_libraries()
