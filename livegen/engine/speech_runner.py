@@ -228,13 +228,12 @@ class SpeechRunner(Runner):
             utterance = self._queue.popleft()
             if utterance.stopped:
                 continue
-            phrase = self._next_phrase(utterance)
-            if phrase is None:  # cut smaller than it could be when queued: wait for more text
-                self._schedule(utterance)
-                continue
             started = time.perf_counter()
             utterance.synthesizing = True
             try:
+                phrase = self._next_phrase(utterance)
+                if phrase is None:  # no complete phrase after all: wait for more text
+                    continue
                 audio = await loop.run_in_executor(self._executor, self.model.synthesize, phrase,
                                                    utterance.voice, utterance.speed, self.config.language)
             except Exception as exc:  # one bad phrase must not stop the runner
