@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from livegen.config import ModelConfig, Settings
-from livegen.server.background import BackgroundServer, free_port
+from livegen.server.background import BackgroundServer, ServeProcess, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -237,39 +233,21 @@ def test_missing_model_is_reported_in_the_page(browser: Browser, tmp_path: Path)
         live.stop()
 
 
-def _start_server(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "livegen", "serve", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise TimeoutError("livegen serve did not turn ready")
-
-
 def test_killing_and_restarting_the_server_shows_the_reconnect(browser: Browser):
     port = free_port()
-    process = _start_server(port)
+    server = ServeProcess(port)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     try:
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(server.url + "/")
         before = wait_for_new_frame(page, None)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        server.kill()
         expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting", timeout=10_000)
         expect(page.locator("#status")).to_contain_text("reconnecting")
         screenshot(page, "reconnecting")
-        process = _start_server(port)
+        server = ServeProcess(port)
         expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=20_000)
         page.locator("#seed").fill("99")
         wait_for_new_frame(page, before)
     finally:
         page.close()
-        process.kill()
-        process.wait()
+        server.kill()

@@ -11,53 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 from rich.progress import Progress
 
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.bench.warm import client_frames
 from livegen.config import ModelConfig
 from livegen.models.embedded import EMBEDDED_MODEL
-from livegen.server.background import free_port
-
-READY_TIMEOUT_S = 300
-
-
-def _serve(config: ModelConfig, port: int) -> subprocess.Popen:
-    sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
-    model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
-    return subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--port", str(port), *model, *sizes],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from livegen.server.background import ServeProcess, free_port
 
 
 def one_cold_start(config: ModelConfig, frames: int) -> dict:
-    port = free_port()
+    sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
+    model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
     started = time.perf_counter()
-    process = _serve(config, port)
+    server = ServeProcess(free_port(), [*model, *sizes])
+    ready_s = time.perf_counter() - started
     try:
-        deadline = started + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"livegen serve exited or never turned ready (exit code {process.poll()})")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.01)
-        ready_s = time.perf_counter() - started
-        url = f"ws://127.0.0.1:{port}"
+        url = server.ws_url
         first, _ = asyncio.run(client_frames(url, 1, "first frame", new_prompts=True))
         new_prompts, _ = asyncio.run(client_frames(url, frames, "warm, new prompts", new_prompts=True))
         cached, _ = asyncio.run(client_frames(url, frames, "warm, cached prompt"))
     finally:
-        process.kill()
-        process.wait()
+        server.kill()
     first_ms = first.ms[0]
     return {"start_to_ready_s": round(ready_s, 2), "first_frame_ms": round(first_ms, 2),
             "warm_new_prompt_p50_ms": round(statistics.median(new_prompts.ms), 2),

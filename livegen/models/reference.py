@@ -201,11 +201,6 @@ def tiny_vae_folder(path: str | Path) -> Path:
     return path.with_name(path.name + "-taesd")
 
 
-def is_built(path: str | Path, tiny_vae: bool = True) -> bool:
-    path = Path(path)
-    return (path / MARKER).is_file() and (not tiny_vae or (tiny_vae_folder(path) / MARKER).is_file())
-
-
 def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -219,7 +214,6 @@ def build_reference_pipeline(
     *,
     device: str | torch.device | None = None,
     seed: int = 0,
-    overwrite: bool = False,
 ) -> Path:
     """Build the real-size architecture with random weights and save_pretrained it in fp16.
 
@@ -227,14 +221,14 @@ def build_reference_pipeline(
     `tiny_vae`, a random AutoencoderTiny with TAESD's config also goes to `tiny_vae_folder(path)`.
     Weights are initialised on `device` (CUDA if present: seconds, not minutes, for SDXL's
     3.5B parameters) and written as fp16 to halve the size on disk (SD-Turbo 2.6 GB, SDXL-Turbo
-    6.9 GB). A folder already built (marker file present) is kept unless `overwrite`.
+    6.9 GB). A folder already built (marker file present) is kept.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     path = Path(path)
-    if tiny_vae and (overwrite or not (tiny_vae_folder(path) / MARKER).is_file()):
+    if tiny_vae and not (tiny_vae_folder(path) / MARKER).is_file():
         _save(tiny_vae_folder(path), taesd, device, seed, architecture)
-    if overwrite or not (path / MARKER).is_file():
+    if not (path / MARKER).is_file():
         _save(path, lambda: _pipeline(architecture), device, seed, architecture)
     return path
 

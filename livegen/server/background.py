@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`python -m livegen serve` in a process of its own, ready (or failed) when the constructor returns."""
+
+    def __init__(self, port: int, args: list[str] | None = None, ready_timeout: float = 300):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--port", str(port), *(args or [])],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"livegen serve exited or never turned ready (exit code {self.process.poll()})")
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, as when the machine or the process dies."""
+        self.process.kill()
+        self.process.wait()
 
 
 class LoopbackServer:
