@@ -1,4 +1,4 @@
-"""`livegen serve | generate | train | eval | tiny-model | bench`."""
+"""`livegen serve | generate | say | verify | keys | train | eval | tiny-model | bench`."""
 
 from __future__ import annotations
 
@@ -85,6 +85,12 @@ def serve(
     max_batch: Annotated[int | None, typer.Option(help="Most inputs in one forward pass.")] = None,
     batch_wait_ms: Annotated[float | None, typer.Option(help="Longest wait for batch companions.")] = None,
     speech: Annotated[bool, typer.Option(help="Serve the speech model beside the image models.")] = True,
+    policy: Annotated[Path | None, typer.Option(help="Moderation policy (TOML); livegen's own if absent.")] = None,
+    moderation: Annotated[bool, typer.Option(help="Check prompts against the policy before compute.")] = True,
+    output_checker: Annotated[str | None, typer.Option(
+        help="Safety checker folder or cached repo id, or module:factory.")] = None,
+    watermark: Annotated[bool, typer.Option(help="An invisible watermark on every frame.")] = True,
+    keys: Annotated[Path | None, typer.Option(help="Folder of the Content Credentials signing chain.")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
@@ -93,6 +99,9 @@ def serve(
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     if not speech:
         settings.speech = None
+    safety = {"policy": policy, "output_checker": output_checker, "keys": keys}
+    settings.safety = settings.safety.model_copy(update={
+        "moderation": moderation, "watermark": watermark, **{k: v for k, v in safety.items() if v is not None}})
     _check_models(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _quiet_libraries()
@@ -139,6 +148,7 @@ def generate(
         if url:
             with Client(url) as client:
                 frame = client.generate(prompt, **fields)
+                frame = frame.model_copy(update={"image": client.export(frame.id).image})  # signed
         else:
             settings = _settings(model, size, device, "auto", "auto", False, None, None, warmup_runs=1)
             _check_models(settings)
@@ -203,7 +213,7 @@ async def _say_in_process(text: str, output: Path, voice: str | None, speed: flo
 async def _generate_in_process(settings: Settings, request: object):
     from livegen.client import GenerationError
     from livegen.engine import Engine
-    from livegen.protocol import Error
+    from livegen.protocol import Blocked, Error
 
     engine = Engine(settings)
     await engine.start()
@@ -211,9 +221,101 @@ async def _generate_in_process(settings: Settings, request: object):
         outcome = await engine.generate(request)  # type: ignore[arg-type]
     finally:
         await engine.stop()
+    if isinstance(outcome, Blocked):
+        raise GenerationError(Error(id=outcome.id, code="blocked", message=outcome.message))
     if isinstance(outcome, Error):
         raise GenerationError(outcome)
     return outcome
+
+
+keys_app = typer.Typer(help="Signing keys for the Content Credentials on exported images.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+KeysDirOption = Annotated[Path | None, typer.Option("--dir", help="Where the keys are; the server's setting if absent.")]
+
+
+@keys_app.command("init")
+def keys_init(directory: KeysDirOption = None) -> None:
+    """Make a development chain (a root and a signing certificate it issued) for local use."""
+    from livegen.safety.provenance import init_keys
+
+    directory = directory or Settings().safety.keys
+    try:
+        keys = init_keys(directory)
+    except FileExistsError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"signing chain {keys.cert_chain}\nprivate key   {keys.private_key}\n"
+               f"root          {keys.root} (trust it where you verify: livegen verify --root)")
+
+
+@app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An image livegen made.")],
+    root: Annotated[Path | None, typer.Option(
+        help="Root certificate to trust; the server's development root if absent.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
+) -> None:
+    """Report an image's watermark payload and its C2PA manifest, and whether the manifest validates.
+
+    Exit status: 0, or 1 when a manifest is present but fails validation (the image was changed).
+    """
+    import dataclasses
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from livegen.safety import watermark
+    from livegen.safety.provenance import ProvenanceError, read_manifest
+
+    data = file.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mime_type = Image.MIME[image.format]
+            pixels = np.asarray(image.convert("RGB"))
+        manifest = read_manifest(data, mime_type, root or _default_root())
+    except (UnidentifiedImageError, KeyError, ProvenanceError) as exc:
+        typer.echo(f"livegen: cannot verify {file}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    reading = watermark.read(pixels)
+    report = {"file": str(file), "watermark": {
+        "scheme": reading.scheme, "detected": reading.detected,
+        "payload": dataclasses.asdict(reading.payload) if reading.payload else None},
+        "content_credentials": dataclasses.asdict(manifest)}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(_verify_text(report))
+    if manifest.present and not manifest.valid:
+        raise typer.Exit(1)
+
+
+def _default_root() -> Path | None:
+    root = Settings().safety.keys / "root.pem"
+    return root if root.is_file() else None
+
+
+def _verify_text(report: dict) -> str:
+    mark, c2pa = report["watermark"], report["content_credentials"]
+    lines = [report["file"]]
+    if mark["detected"]:
+        payload = mark["payload"]
+        lines.append(f"  watermark ({mark['scheme']}): server tag {payload['server']:#06x}, frame {payload['counter']}")
+    else:
+        lines.append(f"  watermark ({mark['scheme']}): none found")
+    if not c2pa["present"]:
+        lines.append("  Content Credentials: none")
+    else:
+        state = "valid" if c2pa["valid"] else "INVALID"
+        trust = "trusted" if c2pa["trusted"] else "not trusted (give --root)"
+        lines.append(f"  Content Credentials: {state}, {trust}; signed by {c2pa['signer']}, "
+                     f"made with {c2pa['claim_generator']}")
+        for action in c2pa["actions"]:
+            lines.append(f"    action {action.get('action')}: {action.get('digitalSourceType', '')}")
+        if c2pa["generation"]:
+            lines.append("    generation: " + ", ".join(f"{k}={v}" for k, v in c2pa["generation"].items()))
+        lines.extend(f"    problem: {error}" for error in c2pa["errors"])
+    return "\n".join(lines)
 
 
 train_app = typer.Typer(

@@ -25,8 +25,11 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
 from livegen.protocol import (
+    Blocked,
     Codec,
     Error,
+    Export,
+    Exported,
     Frame,
     Generate,
     Hello,
@@ -123,7 +126,18 @@ def _answer(outcome: Outcome, request_id: str) -> Frame | None:
         raise GenerationError(Error(id=outcome.id, code="superseded", message=f"by {outcome.by}"))
     if isinstance(outcome, Skipped):
         raise GenerationError(Error(id=outcome.id, code="skipped", message=f"the frame of {outcome.frame} stands"))
-    raise GenerationError(outcome)
+    if isinstance(outcome, Blocked):
+        raise GenerationError(Error(id=outcome.id, code="blocked", message=f"{outcome.stage}: {outcome.message}"))
+    raise GenerationError(outcome)  # type: ignore[arg-type]
+
+
+def _exported(outcome: Outcome, frame_id: str) -> Exported | None:
+    """The signed file if `outcome` answers the export of `frame_id`; raise on its error."""
+    if outcome.id != frame_id or not isinstance(outcome, Exported | Error):
+        return None
+    if isinstance(outcome, Error):
+        raise GenerationError(outcome)
+    return outcome
 
 
 def _hello(data: bytes | str) -> Hello:
@@ -195,6 +209,13 @@ class AsyncClient:
             pass
         return frame
 
+    async def export(self, frame_id: str) -> Exported:
+        """One of the session's latest frames as a file with signed Content Credentials."""
+        await self.send_raw(encode(Export(id=frame_id), self.codec))
+        while (exported := _exported(await self.receive(), frame_id)) is None:
+            pass
+        return exported
+
     async def speak(self, text: str, **fields: Any) -> str:
         """Send an utterance, or a piece of one (`id=` the same, `final=False` until the last)."""
         request = self._requests.speak(text, **fields)
@@ -253,6 +274,13 @@ class Client:
         while (frame := _answer(self.receive(), request_id)) is None:
             pass
         return frame
+
+    def export(self, frame_id: str) -> Exported:
+        assert self._ws is not None, "use `with Client(...)`"
+        self._ws.send(encode(Export(id=frame_id)))
+        while (exported := _exported(self.receive(), frame_id)) is None:
+            pass
+        return exported
 
     def say(self, text: str, on_audio: Callable[[Audio], None] | None = None, **fields: Any) -> Speech:
         request = self._requests.speak(text, **fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +63,22 @@ class SpeechConfig(BaseModel):
     max_text_chars: int = Field(default=4000, ge=1, description="Longest utterance, all its pieces together.")
 
 
+class SafetyConfig(BaseModel):
+    """The checks every input and frame passes (docs/safety.md)."""
+
+    moderation: bool = Field(default=True, description="Check prompts against the policy before any compute.")
+    policy: Path | None = Field(default=None, description="Moderation policy (TOML); livegen's own if absent.")
+    threshold: float | None = Field(default=None, gt=0, le=1,
+                                    description="Similarity that blocks a prompt; the policy's if absent.")
+    output_checker: str | None = Field(
+        default=None, description="Safety checker folder or HF-cache repo id, or module:factory; none if absent.")
+    watermark: bool = Field(default=True, description="An invisible watermark on every frame.")
+    server_id: str = Field(default_factory=socket.gethostname, description="Named (as a tag) in every watermark.")
+    keys: Path = Field(default=Path("~/.local/share/livegen/keys").expanduser(),
+                       description="Signing chain, key and root for Content Credentials; "
+                                   "a development chain is made there if it is empty.")
+
+
 def embedded_model() -> ModelConfig:
     from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, IMAGE_SIZE
 
@@ -81,6 +98,8 @@ class Settings(BaseSettings):
 
     speech: SpeechConfig | None = Field(
         default_factory=SpeechConfig, description="The speech model; null serves images only.")
+
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
     max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
     batch_wait_ms: float = Field(

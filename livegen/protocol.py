@@ -100,7 +100,14 @@ class Cancel(Message):
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
 
 
-ClientMessage = Annotated[Generate | Speak | Cancel, Field(discriminator="type")]
+class Export(Message):
+    """Ask for frame `id`, one of the session's last few, as a file with signed Content Credentials."""
+
+    type: Literal["export"] = "export"
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="The id of the input whose frame to export.")
+
+
+ClientMessage = Annotated[Generate | Speak | Cancel | Export, Field(discriminator="type")]
 
 # ---------------------------------------------------------------- server -> client
 
@@ -167,6 +174,27 @@ class Skipped(Message):
     similarity: float
 
 
+class Blocked(Message):
+    """Safety stopped this input: its prompt broke the moderation policy, or its frame failed the
+    output check. No frame of it was sent."""
+
+    type: Literal["blocked"] = "blocked"
+    id: str
+    stage: Literal["prompt", "output"]
+    category: str
+    message: str
+
+
+class Exported(Message):
+    """Frame `id` with a C2PA manifest embedded: created by livegen, trainedAlgorithmicMedia, and
+    the model, steps, seed and a hash of the prompt, signed with the server's key."""
+
+    type: Literal["exported"] = "exported"
+    id: str
+    image: WireBytes
+    format: ImageFormat
+
+
 class Audio(Message):
     """One chunk of an utterance's audio: 16-bit signed little-endian mono PCM, in `seq` order."""
 
@@ -205,10 +233,10 @@ class Error(Message):
     message: str
 
 
-ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Audio | SpeechEnd | Cancelled | Error,
+ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Blocked | Exported | Audio | SpeechEnd | Cancelled | Error,
                           Field(discriminator="type")]
-Outcome = Frame | Superseded | Skipped | Audio | SpeechEnd | Cancelled | Error
-ClientRequest = Generate | Speak | Cancel
+Outcome = Frame | Superseded | Skipped | Blocked | Exported | Audio | SpeechEnd | Cancelled | Error
+ClientRequest = Generate | Speak | Cancel | Export
 
 Hello.model_rebuild()
 
@@ -259,7 +287,7 @@ def _message_id(raw: dict[str, Any]) -> str | None:
     return raw.get("id") if isinstance(raw.get("id"), str) else None
 
 
-CLIENT_TYPES = ("generate", "speak", "cancel")
+CLIENT_TYPES = ("generate", "speak", "cancel", "export")
 
 
 def parse_client_message(data: bytes | str) -> ClientRequest:

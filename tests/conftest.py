@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,19 @@ from livegen.models.tiny import build_tiny_pipeline
 from livegen.server.background import BackgroundServer
 
 SIZES = [(64, 64), (128, 128)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_keys(tmp_path_factory: pytest.TempPathFactory):
+    """Servers under test make their development signing chain here, not in the user's home."""
+    directory = tmp_path_factory.mktemp("keys")
+    previous = os.environ.get("LIVEGEN_SAFETY__KEYS")
+    os.environ["LIVEGEN_SAFETY__KEYS"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["LIVEGEN_SAFETY__KEYS"]
+    else:
+        os.environ["LIVEGEN_SAFETY__KEYS"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,10 @@ from livegen.protocol import Frame, Generate
 
 
 def settings_for(model, **overrides) -> Settings:
-    values = dict(warmup_runs=1, max_batch=4, batch_wait_ms=30, speech=None)
+    """These tests compare pictures pixel for pixel: without the watermark, whose frame counter
+    makes each frame differ a little (tests/test_safety.py has it on)."""
+    values = dict(warmup_runs=1, max_batch=4, batch_wait_ms=30, speech=None,
+                  safety=Settings().safety.model_copy(update={"watermark": False}))
     values.update(overrides)
     return Settings(models=[ModelConfig(source=str(model), name="tiny", sizes=["64x64", "128x128"])], **values)
 

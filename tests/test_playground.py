@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from livegen.config import ModelConfig, Settings
+from livegen.safety.provenance import read_manifest
 from livegen.server.background import BackgroundServer, ServeProcess, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -138,14 +139,17 @@ def test_hud_shows_rate_latency_and_server_timings(page: Page):
     screenshot(page, "hud")
 
 
-def test_save_downloads_the_current_frame(page: Page):
+def test_save_downloads_the_current_frame_with_content_credentials(page: Page, signing_keys: Path):
     wait_for_new_frame(page, None)
     with page.expect_download() as download:
         page.click("#save")
-    path = download.value.path()
+    data = Path(download.value.path()).read_bytes()
     assert download.value.suggested_filename.startswith("livegen-emoji-seed7-")
     assert download.value.suggested_filename.endswith(".jpg")
-    assert Path(path).read_bytes()[:2] == b"\xff\xd8"
+    assert data[:2] == b"\xff\xd8"
+    manifest = read_manifest(data, "image/jpeg", signing_keys / "root.pem")
+    assert manifest.valid and manifest.trusted
+    assert manifest.generation["model"] == "emoji" and manifest.generation["seed"] == 7
 
 
 def test_camera_filter_streams_output_frames_with_a_bounded_number_in_flight(page: Page):

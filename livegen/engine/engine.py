@@ -6,18 +6,22 @@ imports the web framework, so the same engine runs under uvicorn, in tests and i
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import time
 
 from livegen.config import Settings
 from livegen.engine.image_runner import ImageRunner, ImageTask
-from livegen.engine.images import BadImage, decode_input_image, image_similarity
+from livegen.engine.images import MEDIA_TYPES, BadImage, decode_input_image, image_similarity
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.session import Session
-from livegen.models.base import BatchSpec, ModelError
 from livegen.engine.runner import Runner
+from livegen.engine.session import EXPORTABLE_FRAMES, Session
 from livegen.engine.speech_runner import SpeechRunner
-from livegen.protocol import ClientRequest, Generate, ModelInfo, Outcome, ProtocolError, Skipped, Speak
+from livegen.models.base import BatchSpec, ModelError
+from livegen.protocol import (ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError,
+                              Skipped, Speak)
+from livegen.safety.provenance import Provenance, SigningKeys, init_keys
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +34,16 @@ class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = EngineMetrics()
-        self.runners = {c.display_name: ImageRunner(c, settings, self.metrics) for c in settings.models}
+        frame_numbers = itertools.count()  # every frame's watermark names its number on this server
+        self.runners = {c.display_name: ImageRunner(c, settings, self.metrics, frame_numbers)
+                        for c in settings.models}
         self.default_model = next(iter(self.runners), None)
         self.speech = SpeechRunner(settings.speech, settings, self.metrics) if settings.speech else None
         self.sessions: set[Session] = set()
         self.started_at = time.time()
         self.start_error: str | None = None
         self.speech_error: str | None = None
+        self.provenance: Provenance | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -51,6 +58,7 @@ class Engine:
     async def start(self) -> None:
         """Load and warm every model; ready only when all of them are."""
         try:
+            self.provenance = self._load_provenance()
             for runner in self.runners.values():
                 await runner.start()
             await self._start_speech()
@@ -59,6 +67,22 @@ class Engine:
             raise
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
+
+    def _load_provenance(self) -> Provenance:
+        """The signing keys for Content Credentials; a development chain if none are there yet."""
+        directory = self.settings.safety.keys
+        keys = SigningKeys.in_directory(directory)
+        if not keys.cert_chain.exists() and not keys.private_key.exists():
+            init_keys(directory)
+            log.warning("made a development signing chain in %s: exports are signed, but trusted only where "
+                        "its root.pem is; put a real chain and key there for production", directory)
+        return Provenance(keys)
+
+    def safety(self) -> dict:
+        """What /readyz says about the checks every input and frame passes."""
+        stages = next((r.safety.describe() for r in self.runners.values() if r.safety), {})
+        signer = self.provenance.keys.cert_chain if self.provenance else None
+        return {**stages, "content_credentials": str(signer) if signer else None}
 
     async def _start_speech(self) -> None:
         """Speech is on by default, but a machine without espeak-ng still serves images: unless
@@ -122,6 +146,9 @@ class Engine:
             self._submit_image(session, request)
             return
         try:
+            if isinstance(request, Export):
+                self._export(session, request)
+                return
             if not self.ready:
                 raise ProtocolError("not_ready", "the server is still loading and warming its models", request.id)
             if self.speech is None:
@@ -132,6 +159,25 @@ class Engine:
                 self.speech.cancel(session, request)
         except ProtocolError as error:
             self.reject(session, error)
+
+    def credentials(self, frame: Frame, request: Generate) -> bytes:
+        """The frame's file with a signed C2PA manifest: what made it, never the prompt itself."""
+        assert self.provenance is not None, "signing keys load at start"
+        runner = self.runners[frame.model]
+        guidance = request.guidance
+        if guidance is None and runner.generator is not None:
+            guidance = runner.generator.description.default_guidance
+        generation = {"model": frame.model, "steps": request.steps, "seed": frame.seed, "guidance": guidance,
+                      "size": f"{frame.width}x{frame.height}", "image_to_image": request.image is not None,
+                      "prompt_sha256": hashlib.sha256(request.prompt.encode()).hexdigest()}
+        return self.provenance.sign(frame.image, MEDIA_TYPES[frame.format], generation)
+
+    def _export(self, session: Session, request: Export) -> None:
+        if request.id not in session.recent:
+            raise ProtocolError("unknown_frame", f"no frame {request.id!r} among this session's last "
+                                f"{EXPORTABLE_FRAMES}", request.id)
+        frame, generate = session.recent[request.id]
+        session.emit(Exported(id=frame.id, image=self.credentials(frame, generate), format=frame.format))
 
     def _submit_image(self, session: Session, request: Generate) -> None:
         """Accept an input into the session's slot, or answer it at once with a typed error."""
@@ -197,11 +243,14 @@ class Engine:
         )
 
     async def generate(self, request: Generate) -> Outcome:
-        """One input, one outcome, on a session of its own (HTTP, CLI)."""
+        """One input, one outcome, on a session of its own (HTTP, CLI); a frame comes signed."""
         session = self.open_session()
         try:
             self.submit(session, request)
-            return await session.next_outcome()
+            outcome = await session.next_outcome()
         finally:
             self.close_session(session)
+        if isinstance(outcome, Frame):
+            return outcome.model_copy(update={"image": self.credentials(outcome, request)})
+        return outcome
 

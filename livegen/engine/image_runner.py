@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +26,8 @@ from livegen.engine.runner import Runner, Task
 from livegen.engine.session import Session
 from livegen.models.base import BatchSpec, ImageGenerator, PromptEmbedding
 from livegen.models.loader import load_generator
-from livegen.protocol import Error, Frame, Generate
+from livegen.protocol import Blocked, Error, Frame, Generate
+from livegen.safety.stages import SafetyStages
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,15 @@ class ImageTask(Task):
 class ImageRunner(Runner):
     kind = "image"
 
-    def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics):
+    def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics,
+                 frame_numbers: Iterator[int]):
         self.config = config
         self.name = config.display_name
         self.settings = settings
         self.metrics = metrics
         self.generator: ImageGenerator | None = None
+        self.safety: SafetyStages | None = None
+        self._frame_numbers = frame_numbers  # the watermark's frame counter, shared by the server's runners
         self._ready = False
         self._sessions: set[Session] = set()
         self._wake = asyncio.Event()
@@ -80,6 +85,7 @@ class ImageRunner(Runner):
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
         torch.set_num_threads(torch.get_num_threads())
         self.generator = load_generator(self.config)
+        self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers)
         self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
@@ -156,7 +162,7 @@ class ImageRunner(Runner):
             for task in group:
                 task.timings["queue_ms"] = (started - task.received_at) * 1000
             try:
-                frames = await loop.run_in_executor(self._executor, self._compute, group)
+                outcomes = await loop.run_in_executor(self._executor, self._compute, group)
             except Exception as exc:  # one bad batch must not stop the runner
                 log.exception("batch failed on %s", self.name)
                 for task in group:
@@ -164,15 +170,19 @@ class ImageRunner(Runner):
                     task.session.emit(Error(id=task.id, code="internal", message=f"generation failed: {exc}"),
                                       finishes=task)
                 continue
-            if frames is None:  # every session in the batch left while it ran
+            if outcomes is None:  # every session in the batch left while it ran
                 self.metrics.cancelled.labels(self.name).inc(len(group))
                 continue
             self.metrics.batch_size.labels(self.name).observe(len(group))
-            for task, frame in zip(group, frames, strict=True):
-                self._record(task, frame)
-                task.session.emit(frame, finishes=task)
+            for task, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, Frame):
+                    self._record(outcome)
+                    task.session.remember(outcome, task.request)
+                else:
+                    self.metrics.blocked.labels(outcome.stage, outcome.category).inc()
+                task.session.emit(outcome, finishes=task)
 
-    def _record(self, task: ImageTask, frame: Frame) -> None:
+    def _record(self, frame: Frame) -> None:
         self.metrics.frames.labels(self.name).inc()
         self.metrics.time_to_frame.labels(self.name).observe(frame.timings["total_ms"] / 1000)
         for stage, ms in frame.timings.items():
@@ -194,10 +204,26 @@ class ImageRunner(Runner):
         self.metrics.prompt_cache.labels(self.name, "hit" if cached else "miss").inc()
         return embedding
 
-    def _compute(self, tasks: list[ImageTask]) -> list[Frame] | None:
+    def _compute(self, tasks: list[ImageTask]) -> list[Frame | Blocked] | None:
+        """Moderate each prompt, then generate for those that pass; one outcome per task, in order."""
+        assert self.safety is not None
+        blocked: dict[ImageTask, Blocked] = {}
+        for task in tasks:
+            started = time.perf_counter()
+            if (verdict := self.safety.moderate(task.request)) is not None:
+                blocked[task] = verdict
+            task.timings["moderation_ms"] = (time.perf_counter() - started) * 1000
+        allowed = [task for task in tasks if task not in blocked]
+        generated = self._generate(allowed) if allowed else []
+        if generated is None:
+            return None
+        made = iter(generated)
+        return [blocked.get(task) or next(made) for task in tasks]
+
+    def _generate(self, tasks: list[ImageTask]) -> list[Frame | Blocked] | None:
         generator = self.generator
         spec = tasks[0].spec
-        assert generator is not None and spec is not None
+        assert generator is not None and spec is not None and self.safety is not None
         prompts = []
         for task in tasks:
             started = time.perf_counter()
@@ -222,12 +248,21 @@ class ImageRunner(Runner):
         if latents is None:
             return None
         started = self._timed(tasks, "denoise_ms", started)
-        pixels = generator.decode(latents)
-        self._timed(tasks, "decode_ms", started)
+        pixels = generator.decode_on_device(latents)
+        started = self._timed(tasks, "decode_ms", started)
+        # No frame is encoded, let alone sent, before the output check has passed it.
+        flags = self.safety.check(pixels)
+        started = self._timed(tasks, "check_ms", started)
+        pixels = self.safety.watermark(pixels).cpu().numpy()
+        self._timed(tasks, "watermark_ms", started)
 
-        frames = []
-        for task, image in zip(tasks, pixels, strict=True):
+        frames: list[Frame | Blocked] = []
+        for task, image, flag in zip(tasks, pixels, flags, strict=True):
             request = task.request
+            if flag is not None:
+                frames.append(Blocked(id=task.id, stage="output", category=flag,
+                                      message=f"the frame failed the output check ({flag}); it was not sent"))
+                continue
             started = time.perf_counter()
             data = encode_frame(image, request.format, request.quality)
             now = time.perf_counter()

@@ -9,6 +9,7 @@ from PIL import Image, ImageOps
 
 MAX_INPUT_PIXELS = 4096 * 4096
 PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 
 
 class BadImage(ValueError):

@@ -27,6 +27,8 @@ class EngineMetrics:
         self.superseded = Counter("livegen_superseded_total", "Inputs replaced by a newer one.", registry=r)
         self.skipped = Counter("livegen_skipped_total",
                                "Image inputs answered by the last frame: the similarity filter.", registry=r)
+        self.blocked = Counter("livegen_blocked_total", "Inputs stopped by safety: prompt moderation or "
+                               "the output check.", ["stage", "category"], registry=r)
         self.errors = Counter("livegen_errors_total", "Inputs and messages answered with an error.",
                               ["code"], registry=r)
         self.cancelled = Counter("livegen_cancelled_total", "Inputs stopped because their client left.",

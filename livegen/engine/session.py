@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 
 from livegen.engine.runner import Task
-from livegen.protocol import MAX_SEED, Outcome, Superseded
+from livegen.protocol import MAX_SEED, Frame, Generate, Outcome, Superseded
 
 # Outcomes not yet taken by the sender before the session stops reading new inputs.
 OUTBOX_LIMIT = 64
+EXPORTABLE_FRAMES = 8  # the session's latest frames that `export` can still sign
 
 
 class Session:
@@ -28,6 +30,7 @@ class Session:
         self.pending: Task | None = None
         self.last_accepted: Task | None = None  # the similarity filter compares new inputs with it
         self.running: Task | None = None
+        self.recent: OrderedDict[str, tuple[Frame, Generate]] = OrderedDict()
         self._outbox: asyncio.Queue[tuple[Outcome, Task | None]] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
@@ -50,6 +53,13 @@ class Session:
         assert self.pending is not None and self.running is None
         self.running, self.pending = self.pending, None
         return self.running
+
+    def remember(self, frame: Frame, request: Generate) -> None:
+        """Keep a sent frame, with what made it, for `export`; only the latest few."""
+        self.recent[frame.id] = (frame, request)
+        self.recent.move_to_end(frame.id)
+        while len(self.recent) > EXPORTABLE_FRAMES:
+            self.recent.popitem(last=False)
 
     def emit(self, outcome: Outcome, finishes: Task | None = None) -> None:
         if self.closed:
@@ -76,5 +86,6 @@ class Session:
         self.closed = True
         self.pending = None
         self.last_accepted = None
+        self.recent.clear()
         self._room.set()
 

@@ -91,5 +91,10 @@ class ImageGenerator(ABC):
         """Run the sampler on a batch; None if should_stop() said so between steps."""
 
     @abstractmethod
+    def decode_on_device(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images (B, H, W, 3) uint8, still on the model's device: output checks and
+        the watermark run there, batched, before the frames are copied out."""
+
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents -> images (B, H, W, 3) uint8."""
+        """Latents -> images (B, H, W, 3) uint8 on the host."""
+        return self.decode_on_device(latents).cpu().numpy()

@@ -93,8 +93,8 @@ class DiffusersGenerator(ImageGenerator):
         return ((latents - self._vae_shift()) * self.vae.config.scaling_factor).to(self.dtype)
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode_on_device(self, latents: torch.Tensor) -> torch.Tensor:
         latents = latents / self.vae.config.scaling_factor + self._vae_shift()
         images = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
         images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
+        return images.permute(0, 2, 3, 1)

@@ -16,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livegen import __version__
 from livegen.engine import Engine, EngineBusy
-from livegen.protocol import Error, Frame, Generate, ProtocolError, json_schema, parse_generate
+from livegen.engine.images import MEDIA_TYPES
+from livegen.protocol import Blocked, Error, Frame, Generate, ProtocolError, json_schema, parse_generate
 from livegen.server.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,6 @@ HTTP_STATUS = {
     "not_ready": 503, "too_many_sessions": 503, "unknown_model": 404, "internal": 500,
     "message_too_large": 413, "malformed": 400,
 }
-MEDIA_TYPES = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 
 
 def _error_response(error: Error) -> JSONResponse:
@@ -79,6 +79,7 @@ def create_app(engine: Engine) -> FastAPI:
             "models": {runner.name: runner.ready for runner in engine.all_runners},
             "error": engine.start_error,
             "speech_error": engine.speech_error,
+            "safety": engine.safety(),
         }
         if not engine.all_runners:
             body["error"] = "no model configured: start with --model PATH"
@@ -101,7 +102,9 @@ def create_app(engine: Engine) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": Generate.model_json_schema()}}}},
         responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()},
-                         "description": "The image; timings in the X-Livegen-Timings header."}},
+                         "description": "The image, with signed Content Credentials; timings in the "
+                                                "X-Livegen-Timings header."},
+                   403: {"description": "A `blocked` message: safety stopped the input."}},
     )
     async def generate(request: Request) -> Response:
         """One image per request: the same engine and checks as the stream, without a socket."""
@@ -113,6 +116,8 @@ def create_app(engine: Engine) -> FastAPI:
             return _error_response(error.to_message())
         if isinstance(outcome, Error):
             return _error_response(outcome)
+        if isinstance(outcome, Blocked):
+            return JSONResponse(outcome.model_dump(), status_code=403)
         assert isinstance(outcome, Frame)  # a one-input session is never superseded
         headers = {
             "X-Livegen-Timings": json.dumps(outcome.timings),

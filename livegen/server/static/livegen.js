@@ -41,6 +41,7 @@ export class StreamStats {
     this.superseded = 0; // replaced on the server before it ran
     this.dropped = 0; // replaced in the page before it was sent
     this.skipped = 0; // answered by the last frame (similarity filter)
+    this.blocked = 0; // stopped by safety: prompt moderation or the output check
     this.errors = 0;
   }
 
@@ -63,13 +64,13 @@ export class StreamStats {
       p50: percentile(latencies, 0.5),
       p95: percentile(latencies, 0.95),
       sent: this.sent, frames: this.frames, superseded: this.superseded,
-      dropped: this.dropped, skipped: this.skipped, errors: this.errors,
+      dropped: this.dropped, skipped: this.skipped, blocked: this.blocked, errors: this.errors,
     };
   }
 }
 
 // Events: 'status' {state: 'connecting'|'open'|'reconnecting', attempt, delayMs, reason},
-// 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped',
+// 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped', 'blocked',
 // 'audio' {chunk, samples: Float32Array}, 'speech_end', 'cancelled',
 // 'error' (an error message: {id, code, message}).
 export class LivegenClient extends EventTarget {
@@ -159,6 +160,22 @@ export class LivegenClient extends EventTarget {
     if (this.open) this.ws.send(JSON.stringify({type: 'cancel', id}));
   }
 
+  // One of the session's latest frames as a file with signed Content Credentials: a Blob.
+  export(frameId) {
+    return new Promise((resolve, reject) => {
+      const answer = ({detail}) => {
+        if (detail.id !== frameId) return;
+        this.removeEventListener('exported', answer);
+        this.removeEventListener('error', answer);
+        if (detail.type === 'exported') resolve(new Blob([fromBase64(detail.image)], {type: `image/${detail.format}`}));
+        else reject(new Error(`${detail.code}: ${detail.message}`));
+      };
+      this.addEventListener('exported', answer);
+      this.addEventListener('error', answer);
+      this.ws.send(JSON.stringify({type: 'export', id: frameId}));
+    });
+  }
+
   #transmit(input) {
     this.inFlight.set(input.id, performance.now());
     this.stats.sent += 1;
@@ -192,6 +209,11 @@ export class LivegenClient extends EventTarget {
     } else if (message.type === 'skipped') {
       this.stats.skipped += 1;
       this.dispatchEvent(new CustomEvent('skipped', {detail: message}));
+    } else if (message.type === 'blocked') {
+      this.stats.blocked += 1;
+      this.dispatchEvent(new CustomEvent('blocked', {detail: message}));
+    } else if (message.type === 'exported') {
+      this.dispatchEvent(new CustomEvent('exported', {detail: message}));
     } else if (message.type === 'audio') {
       const pcm = new Int16Array(fromBase64(message.pcm).buffer);
       const samples = Float32Array.from(pcm, (v) => v / 32768);

@@ -124,6 +124,11 @@ client.addEventListener('frame', ({detail: {frame, blob}}) => {
   updateHud();
 });
 
+client.addEventListener('blocked', ({detail: blocked}) => {
+  setStatus('error', `Blocked by safety (${blocked.stage}, ${blocked.category}): ${blocked.message}`);
+  updateHud();
+});
+
 client.addEventListener('error', ({detail: error}) => {
   if (error.code === 'not_ready') {
     setStatus('warming', 'Server is loading and warming its models…');
@@ -142,6 +147,7 @@ function updateHud() {
   $('hud-frames').textContent = s.frames;
   $('hud-superseded').textContent = s.superseded + s.dropped;
   $('hud-skipped').textContent = s.skipped;
+  $('hud-blocked').textContent = s.blocked;
 }
 
 // ------------------------------------------------------------------ camera filter
@@ -264,12 +270,20 @@ function showSpeech(info) {
 
 // ------------------------------------------------------------------ wiring
 
-function save() {
-  const {frame, url} = current;
-  const link = document.createElement('a');
-  link.href = url;
-  link.download = `livegen-${frame.model}-seed${frame.seed}-${frame.id}.${frame.format === 'jpeg' ? 'jpg' : frame.format}`;
-  link.click();
+// The file saved is the server's export of the frame on screen: the same pixels with signed
+// Content Credentials (C2PA) saying livegen made it, with which model, steps and seed.
+async function save() {
+  const {frame} = current;
+  try {
+    const url = URL.createObjectURL(await client.export(frame.id));
+    const link = document.createElement('a');
+    link.href = url;
+    link.download = `livegen-${frame.model}-seed${frame.seed}-${frame.id}.${frame.format === 'jpeg' ? 'jpg' : frame.format}`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  } catch (error) {
+    setStatus('error', `Save failed: ${error.message}`);
+  }
 }
 
 $('prompt').addEventListener('input', render);

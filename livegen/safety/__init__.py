@@ -1,0 +1,1 @@
+"""Stages the engine runs on every request and frame: moderation, watermark, provenance."""

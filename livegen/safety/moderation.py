@@ -1,0 +1,152 @@
+"""Prompt moderation: a policy of terms, patterns and category descriptions, checked before compute.
+
+A policy is a TOML file (the shipped one is `policy.toml` beside this module):
+
+    threshold = 0.6                # cosine similarity that blocks, unless a category sets its own
+
+    [[category]]
+    name = "graphic_violence"
+    terms = ["gore"]               # whole words or phrases, any case
+    patterns = ['\\bbehead\\w*']  # regular expressions, any case
+    descriptions = ["a mutilated body covered in blood"]
+    threshold = 0.55               # optional
+
+Terms and patterns are exact; descriptions catch paraphrases: a prompt is embedded with
+all-MiniLM-L6-v2 (mean-pooled over its tokens, unit length, as it was trained to be compared) and
+blocked when its cosine similarity to a description reaches the threshold. The embedded model runs
+MiniLM as its text encoder already; other models' encoders (CLIP, T5) give similarities on another
+scale, so thresholds calibrated once would not carry over, and moderation loads its own MiniLM
+beside them. Verdicts are cached per prompt, like prompt embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.toml"
+VERDICT_CACHE_SIZE = 1024
+
+TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
+
+
+def sentence_embedder(tokenizer, encoder, device: torch.device | str = "cpu") -> TextEmbedder:
+    """MiniLM's sentence vectors: the last hidden states averaged over the real tokens, unit length."""
+
+    @torch.inference_mode()
+    def embed(texts: list[str]) -> np.ndarray:
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
+        hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+        mask = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+    return embed
+
+
+@lru_cache(maxsize=1)
+def minilm_embedder() -> TextEmbedder:
+    """A MiniLM of moderation's own, shared by the runners whose model has another text encoder."""
+    from livegen.models.embedded import load_text_encoder, load_tokenizer
+
+    return sentence_embedder(load_tokenizer(), load_text_encoder().eval())
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be read; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    terms: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    descriptions: tuple[str, ...] = ()
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    categories: tuple[Category, ...]
+    threshold: float = 0.6
+    source: str = "built in"
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_POLICY) -> Policy:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PolicyError(f"cannot read the moderation policy {path}: {exc}") from exc
+        try:
+            threshold = float(raw.get("threshold", 0.6))
+            categories = tuple(
+                Category(name=str(c["name"]), terms=tuple(c.get("terms", ())), patterns=tuple(c.get("patterns", ())),
+                         descriptions=tuple(c.get("descriptions", ())),
+                         threshold=None if c.get("threshold") is None else float(c["threshold"]))
+                for c in raw.get("category", ()))
+            for category in categories:
+                for pattern in category.patterns:
+                    re.compile(pattern)
+        except (KeyError, TypeError, ValueError, re.error) as exc:
+            raise PolicyError(f"moderation policy {path}: {type(exc).__name__}: {exc} "
+                              "(each [[category]] needs a name; terms, patterns, descriptions are lists)") from exc
+        if not 0 < threshold <= 1 or any(c.threshold is not None and not 0 < c.threshold <= 1 for c in categories):
+            raise PolicyError(f"moderation policy {path}: thresholds are cosine similarities in (0, 1]")
+        return cls(categories, threshold, str(path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    blocked: bool
+    category: str | None = None
+    reason: str | None = None  # what matched, for the operator's log and the client's message
+
+
+ALLOWED = Verdict(blocked=False)
+
+
+class Moderator:
+    """Checks prompts against one policy; `embed` is the serving model's text encoder."""
+
+    def __init__(self, policy: Policy, embed: TextEmbedder | None):
+        self.policy = policy
+        self._embed = embed
+        self._words = [(c, re.compile(r"\b(?:" + "|".join(re.escape(t) for t in c.terms) + r")\b", re.IGNORECASE))
+                       for c in policy.categories if c.terms]
+        self._patterns = [(c, re.compile(p, re.IGNORECASE)) for c in policy.categories for p in c.patterns]
+        self._descriptions = [(c, d) for c in policy.categories for d in c.descriptions]
+        self._vectors = embed([d for _, d in self._descriptions]) if embed and self._descriptions else None
+        self.check = lru_cache(maxsize=VERDICT_CACHE_SIZE)(self._check)
+
+    def _check(self, prompt: str) -> Verdict:
+        for category, words in self._words:
+            if match := words.search(prompt):
+                return Verdict(True, category.name, f"term {match.group(0)!r}")
+        for category, pattern in self._patterns:
+            if pattern.search(prompt):
+                return Verdict(True, category.name, f"pattern {pattern.pattern!r}")
+        if self._vectors is None or not prompt.strip():
+            return ALLOWED
+        similarities = self._vectors @ self._embed([prompt])[0]  # type: ignore[misc]
+        for index in np.argsort(-similarities):
+            category, description = self._descriptions[index]
+            threshold = category.threshold or self.policy.threshold
+            if similarities[index] >= threshold:
+                return Verdict(True, category.name, f"close to {description!r} ({similarities[index]:.2f})")
+        return ALLOWED
+
+    def similarity(self, prompt: str) -> tuple[str, float]:
+        """The category closest to `prompt` and its similarity: for calibrating thresholds."""
+        if self._vectors is None:
+            return ("", 0.0)
+        similarities = self._vectors @ self._embed([prompt])[0]  # type: ignore[misc]
+        best = int(np.argmax(similarities))
+        return self._descriptions[best][0].name, float(similarities[best])
