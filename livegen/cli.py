@@ -516,6 +516,18 @@ def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is s
     _show(output, "speech")
 
 
+@bench_app.command("safety")
+def bench_safety(model: ModelPathOption = None, size: BenchSizeOption = None,
+                 frames: Annotated[int, typer.Option(help="Warm frames with safety on, and as many off.")] = 120,
+                 quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Cost of moderation, watermark and Content Credentials per frame; watermark robustness."""
+    from livegen.bench.safety import run
+
+    _quiet_libraries()
+    run(_bench_model(model, size), 6 if quick else frames, output, quick)
+    _show(output, "safety")
+
+
 @bench_app.command("gpu")
 def bench_gpu(quick: QuickOption = False,
               cpu: Annotated[bool, typer.Option(help="The same path on tiny pipelines, on the CPU: a smoke test.")] = False,

@@ -109,8 +109,10 @@ async def test_a_blocked_prompt_gets_a_blocked_outcome_and_no_compute(checked):
         await client.send("a cat", blend_prompt="explicit porn", blend=0.5)
         assert (await client.receive()).category == "sexual_explicit"  # the blend prompt is checked too
         assert not checker.flagged and not checker.passed  # nothing was generated for them
-        frame_or_blocked = await client.generate("a calm lake")  # the session stays usable
-        assert isinstance(frame_or_blocked, Frame)
+        request = await client.send("a calm lake")  # the session stays usable: this one runs
+        outcome = await client.receive()
+        assert outcome.id == request and (isinstance(outcome, Frame) or outcome.stage == "output")
+        assert len(checker.flagged) + len(checker.passed) == 1
     metrics = httpx.get(checked.url + "/metrics").text
     assert 'livegen_blocked_total{category="graphic_violence",stage="prompt"} 1.0' in metrics
 
