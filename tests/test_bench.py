@@ -84,6 +84,16 @@ def test_camera_measures_flicker_skips_and_speed(suite: Path):
     assert set(camera["speed"]) == {"livegen", "direct"}
 
 
+def test_safety_measures_the_whole_path_each_stage_and_watermark_robustness(suite: Path):
+    result = json.loads((suite / "safety.json").read_text())
+    assert result["on"]["n"] == result["off"]["n"] > 0
+    assert {"moderation", "check", "watermark"} == set(result["stages_in_frame"])
+    stages = {row["stage"] for row in result["costs"]}
+    assert {"moderation, new prompt", "watermark, 512x512", "Content Credentials, sign a 64x64 JPEG"} <= stages
+    assert [row["none"] for row in result["robustness"]][0] == 1.0  # our own mark reads back untouched
+    assert "whole safety path" in (suite / "safety.md").read_text()
+
+
 def test_model_bench_quick_mode_measures_each_step_count(tmp_path):
     result = CliRunner().invoke(app, ["bench", "model", "--quick", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -1,8 +1,8 @@
 """`livegen bench safety`: what each safety stage costs per frame, and how well the watermark survives.
 
 - The whole path: one session's warm frames (in-process engine, fixed prompt) with every safety
-  stage on (moderation, watermark; no output checker is configured by default) and with all off,
-  on the same model in one process, in alternating blocks so that drift hits both alike.
+  stage on (moderation, watermark; no output checker is configured by default) and with them off,
+  on one engine, in alternating blocks so that drift hits both alike.
 - Each stage alone: moderation of a new prompt (a MiniLM forward) and of a cached one; the
   watermark at the served size (batch 1 and 8) and at 512x512, beside invisible-watermark's own
   encoder; signing an exported frame's Content Credentials; and, for scale, the Stable Diffusion
@@ -51,28 +51,35 @@ def timed(function, repeats: int, name: str) -> Series:
     return series
 
 
-async def whole_path(config: ModelConfig, frames: int) -> tuple[Series, Series, list[dict]]:
-    """Warm frames with safety on and off, alternating blocks; the per-frame timings with it on."""
+async def whole_path(config: ModelConfig, frames: int) -> dict[str, Series | list[dict]]:
+    """Warm frames with safety on and off, alternating blocks on one engine (the stages are
+    switched off between blocks, so both arms share the process, threads and caches): with the
+    prompt fixed (a slider) and with a new prompt every frame (typing), and the frames' timings."""
     with tempfile.TemporaryDirectory() as keys:
-        on = Settings(models=[config], speech=None)
-        on.safety = on.safety.model_copy(update={"keys": Path(keys)})
-        off = on.model_copy(update={"safety": on.safety.model_copy(update={"moderation": False, "watermark": False})})
-        engines = {"on": Engine(on), "off": Engine(off)}
-        for engine in engines.values():
-            await engine.start()
-        results = {"on": Series("safety on"), "off": Series("safety off")}
-        timings: list[dict] = []
+        settings = Settings(models=[config], speech=None)
+        settings.safety = settings.safety.model_copy(update={"keys": Path(keys)})
+        engine = Engine(settings)
+        await engine.start()
+        stages = engine.runners[config.display_name].safety
+        assert stages is not None
+        enabled = (stages.moderator, stages.watermarker)
+        arms = ("on", "off", "on, new prompts", "off, new prompts")
+        results: dict = {arm: Series(f"safety {arm}") for arm in arms}
+        results["timings"] = []
+        prompts = iter(range(10**9))
         try:
             for _ in range(BLOCKS):
-                for key, engine in engines.items():
-                    series, block_timings = await engine_frames(engine, max(1, frames // BLOCKS), PROMPT, key)
-                    results[key].ms.extend(series.ms)
-                    if key == "on":
-                        timings.extend(block_timings)
+                for arm in arms:
+                    stages.moderator, stages.watermarker = enabled if arm.startswith("on") else (None, None)
+                    for _ in range(max(1, frames // BLOCKS)):
+                        prompt = f"{PROMPT} number {next(prompts)}" if "new" in arm else PROMPT
+                        series, timings = await engine_frames(engine, 1, prompt, arm)
+                        results[arm].ms.extend(series.ms)
+                        if arm == "on":
+                            results["timings"].extend(timings)
         finally:
-            for engine in engines.values():
-                await engine.stop()
-    return results["on"], results["off"], timings
+            await engine.stop()
+    return results
 
 
 def frames_of(engine_config: ModelConfig) -> list[np.ndarray]:
@@ -95,7 +102,7 @@ def stage_costs(frames: list[np.ndarray], repeats: int, checker: bool) -> list[d
     small = torch.from_numpy(np.stack(frames[:1]))
     batch = torch.from_numpy(np.stack((frames * 8)[:8]))
     large_image = np.asarray(Image.fromarray(frames[0]).resize((512, 512), Image.Resampling.BICUBIC))
-    large = torch.from_numpy(large_image[None])
+    large = torch.from_numpy(large_image[None].copy())
     rows = [
         timed(lambda: moderator.check(f"a new prompt number {next(fresh)}"), repeats, "moderation, new prompt"),
         timed(lambda: moderator.check("a smiling cat"), repeats, "moderation, cached prompt"),
@@ -160,18 +167,24 @@ def robustness(frames: list[np.ndarray]) -> list[dict]:
 def run(config: ModelConfig, frames: int, output: Path, quick: bool = False) -> dict:
     with Progress() as progress:
         task = progress.add_task("safety", total=3)
-        on, off, timings = asyncio.run(whole_path(config, frames))
+        path = asyncio.run(whole_path(config, frames))
         progress.advance(task)
         model_frames = frames_of(config)
         costs = stage_costs(model_frames, 5 if quick else 50, checker=not quick)
         progress.advance(task)
         table = robustness(model_frames[:2] if quick else model_frames)
         progress.advance(task)
-    stages = {stage: round(statistics.median(t[f"{stage}_ms"] for t in timings), 3)
+    stages = {stage: round(statistics.median(t[f"{stage}_ms"] for t in path["timings"]), 3)
               for stage in ("moderation", "check", "watermark")}
+
+    def overhead(on: Series, off: Series) -> float:
+        return round(statistics.median(on.ms) / statistics.median(off.ms) - 1, 4)
+
+    on, off, on_new, off_new = (path[arm] for arm in ("on", "off", "on, new prompts", "off, new prompts"))
     results = {**header("safety"), "model": config.display_name, "frames": len(on.ms),
-               "on": on.summary(), "off": off.summary(),
-               "overhead": round(statistics.median(on.ms) / statistics.median(off.ms) - 1, 4),
+               "on": on.summary(), "off": off.summary(), "on_new_prompts": on_new.summary(),
+               "off_new_prompts": off_new.summary(), "overhead": overhead(on, off),
+               "overhead_new_prompts": overhead(on_new, off_new),
                "stages_in_frame": stages, "costs": costs, "robustness": table}
     save(results, markdown(results), output)
     return results
@@ -181,8 +194,13 @@ def markdown(r: dict) -> str:
     lines = [f"Safety on the {r['model']} model; {machine_line(r['machine'])}.", "",
              "| warm frame, one session, in-process | p50 | p95 |", "|---|---|---|",
              f"| safety on (moderation, watermark) | {r['on']['p50_ms']} ms | {r['on']['p95_ms']} ms |",
-             f"| safety off | {r['off']['p50_ms']} ms | {r['off']['p95_ms']} ms |", "",
-             f"- whole safety path: **{r['overhead'] * 100:+.1f}%** on the warm frame's median "
+             f"| safety off | {r['off']['p50_ms']} ms | {r['off']['p95_ms']} ms |",
+             f"| safety on, a new prompt every frame | {r['on_new_prompts']['p50_ms']} ms | "
+             f"{r['on_new_prompts']['p95_ms']} ms |",
+             f"| safety off, a new prompt every frame | {r['off_new_prompts']['p50_ms']} ms | "
+             f"{r['off_new_prompts']['p95_ms']} ms |", "",
+             f"- whole safety path: **{r['overhead'] * 100:+.1f}%** on the warm frame's median, "
+             f"{r['overhead_new_prompts'] * 100:+.1f}% with a new prompt every frame "
              f"({r['frames']} frames each, alternating blocks)",
              "- per-frame stage timings with safety on (median): "
              + ", ".join(f"{k} {v} ms" for k, v in r["stages_in_frame"].items()), "",

@@ -1,6 +1,6 @@
 """`livegen bench all` (`make bench`): the standard set of scenarios and a one-page summary.
 
-Runs cold, warm, interactive, load and camera on one model, with StreamDiffusion as a peer when
+Runs cold, warm, interactive, load, camera and safety on one model, with StreamDiffusion as a peer when
 asked (`--peers`: it needs its own virtual environment, which the bench creates once), then
 writes summary.md: the headline figures and each target of the benchmark issue, met or not.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from livegen.bench import camera, cold, interactive, load, warm
+from livegen.bench import camera, cold, interactive, load, safety, warm
 from livegen.bench.report import header, machine_line, save
 from livegen.config import ModelConfig
 
 PEER_SESSIONS = 8
 PEER_VENV = Path("bench-results") / "streamdiffusion-venv"  # built once, whatever the output folder
-SCENARIOS = {"cold": cold, "warm": warm, "interactive": interactive, "load": load, "camera": camera}
+SCENARIOS = {"cold": cold, "warm": warm, "interactive": interactive, "load": load, "camera": camera,
+             "safety": safety}
 
 
 def streamdiffusion_peer(config: ModelConfig, frames: int) -> dict:
@@ -38,6 +39,7 @@ def run(config: ModelConfig, quick: bool, peers: bool, output: Path) -> dict:
         "interactive": interactive.run(config, 2.0 if quick else 20.0, 1, output),
         "load": load.run(config, 0.5 if quick else 10.0, output, peer),
         "camera": camera.run(config, 6 if quick else 150, output, peer),
+        "safety": safety.run(config, 6 if quick else 120, output, quick),
     }
     save(results, markdown(results), output)
     return results
@@ -65,6 +67,8 @@ def targets(r: dict) -> list[tuple[str, str, bool | None]]:
          batched > peer_8 if peer_8 else None),
         ("first frame after ready within 1.5x of the warm median", f"{first}x (median of cold starts)", first <= 1.5),
         ("naive many-step server at least 10x slower", f"{naive:.1f}x", naive >= 10),
+        ("the whole safety path adds at most 10% to the warm frame", f"{r['safety']['overhead'] * 100:+.1f}%",
+         r["safety"]["overhead"] <= 0.10),
     ]
 
 
