@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from livegen.cli import app
+from livegen.safety.provenance import read_manifest
 
 runner = CliRunner()
 
@@ -29,19 +30,29 @@ def test_serve_with_a_missing_model_names_the_path(tmp_path):
     assert str(missing) in result.output
 
 
-def test_generate_in_process_writes_the_image(tiny_sd, tmp_path):
+def test_generate_in_process_writes_a_signed_image(tiny_sd, tmp_path, signing_keys):
     out = tmp_path / "out.png"
     result = runner.invoke(app, ["generate", "a cat", "-o", str(out), "--model", str(tiny_sd), "--size", "64x64"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+    assert read_manifest(out.read_bytes(), "image/png", signing_keys / "root.pem").valid
 
 
-def test_generate_through_a_running_server(server, tmp_path):
+def test_generate_through_a_running_server_writes_a_signed_image(server, tmp_path, signing_keys):
     out = tmp_path / "out.jpg"
     result = runner.invoke(app, ["generate", "a cat", "-o", str(out), "--url", server.url, "--seed", "4"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:2] == b"\xff\xd8"
     assert "seed 4" in result.output
+    report = read_manifest(out.read_bytes(), "image/jpeg", signing_keys / "root.pem")
+    assert report.valid and report.generation["seed"] == 4
+
+
+def test_generate_reports_a_blocked_prompt(server, tmp_path):
+    result = runner.invoke(app, ["generate", "a decapitated body in a pool of blood", "-o", str(tmp_path / "x.png"),
+                                 "--url", server.url])
+    assert result.exit_code == 1
+    assert "blocked: prompt" in result.output
 
 
 def test_generate_reports_a_server_error(server, tmp_path):
