@@ -33,6 +33,8 @@ from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Spe
 log = logging.getLogger(__name__)
 
 FIRST_PHRASE_CHARS = 10  # the first phrase (a word or two): its audio is what the listener waits for
+BUDGET_MARGIN = 1.25  # synthesis time varies by a fifth on a busy CPU: keep that much audio in hand
+CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
 
@@ -190,17 +192,22 @@ class SpeechRunner(Runner):
             raise ProtocolError(exc.code, str(exc), request_id) from exc
 
     def _next_phrase(self, utterance: Utterance) -> str | None:
-        """Cut the next phrase if it is complete: as long as can be synthesized while the audio
-        ahead of the listener plays (a word or two for the first), ending at a clause or sentence."""
-        budget = utterance.audio_ahead_s(self.model.sample_rate) - self.call_s
-        affordable = int(budget / self.char_s) if self.char_s else self.config.max_text_chars
-        for limit in (min(max(FIRST_PHRASE_CHARS, affordable), self.config.max_text_chars), FIRST_PHRASE_CHARS):
-            head, *rest = self._split(utterance.text, limit)
+        """Cut the next phrase if it is complete, ending at a clause or sentence: a word or two for
+        the first; then as long as can be synthesized, with a margin, while the audio ahead of the
+        listener plays, and down to a single word when little is ahead."""
+        limit = FIRST_PHRASE_CHARS
+        if utterance.first_audio_at is not None:
+            budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.call_s
+            limit = max(1, int(budget / self.char_s)) if self.char_s else self.config.max_text_chars
+        limit = min(limit, self.config.max_text_chars)
+        for cut in (limit, min(limit, FIRST_PHRASE_CHARS)):
+            head, *rest = self._split(utterance.text, cut)
             # The last phrase may still grow, unless the text is final or ends a sentence.
             if rest or utterance.final or SENTENCE_DONE.search(utterance.text):
                 tail = " ".join(rest)
                 utterance.text = tail + (" " if tail and utterance.text[-1:].isspace() else "")
-                return head
+                # A comma's pause would be synthesized only to be trimmed: ~90 ms of a short phrase.
+                return CLAUSE_TAIL.sub("", head) or head
         return None
 
     def _schedule(self, utterance: Utterance) -> None:
