@@ -3,9 +3,9 @@
 Text arrives in pieces (`speak` messages with one id, the last marked final). One worker thread
 synthesizes phrases, taking the sessions in turn, and each phrase goes out at once as small PCM
 chunks. The next phrase is cut from the text when the worker is ready for it, no longer than it
-can synthesize while the audio already sent plays: the first is a word or two, so that audio
-starts early, and the phrases grow as the audio ahead of the listener grows, so playback does not
-run dry once it has started. A new utterance or a `cancel` stops the current one: it is answered
+can synthesize, with a margin, while the audio already sent plays: the first is a word or two, so
+that audio starts early; the next may be a single word when little audio is ahead, and phrases grow
+as the audio ahead of the listener grows, so playback does not run dry once it has started. A new utterance or a `cancel` stops the current one: it is answered
 `cancelled` on the event loop, and a phrase still being synthesized for it is dropped when it
 comes back, so no audio of it follows.
 """
@@ -33,7 +33,7 @@ from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Spe
 log = logging.getLogger(__name__)
 
 FIRST_PHRASE_CHARS = 10  # the first phrase (a word or two): its audio is what the listener waits for
-BUDGET_MARGIN = 1.25  # synthesis time varies by a fifth on a busy CPU: keep that much audio in hand
+BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted synthesis time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
