@@ -5,9 +5,10 @@ synthesizes phrases, taking the sessions in turn, and each phrase goes out at on
 chunks. The next phrase is cut from the text when the worker is ready for it, no longer than it
 can synthesize, with a margin, while the audio already sent plays: the first is a word or two, so
 that audio starts early; the next may be a single word when little audio is ahead, and phrases grow
-as the audio ahead of the listener grows, so playback does not run dry once it has started. A new utterance or a `cancel` stops the current one: it is answered
-`cancelled` on the event loop, and a phrase still being synthesized for it is dropped when it
-comes back, so no audio of it follows.
+as the audio ahead of the listener grows, so playback does not run dry once it has started.
+A new utterance or a `cancel` stops the current one: it is answered `cancelled` on the event
+loop, and a phrase still being synthesized for it is dropped when it comes back, so no audio of
+it follows.
 """
 
 from __future__ import annotations
