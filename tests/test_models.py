@@ -12,6 +12,7 @@ from livegen.config import ModelConfig
 from livegen.models.base import BatchSpec, ModelError
 from livegen.models.loader import load_generator
 from livegen.models.tiny import build_tiny_vae
+from livegen.models.traced import TracedUNet
 
 
 def run(generator, spec: BatchSpec, prompts: list[str], seeds: list[int], image: np.ndarray | None = None):
@@ -49,6 +50,21 @@ def test_each_family_loads_with_its_sampler_and_generates(tiny_models, architect
     assert edited.shape == (1, 64, 64, 3)
 
 
+@pytest.mark.parametrize(("architecture", "sampler"), [("sd", "turbo"), ("sd", "lcm"), ("sdxl", "turbo")])
+def test_the_traced_unet_gives_the_eager_pictures_at_every_batch_size(tiny_models, architecture, sampler):
+    config = ModelConfig(source=str(tiny_models(architecture, sampler)), sizes=["64x64"])
+    traced, eager = load_generator(config), load_generator(config)
+    assert isinstance(traced.denoiser, TracedUNet)  # on the CPU
+    eager.denoiser = eager.pipe.unet
+    for spec, prompts in ((BatchSpec(64, 64, 2, 0.0, None), ["a cat"]),  # the trace is made at batch 1
+                          (BatchSpec(64, 64, 2, 0.0, None), ["a cat", "a dog", "a bird"]),
+                          (BatchSpec(64, 64, 1, 4.0, None), ["a cat", "a dog"])):  # guidance: CFG or embedded
+        seeds = list(range(len(prompts)))
+        difference = run(traced, spec, prompts, seeds).astype(int) - run(eager, spec, prompts, seeds).astype(int)
+        assert np.abs(difference).max() <= 1
+    assert len(traced.denoiser.traces) == 1
+
+
 def test_classifier_free_guidance_changes_the_picture(tiny_sd):
     generator = load_generator(ModelConfig(source=str(tiny_sd), sizes=["64x64"]))
     plain = run(generator, BatchSpec(64, 64, 1, 0.0, None), ["a cat"], [3])
@@ -84,7 +100,7 @@ def test_tiny_decoder_replaces_the_vae(tiny_sd, tmp_path):
 
 def test_reduced_precision_is_applied(tiny_sd):
     generator = load_generator(ModelConfig(source=str(tiny_sd), dtype="bfloat16", sizes=["64x64"]))
-    assert generator.denoiser.dtype == torch.bfloat16
+    assert generator.pipe.unet.dtype == torch.bfloat16
     assert generator.description.dtype == "bfloat16"
     assert run(generator, BatchSpec(64, 64, 1, 0.0, None), ["a cat"], [1]).shape == (1, 64, 64, 3)
 

@@ -154,6 +154,8 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     generator = _generator_class(pipe, family)(pipe, description, device, dtype)
     if config.compile:
         generator.compile()
+    elif device.type == "cpu":
+        generator.trace()
     return generator
 
 

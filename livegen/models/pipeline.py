@@ -38,6 +38,13 @@ class DiffusersGenerator(ImageGenerator):
         self.denoiser.to(memory_format=torch.channels_last)
         self.vae.to(memory_format=torch.channels_last)
 
+    def trace(self) -> None:
+        """On a CPU: run the UNet by TorchScript traces (models/traced.py); FLUX stays eager."""
+        if hasattr(self.pipe, "unet"):
+            from livegen.models.traced import TracedUNet
+
+            self.denoiser = TracedUNet(self.denoiser)
+
     def compile(self) -> None:
         """torch.compile the denoiser and the decoder; the engine's warm-up pays the compile time."""
         self.denoiser = torch.compile(self.denoiser, mode="max-autotune-no-cudagraphs")
