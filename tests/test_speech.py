@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import wave
 
 import numpy as np
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.config import SpeechConfig
+from livegen.engine.session import Session
+from livegen.engine.speech_runner import Utterance
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.server.background import BackgroundServer
 from tests.conftest import server_settings
@@ -146,3 +149,22 @@ def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tm
         assert ready.status_code == 503 and str(missing) in ready.json()["error"]
     finally:
         live.stop()
+
+
+def test_phrases_are_cut_to_the_audio_ahead_of_the_listener(speech_server):
+    """The first phrase is a word or two without its comma; the next is as long as can be
+    synthesized while the audio already sent plays: one word when little is ahead, the whole
+    sentence when seconds are."""
+    runner = speech_server.engine.speech
+    rate = runner.model.sample_rate
+
+    def utterance(ahead_s: float | None) -> Utterance:
+        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(),
+                           text="Sure, I can help with that. It takes a minute.", final=True)
+        if ahead_s is not None:
+            spoken.first_audio_at, spoken.samples = time.perf_counter(), int(ahead_s * rate)
+        return spoken
+
+    assert runner._next_phrase(utterance(None)) == "Sure"
+    assert runner._next_phrase(utterance(0.05)) == "Sure"  # one word: almost nothing is ahead
+    assert runner._next_phrase(utterance(60.0)) == "Sure, I can help with that."
