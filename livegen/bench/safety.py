@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import statistics
 import tempfile
 import time
@@ -30,6 +29,7 @@ from livegen.bench.report import Series, header, machine_line, save
 from livegen.bench.warm import PROMPT, engine_frames
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
+from livegen.engine.images import encode_frame
 from livegen.models.base import BatchSpec
 from livegen.models.loader import load_generator
 from livegen.safety import watermark
@@ -115,18 +115,12 @@ def stage_costs(frames: list[np.ndarray], repeats: int, checker: bool) -> list[d
     with tempfile.TemporaryDirectory() as keys:
         signer = Provenance(init_keys(Path(keys)))
         for image in (frames[0], large_image):
-            data = _jpeg(image)
+            data = encode_frame(image, "jpeg", 85)
             rows.append(timed(lambda data=data: signer.sign(data, "image/jpeg", {"model": "bench"}), repeats,
                               f"Content Credentials, sign a {image.shape[1]}x{image.shape[0]} JPEG"))
     if checker:
         rows.append(_safety_checker_cost(small, 3))
     return [{"stage": s.name, **s.summary()} for s in rows]
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
 
 
 def _imwatermark(image: np.ndarray) -> None:

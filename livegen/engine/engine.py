@@ -6,7 +6,6 @@ imports the web framework, so the same engine runs under uvicorn, in tests and i
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import time
@@ -160,24 +159,17 @@ class Engine:
         except ProtocolError as error:
             self.reject(session, error)
 
-    def credentials(self, frame: Frame, request: Generate) -> bytes:
-        """The frame's file with a signed C2PA manifest: what made it, never the prompt itself."""
+    def credentials(self, frame: Frame, generation: dict) -> bytes:
+        """The frame's file with a signed C2PA manifest saying what made it."""
         assert self.provenance is not None, "signing keys load at start"
-        runner = self.runners[frame.model]
-        guidance = request.guidance
-        if guidance is None and runner.generator is not None:
-            guidance = runner.generator.description.default_guidance
-        generation = {"model": frame.model, "steps": request.steps, "seed": frame.seed, "guidance": guidance,
-                      "size": f"{frame.width}x{frame.height}", "image_to_image": request.image is not None,
-                      "prompt_sha256": hashlib.sha256(request.prompt.encode()).hexdigest()}
         return self.provenance.sign(frame.image, MEDIA_TYPES[frame.format], generation)
 
     def _export(self, session: Session, request: Export) -> None:
         if request.id not in session.recent:
             raise ProtocolError("unknown_frame", f"no frame {request.id!r} among this session's last "
                                 f"{EXPORTABLE_FRAMES}", request.id)
-        frame, generate = session.recent[request.id]
-        session.emit(Exported(id=frame.id, image=self.credentials(frame, generate), format=frame.format))
+        frame, generation = session.recent[request.id]
+        session.emit(Exported(id=frame.id, image=self.credentials(frame, generation), format=frame.format))
 
     def _submit_image(self, session: Session, request: Generate) -> None:
         """Accept an input into the session's slot, or answer it at once with a typed error."""
@@ -251,6 +243,7 @@ class Engine:
         finally:
             self.close_session(session)
         if isinstance(outcome, Frame):
-            return outcome.model_copy(update={"image": self.credentials(outcome, request)})
+            generation = self.runners[outcome.model].generation(outcome, request)
+            return outcome.model_copy(update={"image": self.credentials(outcome, generation)})
         return outcome
 

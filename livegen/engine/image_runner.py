@@ -9,6 +9,7 @@ companions, and only while other recently active sessions could send one.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -177,10 +178,19 @@ class ImageRunner(Runner):
             for task, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Frame):
                     self._record(outcome)
-                    task.session.remember(outcome, task.request)
+                    task.session.remember(outcome, self.generation(outcome, task.request))
                 else:
                     self.metrics.blocked.labels(outcome.stage, outcome.category).inc()
                 task.session.emit(outcome, finishes=task)
+
+    def generation(self, frame: Frame, request: Generate) -> dict:
+        """What made the frame, for its Content Credentials: settings and a hash of the prompt,
+        never the prompt itself."""
+        assert self.generator is not None
+        guidance = self.generator.description.default_guidance if request.guidance is None else request.guidance
+        return {"model": frame.model, "steps": request.steps, "seed": frame.seed, "guidance": guidance,
+                "size": f"{frame.width}x{frame.height}", "image_to_image": request.image is not None,
+                "prompt_sha256": hashlib.sha256(request.prompt.encode()).hexdigest()}
 
     def _record(self, frame: Frame) -> None:
         self.metrics.frames.labels(self.name).inc()

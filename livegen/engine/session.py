@@ -7,7 +7,7 @@ import secrets
 from collections import OrderedDict
 
 from livegen.engine.runner import Task
-from livegen.protocol import MAX_SEED, Frame, Generate, Outcome, Superseded
+from livegen.protocol import MAX_SEED, Frame, Outcome, Superseded
 
 # Outcomes not yet taken by the sender before the session stops reading new inputs.
 OUTBOX_LIMIT = 64
@@ -30,7 +30,7 @@ class Session:
         self.pending: Task | None = None
         self.last_accepted: Task | None = None  # the similarity filter compares new inputs with it
         self.running: Task | None = None
-        self.recent: OrderedDict[str, tuple[Frame, Generate]] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[Frame, dict]] = OrderedDict()  # frame id -> frame, what made it
         self._outbox: asyncio.Queue[tuple[Outcome, Task | None]] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
@@ -54,9 +54,9 @@ class Session:
         self.running, self.pending = self.pending, None
         return self.running
 
-    def remember(self, frame: Frame, request: Generate) -> None:
+    def remember(self, frame: Frame, generation: dict) -> None:
         """Keep a sent frame, with what made it, for `export`; only the latest few."""
-        self.recent[frame.id] = (frame, request)
+        self.recent[frame.id] = (frame, generation)
         self.recent.move_to_end(frame.id)
         while len(self.recent) > EXPORTABLE_FRAMES:
             self.recent.popitem(last=False)

@@ -142,11 +142,3 @@ class Moderator:
             if similarities[index] >= threshold:
                 return Verdict(True, category.name, f"close to {description!r} ({similarities[index]:.2f})")
         return ALLOWED
-
-    def similarity(self, prompt: str) -> tuple[str, float]:
-        """The category closest to `prompt` and its similarity: for calibrating thresholds."""
-        if self._vectors is None:
-            return ("", 0.0)
-        similarities = self._vectors @ self._embed([prompt])[0]  # type: ignore[misc]
-        best = int(np.argmax(similarities))
-        return self._descriptions[best][0].name, float(similarities[best])
