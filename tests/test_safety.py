@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -279,6 +280,23 @@ def test_verify_reports_watermark_and_credentials_and_fails_a_tampered_file(serv
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "tampered.jpg"), "--root", str(signing_keys / "root.pem")])
     assert result.exit_code == 1
     assert "INVALID" in result.output
+
+
+def test_unusable_signing_keys_keep_the_server_not_ready_and_say_why(tiny_sd, tmp_path: Path):
+    not_a_folder = tmp_path / "keys"
+    not_a_folder.write_text("a file where the keys folder should be")
+    settings = server_settings(tiny_sd)
+    settings.safety = settings.safety.model_copy(update={"keys": not_a_folder})
+    live = BackgroundServer(settings, wait_ready=False)
+    try:
+        for _ in range(200):
+            body = httpx.get(live.url + "/readyz").json()
+            if body["error"]:
+                break
+            time.sleep(0.05)
+        assert not body["ready"] and str(not_a_folder) in body["error"] and "LIVEGEN_SAFETY__KEYS" in body["error"]
+    finally:
+        live.stop()
 
 
 def test_keys_init_makes_a_chain_and_refuses_to_overwrite_it(tmp_path: Path):

@@ -20,7 +20,7 @@ from livegen.engine.speech_runner import SpeechRunner
 from livegen.models.base import BatchSpec, ModelError
 from livegen.protocol import (ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError,
                               Skipped, Speak)
-from livegen.safety.provenance import Provenance, SigningKeys, init_keys
+from livegen.safety.provenance import Provenance, ProvenanceError, SigningKeys, init_keys
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,11 @@ class Engine:
         directory = self.settings.safety.keys
         keys = SigningKeys.in_directory(directory)
         if not keys.cert_chain.exists() and not keys.private_key.exists():
-            init_keys(directory)
+            try:
+                init_keys(directory)
+            except OSError as exc:
+                raise ProvenanceError(f"cannot make a development signing chain in {directory} ({exc}): set "
+                                      "LIVEGEN_SAFETY__KEYS (--keys) to a writable folder, or put a chain there") from exc
             log.warning("made a development signing chain in %s: exports are signed, but trusted only where "
                         "its root.pem is; put a real chain and key there for production", directory)
         return Provenance(keys)
