@@ -152,19 +152,19 @@ def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tm
 
 
 def test_phrases_are_cut_to_the_audio_ahead_of_the_listener(speech_server):
-    """The first phrase is a word or two without its comma; the next is as long as can be
-    synthesized while the audio already sent plays: one word when little is ahead, the whole
-    sentence when seconds are."""
+    """The first phrase is a word or two, or its whole sentence when only a scrap would be left;
+    the next is as long as can be synthesized while the audio already sent plays: one word when
+    little is ahead, the whole sentence when seconds are."""
     runner = speech_server.engine.speech
     rate = runner.model.sample_rate
 
-    def utterance(ahead_s: float | None) -> Utterance:
-        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(),
-                           text="Sure, I can help with that. It takes a minute.", final=True)
+    def utterance(ahead_s: float | None, text: str = "Sure, I can help with that. It takes a minute.") -> Utterance:
+        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(), text=text, final=True)
         if ahead_s is not None:
             spoken.first_audio_at, spoken.samples = time.perf_counter(), int(ahead_s * rate)
         return spoken
 
-    assert runner._next_phrase(utterance(None)) == "Sure"
+    assert runner._next_phrase(utterance(None)) == "Sure"  # its comma's pause would only be trimmed
+    assert runner._next_phrase(utterance(None, "Good question. The short answer is yes.")) == "Good question."
     assert runner._next_phrase(utterance(0.05)) == "Sure"  # one word: almost nothing is ahead
     assert runner._next_phrase(utterance(60.0)) == "Sure, I can help with that."

@@ -196,10 +196,11 @@ class SpeechRunner(Runner):
         """Cut the next phrase if it is complete, ending at a clause or sentence: a word or two for
         the first; then as long as can be synthesized, with a margin, while the audio ahead of the
         listener plays, and down to a single word when little is ahead."""
-        limit = FIRST_PHRASE_CHARS
-        if utterance.first_audio_at is not None:
+        first = utterance.first_audio_at is None
+        limit = self._first_limit(utterance.text) if first else self.config.max_text_chars
+        if not first:
             budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.call_s
-            limit = max(1, int(budget / self.char_s)) if self.char_s else self.config.max_text_chars
+            limit = max(1, int(budget / self.char_s)) if self.char_s else limit
         limit = min(limit, self.config.max_text_chars)
         for cut in (limit, min(limit, FIRST_PHRASE_CHARS)):
             head, *rest = self._split(utterance.text, cut)
@@ -210,6 +211,13 @@ class SpeechRunner(Runner):
                 # A comma's pause would be synthesized only to be trimmed: ~90 ms of a short phrase.
                 return CLAUSE_TAIL.sub("", head) or head
         return None
+
+    def _first_limit(self, text: str) -> int:
+        """A word or two, unless that leaves a scrap of its sentence ("Good | question."), which
+        would cost a call of its own before the first phrase's short audio ran out: then all of it."""
+        head, *_ = self._split(text, FIRST_PHRASE_CHARS)
+        sentence, *_ = self._split(text, self.config.max_text_chars)
+        return len(sentence) if len(sentence) - len(head) <= FIRST_PHRASE_CHARS else FIRST_PHRASE_CHARS
 
     def _schedule(self, utterance: Utterance) -> None:
         """Queue it for the worker if a phrase of it is ready; finish it if nothing is left."""
