@@ -4,8 +4,9 @@ Text arrives in pieces (`speak` messages with one id, the last marked final). On
 synthesizes phrases, taking the sessions in turn, and each phrase goes out at once as small PCM
 chunks. The next phrase is cut from the text when the worker is ready for it, no longer than it
 can synthesize, with a margin, while the audio already sent plays: the first is a word or two, so
-that audio starts early; the next may be a single word when little audio is ahead, and phrases grow
-as the audio ahead of the listener grows, so playback does not run dry once it has started.
+that audio starts early (its whole sentence if a word or two would leave only a scrap of it); the
+next may be a single word when little audio is ahead, and phrases grow as the audio ahead of the
+listener grows, so playback does not run dry once it has started.
 A new utterance or a `cancel` stops the current one: it is answered `cancelled` on the event
 loop, and a phrase still being synthesized for it is dropped when it comes back, so no audio of
 it follows.
