@@ -197,11 +197,13 @@ class SpeechRunner(Runner):
         """Cut the next phrase if it is complete, ending at a clause or sentence: a word or two for
         the first; then as long as can be synthesized, with a margin, while the audio ahead of the
         listener plays, and down to a single word when little is ahead."""
-        first = utterance.first_audio_at is None
-        limit = self._first_limit(utterance.text) if first else self.config.max_text_chars
-        if not first:
+        if utterance.first_audio_at is None:
+            limit = self._first_limit(utterance.text)
+        elif self.char_s:
             budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.call_s
-            limit = max(1, int(budget / self.char_s)) if self.char_s else limit
+            limit = max(1, int(budget / self.char_s))
+        else:
+            limit = self.config.max_text_chars
         limit = min(limit, self.config.max_text_chars)
         for cut in (limit, min(limit, FIRST_PHRASE_CHARS)):
             head, *rest = self._split(utterance.text, cut)
