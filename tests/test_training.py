@@ -151,6 +151,16 @@ def test_one_distillation_step_lowers_the_consistency_loss():
     assert after < before
 
 
+def test_one_distillation_step_lowers_the_one_step_loss():
+    student = distill.student_from(tiny_unet())
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
+    latents, text = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384)
+    before, after = fixed_batch_improves(
+        lambda g: distill.one_step_loss(student, solver, latents, text, g), student.parameters(), lr=1e-4
+    )
+    assert after < before
+
+
 def test_student_starts_as_the_teacher():
     teacher_unet = tiny_unet().eval()
     student = distill.student_from(teacher_unet).eval()

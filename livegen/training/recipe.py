@@ -82,6 +82,7 @@ class StudentRecipe:
     guidance_max: float = 4.0
     guidance_embedding_dim: int = 256
     huber_c: float = 0.001
+    data_weight: float = 1.0  # the 1-step prediction against the real latent (distill.one_step_loss)
 
 
 @dataclass(frozen=True)
