@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         default=4.0, ge=0, le=100, description="Longest an input waits for others to join its batch."
     )
+    cpu_turns: bool = Field(
+        default=True, description="Runners computing on the CPU take turns, first come first served, "
+                                  "instead of running at once on the same cores.")
     prompt_cache_size: int = Field(default=256, ge=1)
     warmup_runs: int = Field(default=2, ge=1, description="Warm-up generations per served size.")
     max_sessions: int = Field(default=64, ge=1)

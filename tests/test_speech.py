@@ -123,6 +123,41 @@ async def test_speech_and_images_share_one_session(speech_server):
     assert frame.type == "frame" and rest[-1].id == "talk"
 
 
+def recorded(spans: list, kind: str, compute):
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            spans.append((started, time.perf_counter(), kind))
+
+    return run
+
+
+async def test_image_and_speech_runners_take_turns_on_the_cpu(speech_server, monkeypatch):
+    """Frames keep coming while a reply is spoken, and the two runners never compute at once."""
+    engine = speech_server.engine
+    images = next(iter(engine.runners.values()))
+    assert engine.speech.cpu_turn is not None and engine.speech.cpu_turn is images.cpu_turn
+    spans: list[tuple[float, float, str]] = []
+    monkeypatch.setattr(images, "_compute", recorded(spans, "image", images._compute))
+    monkeypatch.setattr(engine.speech.model, "synthesize", recorded(spans, "speech", engine.speech.model.synthesize))
+
+    async with AsyncClient(speech_server.ws_url) as talker, AsyncClient(speech_server.ws_url) as painter:
+        speaking = asyncio.create_task(talker.say(SENTENCE))
+        frames = 0
+        while not speaking.done():
+            await painter.generate("a red fox", seed=frames)
+            frames += 1
+        speech = await speaking
+    assert speech.end.samples > 0 and frames >= 3
+    speech_spans = [s for s in spans if s[2] == "speech"]
+    image_spans = [s for s in spans if s[2] == "image"]
+    assert len(speech_spans) >= 2 and image_spans
+    overlaps = [(a, b) for a in speech_spans for b in image_spans if a[0] < b[1] and b[0] < a[1]]
+    assert not overlaps
+
+
 def test_sync_client_and_cli_write_wav_files(speech_server, tmp_path):
     with Client(speech_server.url) as client:
         speech = client.say("One, two, three.")

@@ -6,6 +6,10 @@ it records TTFA (text sent to first chunk received), underruns (a chunk that arr
 audio before it had finished playing) and the real-time factor (synthesis time / audio time).
 The baseline is what a non-streaming server does: synthesize the whole reply, then send it; its
 TTFA is the whole synthesis time, measured on the same model in this process.
+
+Then the same replies while an image session streams beside them on the embedded model (the
+avatar beside the voice), with the runners taking turns on the CPU (the default) and computing
+at once: TTFA and underruns for the voice, frames per second for the picture.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from rich.progress import Progress
 
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
-from livegen.config import Settings, SpeechConfig
+from livegen.config import Settings, SpeechConfig, embedded_model
 from livegen.protocol import Audio
 from livegen.server.background import BackgroundServer
 
@@ -36,6 +40,7 @@ REPLIES = [
     "The direct one costs a little more but lands two hours earlier.",
 ]
 THREE_SENTENCES = REPLIES[2]
+IMAGE_PROMPT = "a smiling face"
 
 
 def playback(arrivals: list[tuple[float, float]]) -> int:
@@ -71,29 +76,67 @@ def whole_reply_ms(model, text: str, voice: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+async def painting(url: str, stop: asyncio.Event) -> Series:
+    """One image session in a closed loop: the next frame is asked for as the last one arrives."""
+    frames = Series("image frames beside the voice")
+    async with AsyncClient(url) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            await client.generate(IMAGE_PROMPT, seed=len(frames.ms))
+            frames.ms.append((time.perf_counter() - started) * 1000)
+    return frames
+
+
+async def replies(url: str, rounds: int, progress: Progress, label: str, with_images: bool) -> dict:
+    task = progress.add_task(label, total=rounds * len(REPLIES))
+    stop = asyncio.Event()
+    painter = asyncio.create_task(painting(url, stop)) if with_images else None
+    started, rows = time.perf_counter(), []
+    for _ in range(rounds):
+        for text in REPLIES:
+            rows.append({"text": text, **await stream(url, text)})
+            progress.advance(task)
+    seconds = time.perf_counter() - started
+    stop.set()
+    result = {"ttfa": Series("streamed TTFA", [r["ttfa_ms"] for r in rows]).summary(),
+              "underruns": sum(r["underruns"] for r in rows), "rows": rows}
+    if painter is not None:
+        frames = await painter
+        result |= {"frames": frames.summary(), "frames_per_s": round(len(frames.ms) / seconds, 1)}
+    return result
+
+
+def speech_server(models: list, cpu_turns: bool = True) -> BackgroundServer:
+    return BackgroundServer(Settings(models=models, speech=SpeechConfig(), cpu_turns=cpu_turns))
+
+
 def run(rounds: int, output: Path) -> dict:
-    server = BackgroundServer(Settings(models=[], speech=SpeechConfig()))
-    rows = []
-    try:
-        with Progress() as progress:
-            task = progress.add_task("replies", total=rounds * len(REPLIES))
-            for _ in range(rounds):
-                for text in REPLIES:
-                    rows.append({"text": text, **asyncio.run(stream(server.ws_url, text))})
-                    progress.advance(task)
-        runner = server.engine.speech
-        baseline = Series("whole reply, then send", [whole_reply_ms(runner.model, THREE_SENTENCES,
-                                                                     runner.default_voice)
-                                                      for _ in range(max(1, rounds))])
-    finally:
-        server.stop()
-    ttfa = Series("streamed TTFA", [r["ttfa_ms"] for r in rows])
+    with Progress() as progress:
+        server = speech_server([])
+        try:
+            alone = asyncio.run(replies(server.ws_url, rounds, progress, "replies", with_images=False))
+            runner = server.engine.speech
+            baseline = Series("whole reply, then send", [whole_reply_ms(runner.model, THREE_SENTENCES,
+                                                                         runner.default_voice)
+                                                          for _ in range(max(1, rounds))])
+        finally:
+            server.stop()
+        beside_images = {}
+        for key, turns in (("turns", True), ("at_once", False)):
+            server = speech_server([embedded_model()], cpu_turns=turns)
+            try:
+                beside_images[key] = asyncio.run(replies(server.ws_url, rounds, progress,
+                                                         f"replies beside images, cpu_turns={turns}", True))
+            finally:
+                server.stop()
+    rows = alone["rows"]
     three = Series("streamed TTFA, three sentences", [r["ttfa_ms"] for r in rows if r["text"] == THREE_SENTENCES])
     results = {**header("speech"), "replies": len(REPLIES), "rounds": rounds, "playout_delay_s": PLAYOUT_DELAY_S,
-               "ttfa": ttfa.summary(), "three_sentences": three.summary(), "whole_reply": baseline.summary(),
+               "ttfa": alone["ttfa"], "three_sentences": three.summary(), "whole_reply": baseline.summary(),
                "three_sentence_speedup": round(statistics.median(baseline.ms) / statistics.median(three.ms), 2),
-               "underruns": sum(r["underruns"] for r in rows),
-               "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3), "rows": rows}
+               "underruns": alone["underruns"],
+               "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3), "rows": rows,
+               "beside_images": beside_images}
     save(results, markdown(results), output)
     return results
 
@@ -110,4 +153,10 @@ def markdown(r: dict) -> str:
         f"{r['whole_reply']['p95_ms']} ms |", "",
         f"- streaming speed-up on the three-sentence reply: **{r['three_sentence_speedup']}x**",
         f"- underruns with a {r['playout_delay_s'] * 1000:.0f} ms jitter buffer: **{r['underruns']}**",
-        f"- real-time factor (synthesis / audio), median: {r['rtf_median']}", ""])
+        f"- real-time factor (synthesis / audio), median: {r['rtf_median']}", "",
+        f"Beside an image session streaming on the embedded model ({IMAGE_PROMPT!r}, each frame asked for as "
+        "the last arrives):", "",
+        "| runners on the CPU | TTFA p50 / p95 | underruns | image frames/s | frame p50 / p95 |", "|---|---|---|---|---|",
+        *(f"| {'take turns (default)' if key == 'turns' else 'compute at once'} | {b['ttfa']['p50_ms']} / "
+          f"{b['ttfa']['p95_ms']} ms | {b['underruns']} | {b['frames_per_s']} | {b['frames']['p50_ms']} / "
+          f"{b['frames']['p95_ms']} ms |" for key, b in r["beside_images"].items()), ""])

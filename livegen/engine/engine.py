@@ -6,6 +6,7 @@ imports the web framework, so the same engine runs under uvicorn, in tests and i
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -64,6 +65,10 @@ class Engine:
         except Exception as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             raise
+        if self.settings.cpu_turns:
+            turn = asyncio.Lock()  # first come, first served
+            for runner in self.all_runners:
+                runner.cpu_turn = turn if runner.ready and runner.on_cpu else None
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
 

@@ -73,6 +73,10 @@ class ImageRunner(Runner):
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.generator is not None and self.generator.device.type == "cpu"
+
     # ------------------------------------------------------------------ start-up
 
     async def start(self) -> None:
@@ -159,11 +163,12 @@ class ImageRunner(Runner):
         loop = asyncio.get_running_loop()
         while True:
             group = await self._next_batch()
-            started = time.perf_counter()
-            for task in group:
-                task.timings["queue_ms"] = (started - task.received_at) * 1000
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._compute, group)
+                async with self.turn():
+                    started = time.perf_counter()  # a wait for the CPU's turn counts as queueing
+                    for task in group:
+                        task.timings["queue_ms"] = (started - task.received_at) * 1000
+                    outcomes = await loop.run_in_executor(self._executor, self._compute, group)
             except Exception as exc:  # one bad batch must not stop the runner
                 log.exception("batch failed on %s", self.name)
                 for task in group:

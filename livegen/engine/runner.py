@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,10 +28,23 @@ class Runner(ABC):
 
     name: str
     kind: str
+    # Shared by the runners computing on the CPU (Engine.start): each holds it while it computes.
+    # Run at once, their thread pools (torch's, onnxruntime's) would contend for the same cores,
+    # each slowed by the other's spinning threads; in turn, a phrase of speech waits at most for
+    # the image batch under way, then has every core.
+    cpu_turn: asyncio.Lock | None = None
+
+    def turn(self) -> contextlib.AbstractAsyncContextManager:
+        return self.cpu_turn or contextlib.nullcontext()
 
     @property
     @abstractmethod
     def ready(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def on_cpu(self) -> bool:
+        """Whether it computes on the CPU (known once started)."""
 
     @abstractmethod
     async def start(self) -> None:

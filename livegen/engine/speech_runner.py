@@ -93,6 +93,10 @@ class SpeechRunner(Runner):
     def ready(self) -> bool:
         return self._ready
 
+    @property
+    def on_cpu(self) -> bool:
+        return self.model is not None and self.model.device == "cpu"
+
     def info(self) -> SpeechInfo | None:
         if self.model is None:
             return None
@@ -247,14 +251,15 @@ class SpeechRunner(Runner):
             utterance = self._queue.popleft()
             if utterance.stopped:
                 continue
-            started = time.perf_counter()
             utterance.synthesizing = True
             try:
                 phrase = self._next_phrase(utterance)
                 if phrase is None:  # no complete phrase after all: wait for more text
                     continue
-                audio = await loop.run_in_executor(self._executor, self.model.synthesize, phrase,
-                                                   utterance.voice, utterance.speed, self.config.language)
+                async with self.turn():
+                    started = time.perf_counter()
+                    audio = await loop.run_in_executor(self._executor, self.model.synthesize, phrase,
+                                                       utterance.voice, utterance.speed, self.config.language)
             except Exception as exc:  # one bad phrase must not stop the runner
                 log.exception("speech synthesis failed")
                 utterance.stopped = True
