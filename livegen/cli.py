@@ -512,7 +512,7 @@ def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is s
     from livegen.bench.speech import run
 
     _quiet_libraries()
-    run(1 if quick else rounds, output)
+    run(1 if quick else rounds, output, quick)
     _show(output, "speech")
 
 
