@@ -68,7 +68,7 @@ class Engine:
         if self.settings.cpu_turns:
             turn = asyncio.Lock()  # first come, first served
             for runner in self.all_runners:
-                runner.cpu_turn = turn if runner.ready and runner.on_cpu else None
+                runner.cpu_turn = turn if runner.on_cpu else None
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
 
