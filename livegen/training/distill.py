@@ -86,6 +86,21 @@ def student_from(teacher_unet: UNet2DConditionModel, recipe: StudentRecipe = STU
     return student
 
 
+def random_guidance(batch: int, generator: torch.Generator, recipe: StudentRecipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """w = guidance - 1 for guidance drawn uniformly from the recipe's range, and its embedding."""
+    guidance = recipe.guidance_min + (recipe.guidance_max - recipe.guidance_min) * torch.rand(batch, generator=generator)
+    w = guidance - 1
+    return w, guidance_embedding(w, recipe.guidance_embedding_dim)
+
+
+def predict_clean(unet: UNet2DConditionModel, solver: Solver, sample: torch.Tensor, t: torch.Tensor,
+                  text: torch.Tensor, w_embedding: torch.Tensor) -> torch.Tensor:
+    """The consistency function: the boundary-conditioned clean-latent prediction at t."""
+    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
+    v = unet(sample, t, text, timestep_cond=w_embedding).sample
+    return c_skip * sample + c_out * solver.split(v, sample, t)[0]
+
+
 def consistency_loss(
     student: UNet2DConditionModel,
     target: UNet2DConditionModel,
@@ -104,13 +119,9 @@ def consistency_loss(
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     noisy = solver.at(solver.alpha, t) * latents + solver.at(solver.sigma, t) * noise
 
-    guidance = recipe.guidance_min + (recipe.guidance_max - recipe.guidance_min) * torch.rand(batch, generator=generator)
-    w = (guidance - 1).to(device)
-    w_embedding = guidance_embedding(w.cpu(), recipe.guidance_embedding_dim).to(latents)
-
-    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
-    v = student(noisy, t, text, timestep_cond=w_embedding).sample
-    prediction = c_skip * noisy + c_out * solver.split(v, noisy, t)[0]
+    w, w_embedding = random_guidance(batch, generator, recipe)
+    w, w_embedding = w.to(device), w_embedding.to(latents)
+    prediction = predict_clean(student, solver, noisy, t, text, w_embedding)
 
     with torch.no_grad():
         both = teacher_unet(noisy.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([text, empty.expand_as(text)])).sample
@@ -120,9 +131,7 @@ def consistency_loss(
         x0 = x0_text + w4 * (x0_text - x0_empty)
         eps = eps_text + w4 * (eps_text - eps_empty)
         previous = solver.ddim_step(x0, eps, t_prev)
-        c_skip_prev, c_out_prev = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t_prev))
-        v_prev = target(previous, t_prev, text, timestep_cond=w_embedding).sample
-        goal = c_skip_prev * previous + c_out_prev * solver.split(v_prev, previous, t_prev)[0]
+        goal = predict_clean(target, solver, previous, t_prev, text, w_embedding)
 
     return pseudo_huber(prediction, goal, recipe.huber_c)
 
@@ -139,11 +148,9 @@ def one_step_loss(
     batch = len(latents)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     t = solver.timesteps[-1:].repeat(batch).to(latents.device)
-    guidance = recipe.guidance_min + (recipe.guidance_max - recipe.guidance_min) * torch.rand(batch, generator=generator)
-    w_embedding = guidance_embedding(guidance - 1, recipe.guidance_embedding_dim).to(latents)
-    c_skip, c_out = (c.view(-1, 1, 1, 1) for c in boundary_scalings(t))
-    v = student(noise, t, text, timestep_cond=w_embedding).sample
-    return pseudo_huber(c_skip * noise + c_out * solver.split(v, noise, t)[0], latents, recipe.huber_c)
+    _, w_embedding = random_guidance(batch, generator, recipe)
+    prediction = predict_clean(student, solver, noise, t, text, w_embedding.to(latents))
+    return pseudo_huber(prediction, latents, recipe.huber_c)
 
 
 def pseudo_huber(prediction: torch.Tensor, goal: torch.Tensor, c: float) -> torch.Tensor:
