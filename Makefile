@@ -26,7 +26,7 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Rebuild livegen's own emoji model from scratch (dataset, autoencoder, teacher, student, export);
+# Rebuild livegen's own emoji model from scratch (dataset, autoencoder, teacher, student, sharpen, export);
 # each stage resumes from its checkpoint in build/emoji. Needs Debian's fonts-noto-color-emoji.
 model: install
 	$(BIN)/livegen train all --workdir build/emoji

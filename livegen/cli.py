@@ -326,16 +326,16 @@ WorkdirOption = Annotated[Path, typer.Option(help="Work folder for the dataset, 
 StepsOption = Annotated[int | None, typer.Option(help="Training steps; the recipe's if absent.")]
 TrainDeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
 WORKDIR = Path("build/emoji")
-STAGES = ("autoencoder", "decoder", "teacher", "student", "classifier")
+STAGES = ("autoencoder", "decoder", "teacher", "student", "sharpen", "classifier")
 
 
 def _train_stage(stage: str, workdir: Path, steps: int | None, device: str) -> None:
-    from livegen.training import autoencoder, classifier, distill, teacher
+    from livegen.training import adversarial, autoencoder, classifier, distill, teacher
     from livegen.training.dataset import DatasetError
 
     _quiet_libraries()
     train = {"autoencoder": autoencoder.train, "decoder": autoencoder.refine_decoder, "teacher": teacher.train,
-             "student": distill.train, "classifier": classifier.train}[stage]  # fmt: skip
+             "student": distill.train, "sharpen": adversarial.train, "classifier": classifier.train}[stage]  # fmt: skip
     try:
         train(workdir, steps=steps, device=device)
     except DatasetError as exc:
@@ -374,6 +374,7 @@ _stage_command("autoencoder", "Train the AutoencoderTiny and encode the dataset.
 _stage_command("decoder", "Sharpen the decoder alone on the frozen latents.")
 _stage_command("teacher", "Train the teacher diffusion UNet (many-step sampling).")
 _stage_command("student", "Distil the 1-4 step student from the teacher (latent consistency distillation).")
+_stage_command("sharpen", "Sharpen the student against a discriminator (adversarial diffusion distillation).")
 _stage_command("classifier", "Train the classifier whose features `livegen eval` measures in.")
 
 

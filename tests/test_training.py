@@ -15,11 +15,11 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from typer.testing import CliRunner
 
 from livegen.cli import app
-from livegen.training import autoencoder, distill, loop, teacher
+from livegen.training import adversarial, autoencoder, distill, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, describe, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
-from livegen.training.recipe import STUDENT, AutoencoderRecipe, UNetRecipe
+from livegen.training.recipe import SHARPEN, STUDENT, AutoencoderRecipe, UNetRecipe
 
 TINY_UNET = UNetRecipe(
     block_out_channels=(32, 64),
@@ -158,6 +158,49 @@ def test_one_distillation_step_lowers_the_one_step_loss():
     before, after = fixed_batch_improves(
         lambda g: distill.one_step_loss(student, solver, latents, text, g), student.parameters(), lr=1e-4
     )
+    assert after < before
+
+
+def test_sharpening_trains_the_one_step_timestep_and_the_later_sampler_timesteps():
+    t = adversarial.sampled_timesteps(4000, SHARPEN, torch.Generator().manual_seed(0))
+    assert set(t.tolist()) == {999, 749, 499, 249}  # 1 step: 999; 2: 999, 499; 4: 999, 749, 499, 249
+    assert (t == 999).float().mean().item() == pytest.approx(SHARPEN.one_step_share, abs=0.03)
+
+
+def test_the_student_is_sharpened_on_pure_noise_at_the_top_and_noised_latents_below():
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
+    real, t = torch.randn(2, 8, 4, 4), torch.tensor([999, 249])
+    start = adversarial.student_input(real, t, solver, torch.Generator().manual_seed(0))
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(start[0], noise[0])
+    assert torch.allclose(start[1], solver.alpha[249] * real[1] + solver.sigma[249] * noise[1])
+
+
+def test_one_discriminator_step_lowers_its_hinge_loss():
+    torch.manual_seed(0)
+    discriminator = adversarial.Discriminator(width=8)
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    soft = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(real, 4), scale_factor=4)
+    text = torch.randn(8, 6, 384)
+    before, after = fixed_batch_improves(
+        lambda g: adversarial.discriminator_loss(discriminator, real, soft, text), discriminator.parameters()
+    )
+    assert after < before
+
+
+def test_one_sharpening_step_raises_the_discriminators_score_of_the_students_pictures():
+    student = distill.student_from(tiny_unet())
+    vae = autoencoder.build(AutoencoderRecipe(channels=8)).requires_grad_(False)
+    torch.manual_seed(0)
+    discriminator = adversarial.Discriminator(width=8).requires_grad_(False)
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
+    latents, text = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384)
+
+    def adversarial_loss(g):
+        fake = adversarial.student_sample(student, solver, latents, text, g)
+        return -discriminator(adversarial.decode(vae, fake), text).mean()
+
+    before, after = fixed_batch_improves(adversarial_loss, student.parameters(), lr=1e-4)
     assert after < before
 
 

@@ -32,6 +32,7 @@ from livegen.training.text import CaptionEmbeddings, embed_captions
 
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0  # LCMScheduler's default
+TOP_TIMESTEP = 999  # where every sampler starts, from pure noise
 
 
 def sampler(recipe: StudentRecipe = STUDENT) -> LCMScheduler:
@@ -145,12 +146,23 @@ def one_step_loss(
     recipe: StudentRecipe = STUDENT,
 ) -> torch.Tensor:
     """The 1-step sample (pure noise in, at the top of the grid) against the real latent."""
-    batch = len(latents)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    t = solver.timesteps[-1:].repeat(batch).to(latents.device)
+    return pseudo_huber(one_step_sample(student, solver, latents, text, generator, recipe), latents, recipe.huber_c)
+
+
+def one_step_sample(
+    student: UNet2DConditionModel,
+    solver: Solver,
+    like: torch.Tensor,
+    text: torch.Tensor,
+    generator: torch.Generator,
+    recipe: StudentRecipe = STUDENT,
+) -> torch.Tensor:
+    """What the 1-step sampler makes: the clean-latent prediction from pure noise at the grid's top."""
+    batch = len(like)
+    noise = torch.randn(like.shape, generator=generator).to(like)
+    t = solver.timesteps[-1:].repeat(batch).to(like.device)
     _, w_embedding = random_guidance(batch, generator, recipe)
-    prediction = predict_clean(student, solver, noise, t, text, w_embedding.to(latents))
-    return pseudo_huber(prediction, latents, recipe.huber_c)
+    return predict_clean(student, solver, noise, t, text, w_embedding.to(like))
 
 
 def pseudo_huber(prediction: torch.Tensor, goal: torch.Tensor, c: float) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
 from livegen.models.embedded import EMBEDDED_MODEL, load_text_encoder, load_tokenizer, minilm_path
-from livegen.training import autoencoder, distill, teacher
+from livegen.training import adversarial, autoencoder, distill, teacher
 
 
 def pipeline(vae: AutoencoderTiny, unet: UNet2DConditionModel, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
@@ -55,5 +55,5 @@ def export(workdir: Path, target: Path = EMBEDDED_MODEL) -> int:
     vae = autoencoder.load(workdir, "decoder")
     ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
     save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
-    save(pipeline(vae.to(torch.float16), distill.load(workdir).to(torch.float16), distill.sampler()), target)
+    save(pipeline(vae.to(torch.float16), adversarial.load(workdir).to(torch.float16), distill.sampler()), target)
     return folder_bytes(target)
