@@ -15,6 +15,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from typer.testing import CliRunner
 
 from livegen.cli import app
+from livegen.models.embedded import pipeline_components
 from livegen.training import adversarial, autoencoder, distill, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, describe, render
@@ -111,7 +112,7 @@ def test_one_autoencoder_step_lowers_its_loss(dataset):
     assert after < before
 
 
-def test_train_command_runs_the_autoencoder_stages_and_reports_their_psnr(dataset, tmp_path):
+def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_runs(dataset, tmp_path):
     EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
     for stage in ("autoencoder", "decoder"):
         result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "2", "--device", "cpu"])
@@ -119,6 +120,20 @@ def test_train_command_runs_the_autoencoder_stages_and_reports_their_psnr(datase
         assert re.search(rf"{stage}: reconstruction PSNR \d+\.\d dB", result.output)
         assert (tmp_path / stage / "model" / "config.json").is_file()
     assert torch.load(tmp_path / "latents.pt").shape == (16, 8, 8, 8)
+
+    for stage in ("teacher", "student", "sharpen"):
+        result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "1", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / stage / "checkpoint.pt").is_file()
+    output = tmp_path / "shipped"
+    result = CliRunner().invoke(app, ["train", "export", "--workdir", str(tmp_path), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    sharpened = UNet2DConditionModel.from_pretrained(tmp_path / "sharpen" / "unet")
+    exported = UNet2DConditionModel.from_pretrained(output / "unet")
+    assert all(torch.equal(a.half(), b) for a, b in zip(sharpened.parameters(), exported.parameters()))
+    pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
+    image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
 def tiny_unet(**extra) -> UNet2DConditionModel:
