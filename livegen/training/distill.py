@@ -146,23 +146,12 @@ def one_step_loss(
     recipe: StudentRecipe = STUDENT,
 ) -> torch.Tensor:
     """The 1-step sample (pure noise in, at the top of the grid) against the real latent."""
-    return pseudo_huber(one_step_sample(student, solver, latents, text, generator, recipe), latents, recipe.huber_c)
-
-
-def one_step_sample(
-    student: UNet2DConditionModel,
-    solver: Solver,
-    like: torch.Tensor,
-    text: torch.Tensor,
-    generator: torch.Generator,
-    recipe: StudentRecipe = STUDENT,
-) -> torch.Tensor:
-    """What the 1-step sampler makes: the clean-latent prediction from pure noise at the grid's top."""
-    batch = len(like)
-    noise = torch.randn(like.shape, generator=generator).to(like)
-    t = solver.timesteps[-1:].repeat(batch).to(like.device)
+    batch = len(latents)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    t = solver.timesteps[-1:].repeat(batch).to(latents.device)
     _, w_embedding = random_guidance(batch, generator, recipe)
-    return predict_clean(student, solver, noise, t, text, w_embedding.to(like))
+    prediction = predict_clean(student, solver, noise, t, text, w_embedding.to(latents))
+    return pseudo_huber(prediction, latents, recipe.huber_c)
 
 
 def pseudo_huber(prediction: torch.Tensor, goal: torch.Tensor, c: float) -> torch.Tensor:
