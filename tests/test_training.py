@@ -193,7 +193,7 @@ def test_the_student_is_sharpened_on_pure_noise_at_the_top_and_noised_latents_be
 
 def test_one_discriminator_step_lowers_its_hinge_loss():
     torch.manual_seed(0)
-    discriminator = adversarial.Discriminator(width=8)
+    discriminator = adversarial.Discriminator(text_dim=384, width=8)
     real = torch.rand(8, 3, 32, 32) * 2 - 1
     soft = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(real, 4), scale_factor=4)
     text = torch.randn(8, 6, 384)
@@ -207,7 +207,7 @@ def test_one_sharpening_step_raises_the_discriminators_score_of_the_students_pic
     student = distill.student_from(tiny_unet())
     vae = autoencoder.build(AutoencoderRecipe(channels=8)).requires_grad_(False)
     torch.manual_seed(0)
-    discriminator = adversarial.Discriminator(width=8).requires_grad_(False)
+    discriminator = adversarial.Discriminator(text_dim=384, width=8).requires_grad_(False)
     solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
     latents, text = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384)
 

@@ -14,6 +14,7 @@ real latent, which keeps each picture on its prompt while the adversarial term m
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -27,18 +28,21 @@ from livegen.training import autoencoder, distill, loop, teacher
 from livegen.training.recipe import SEED, SHARPEN, STUDENT, SharpenRecipe
 from livegen.training.text import embed_captions
 
-TEXT_DIM = 384
+@functools.cache
+def later_timesteps() -> torch.Tensor:
+    """Where the 2- and 4-step samplers call the student after their first step."""
+    sampler = distill.sampler()
+    later: set[int] = set()
+    for steps in (2, 4):
+        sampler.set_timesteps(steps)
+        later |= set(sampler.timesteps[1:].tolist())
+    return torch.tensor(sorted(later))
 
 
 def sampled_timesteps(batch: int, recipe: SharpenRecipe, generator: torch.Generator) -> torch.Tensor:
     """The samplers' timesteps: the 1-step's t = 999 for `one_step_share` of the batch, then the
     2- and 4-step samplers' later ones, so sharpening the first step leaves the later ones sharp."""
-    sampler = distill.sampler()
-    later = set()
-    for steps in (2, 4):
-        sampler.set_timesteps(steps)
-        later |= set(sampler.timesteps[1:].tolist())
-    later = torch.tensor(sorted(later))
+    later = later_timesteps()
     first = torch.rand(batch, generator=generator) < recipe.one_step_share
     pick = later[torch.randint(len(later), (batch,), generator=generator)]
     return torch.where(first, torch.full_like(pick, distill.TOP_TIMESTEP), pick)
@@ -56,7 +60,7 @@ def student_input(
 class Discriminator(nn.Module):
     """A PatchGAN on the decoded pictures, with a projection onto the pooled prompt."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, text_dim: int, width: int = 64):
         super().__init__()
         widths = (3, width, width * 2, width * 4)
         layers: list[nn.Module] = []
@@ -64,7 +68,7 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
         self.score = nn.Conv2d(widths[-1], 1, 1)
-        self.prompt = nn.Linear(TEXT_DIM, widths[-1])
+        self.prompt = nn.Linear(text_dim, widths[-1])
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         h = self.body(images)
@@ -114,7 +118,7 @@ def train(
     torch.manual_seed(SEED)
     student = distill.load(workdir).to(dev).train()
     vae = autoencoder.load(workdir, "decoder").to(dev).requires_grad_(False)
-    discriminator = Discriminator().to(dev)
+    discriminator = Discriminator(student.config.cross_attention_dim).to(dev)
     ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
     optimizer = torch.optim.AdamW(student.parameters(), lr=recipe.lr, betas=(0.0, 0.99), weight_decay=0.0)
     discriminator_optimizer = torch.optim.AdamW(
