@@ -54,7 +54,7 @@ def student_input(
     """What the sampler hands the student at t: pure noise at the top, a noised latent below it."""
     noise = torch.randn(real.shape, generator=generator).to(real)
     top = (t == distill.TOP_TIMESTEP).view(-1, 1, 1, 1)
-    return torch.where(top, noise, solver.at(solver.alpha, t) * real + solver.at(solver.sigma, t) * noise)
+    return torch.where(top, noise, solver.noised(real, noise, t))
 
 
 class Discriminator(nn.Module):

@@ -71,8 +71,9 @@ class Solver:
         a, s = self.at(self.alpha, t), self.at(self.sigma, t)
         return a * sample - s * v, a * v + s * sample
 
-    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t_prev: torch.Tensor) -> torch.Tensor:
-        return self.at(self.alpha, t_prev) * x0 + self.at(self.sigma, t_prev) * eps
+    def noised(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The sample at t made of a clean latent and noise: with predicted ones, a DDIM step to t."""
+        return self.at(self.alpha, t) * x0 + self.at(self.sigma, t) * eps
 
     @staticmethod
     def at(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def consistency_loss(
     t = solver.timesteps[index].to(device)
     t_prev = (t - solver.skip).clamp(min=0)
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    noisy = solver.at(solver.alpha, t) * latents + solver.at(solver.sigma, t) * noise
+    noisy = solver.noised(latents, noise, t)
 
     w, w_embedding = random_guidance(batch, generator, recipe)
     w, w_embedding = w.to(device), w_embedding.to(latents)
@@ -131,7 +132,7 @@ def consistency_loss(
         w4 = w.view(-1, 1, 1, 1)
         x0 = x0_text + w4 * (x0_text - x0_empty)
         eps = eps_text + w4 * (eps_text - eps_empty)
-        previous = solver.ddim_step(x0, eps, t_prev)
+        previous = solver.noised(x0, eps, t_prev)
         goal = predict_clean(target, solver, previous, t_prev, text, w_embedding)
 
     return pseudo_huber(prediction, goal, recipe.huber_c)
