@@ -15,7 +15,8 @@ from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.config import SpeechConfig
 from livegen.engine.session import Session
-from livegen.engine.speech_runner import Utterance
+from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, Utterance
+from livegen.models.speech import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.server.background import BackgroundServer
 from tests.conftest import server_settings
@@ -141,7 +142,7 @@ async def test_image_and_speech_runners_take_turns_on_the_cpu(speech_server, mon
     assert engine.speech.cpu_turn is not None and engine.speech.cpu_turn is images.cpu_turn
     spans: list[tuple[float, float, str]] = []
     monkeypatch.setattr(images, "_compute", recorded(spans, "image", images._compute))
-    monkeypatch.setattr(engine.speech.model, "synthesize", recorded(spans, "speech", engine.speech.model.synthesize))
+    monkeypatch.setattr(engine.speech, "_decode_next", recorded(spans, "speech", engine.speech._decode_next))
 
     async with AsyncClient(speech_server.ws_url) as talker, AsyncClient(speech_server.ws_url) as painter:
         speaking = asyncio.create_task(talker.say(SENTENCE))
@@ -186,10 +187,11 @@ def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tm
         live.stop()
 
 
-def test_phrases_are_cut_to_the_audio_ahead_of_the_listener(speech_server):
-    """The first phrase is a word or two, or its whole sentence when only a scrap would be left;
-    the next is as long as can be synthesized while the audio already sent plays: one word when
-    little is ahead, the whole sentence when seconds are."""
+def test_phrases_end_at_clauses_and_sentences_and_pieces_fit_the_audio_ahead(speech_server):
+    """The first phrase is its first clause (its sentence when only a scrap would be left), later
+    ones whole sentences. The first piece of audio is the first word or two; later pieces are as
+    long as can be decoded while the audio already sent plays: one word when little is ahead, the
+    whole phrase when seconds are."""
     runner = speech_server.engine.speech
     rate = runner.model.sample_rate
 
@@ -200,6 +202,18 @@ def test_phrases_are_cut_to_the_audio_ahead_of_the_listener(speech_server):
         return spoken
 
     assert runner._next_phrase(utterance(None)) == "Sure"  # its comma's pause would only be trimmed
-    assert runner._next_phrase(utterance(None, "Good question. The short answer is yes.")) == "Good question."
-    assert runner._next_phrase(utterance(0.05)) == "Sure"  # one word: almost nothing is ahead
-    assert runner._next_phrase(utterance(60.0)) == "Sure, I can help with that."
+    assert runner._next_phrase(utterance(None, "Okay, done. The rest is yours.")) == "Okay, done."
+    assert runner._next_phrase(utterance(0.05)) == "Sure, I can help with that."
+
+    phonemes = runner.model.phonemize("Your table for two is ready at seven.")
+
+    def piece_end(ahead_s: float | None) -> tuple[Phrase, int]:
+        phrase = runner.model.prepare(phonemes, runner.default_voice)
+        return phrase, runner._piece_end(utterance(ahead_s), phrase)
+
+    phrase, first = piece_end(None)
+    assert first == next(end for end in phrase.word_ends if end >= phrase.lead + FIRST_PIECE_FRAMES) < phrase.frames
+    phrase, little = piece_end(0.05)
+    assert little == phrase.word_ends[0]  # a word: almost nothing is ahead
+    phrase, plenty = piece_end(60.0)
+    assert plenty == phrase.frames

