@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -124,3 +125,15 @@ def test_speech_bench_measures_ttfa_against_the_whole_reply(tmp_path):
     assert all(row["audio_s"] > 0 and row["underruns"] >= 0 for row in results["rows"])
     for beside in results["beside_images"].values():
         assert beside["ttfa"]["n"] == 2 and beside["frames_per_s"] > 0
+    # Decoding a sentence in pieces keeps it closer to the sentence said whole than saying it as two phrases.
+    fidelity = results["fidelity"]
+    assert 0 < fidelity["two_phrases"] < fidelity["pieces_at_word_ends"] < 1 and fidelity["sentences"] == 6
+
+
+def test_speech_similarity_is_one_for_the_same_sound_and_aligns_away_a_delay():
+    from livegen.bench.speech import similarity
+
+    tone = np.sin(2 * np.pi * 220 * np.arange(24_000) / 24_000).astype(np.float32)
+    assert similarity(tone, tone) == pytest.approx(1.0)
+    assert similarity(tone, np.concatenate([np.zeros(2400, np.float32), tone])) > 0.9
+    assert similarity(tone, np.random.default_rng(0).normal(size=24_000)) < 0.5

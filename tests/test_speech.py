@@ -15,7 +15,7 @@ from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.config import SpeechConfig
 from livegen.engine.session import Session
-from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, Utterance
+from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, MIN_PIECE_FRAMES, Utterance
 from livegen.models.speech import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.server.background import BackgroundServer
@@ -187,33 +187,35 @@ def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tm
         live.stop()
 
 
-def test_phrases_end_at_clauses_and_sentences_and_pieces_fit_the_audio_ahead(speech_server):
-    """The first phrase is its first clause (its sentence when only a scrap would be left), later
-    ones whole sentences. The first piece of audio is the first word or two; later pieces are as
-    long as can be decoded while the audio already sent plays: one word when little is ahead, the
-    whole phrase when seconds are."""
+def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
+    """A phrase is a whole sentence, or the first clause of one still arriving (the sentence when
+    only a scrap would be left). The first piece of audio is the first word or two; later pieces
+    are as long as can be decoded while the audio already sent plays, and never tiny."""
     runner = speech_server.engine.speech
     rate = runner.model.sample_rate
 
-    def utterance(ahead_s: float | None, text: str = "Sure, I can help with that. It takes a minute.") -> Utterance:
-        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(), text=text, final=True)
+    def utterance(ahead_s: float | None, text: str = "Sure, I can help with that. It takes a minute.",
+                  final: bool = True) -> Utterance:
+        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(), text=text, final=final)
         if ahead_s is not None:
             spoken.first_audio_at, spoken.samples = time.perf_counter(), int(ahead_s * rate)
         return spoken
 
-    assert runner._next_phrase(utterance(None)) == "Sure"  # its comma's pause would only be trimmed
-    assert runner._next_phrase(utterance(None, "Okay, done. The rest is yours.")) == "Okay, done."
-    assert runner._next_phrase(utterance(0.05)) == "Sure, I can help with that."
+    assert runner._next_phrase(utterance(None)) == "Sure, I can help with that."
+    assert runner._next_phrase(utterance(None, "Sure, I can help with", final=False)) == "Sure"  # comma dropped
+    assert runner._next_phrase(utterance(None, "Okay, done", final=False)) is None  # a scrap: wait for the rest
 
     phonemes = runner.model.phonemize("Your table for two is ready at seven.")
 
-    def piece_end(ahead_s: float | None) -> tuple[Phrase, int]:
+    def piece_end(ahead_s: float | None, decoded: int = 0) -> tuple[Phrase, int]:
         phrase = runner.model.prepare(phonemes, runner.default_voice)
+        phrase.decoded = decoded
         return phrase, runner._piece_end(utterance(ahead_s), phrase)
 
     phrase, first = piece_end(None)
     assert first == next(end for end in phrase.word_ends if end >= phrase.lead + FIRST_PIECE_FRAMES) < phrase.frames
-    phrase, little = piece_end(0.05)
-    assert little == phrase.word_ends[0]  # a word: almost nothing is ahead
-    phrase, plenty = piece_end(60.0)
+    phrase, little = piece_end(0.05, decoded=first)
+    after = next(end for end in phrase.word_ends if end > first)
+    assert after <= little <= max(after, first + MIN_PIECE_FRAMES) < phrase.frames
+    phrase, plenty = piece_end(60.0, decoded=first)
     assert plenty == phrase.frames

@@ -10,6 +10,10 @@ TTFA is the whole synthesis time, measured on the same model in this process.
 Then the same replies while an image session streams beside them on the embedded model (the
 avatar beside the voice), with the runners taking turns on the CPU (the default) and computing
 at once: TTFA and underruns for the voice, frames per second for the picture.
+
+And what streaming costs the voice: each reply's first sentence decoded in pieces at every word
+end, and split after its first word or two into two phrases said apart (how the runner streamed
+before it decoded in pieces), each compared with the sentence said whole.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.progress import Progress
+from scipy.signal import stft
 
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
@@ -66,6 +72,44 @@ async def stream(url: str, text: str) -> dict:
     audio_s = sum(d for _, d in arrivals)
     return {"ttfa_ms": arrivals[0][0] * 1000, "underruns": playback(arrivals), "audio_s": audio_s,
             "rtf": speech.end.timings["synth_ms"] / 1000 / audio_s}
+
+
+def similarity(reference: np.ndarray, audio: np.ndarray) -> float:
+    """Mean cosine similarity of the two log spectra (10 ms frames, mean removed) along their best
+    time alignment (dynamic time warping): 1 is the same sound; saying it apart lowers it."""
+    def spectra(x: np.ndarray) -> np.ndarray:
+        frames = np.log(np.abs(stft(x, nperseg=512, noverlap=272)[2][:200]).T + 1e-3)
+        frames -= frames.mean(axis=1, keepdims=True)
+        return frames / (np.linalg.norm(frames, axis=1, keepdims=True) + 1e-9)  # a silent frame: all zeros
+
+    cost = 1 - spectra(reference) @ spectra(audio).T
+    total = np.full((cost.shape[0] + 1, cost.shape[1] + 1), np.inf)
+    steps = np.zeros(total.shape)
+    total[0, 0] = 0
+    for i in range(1, total.shape[0]):
+        for j in range(1, total.shape[1]):
+            prev = min(((i - 1, j - 1), (i - 1, j), (i, j - 1)), key=lambda ij: total[ij])
+            total[i, j], steps[i, j] = cost[i - 1, j - 1] + total[prev], steps[prev] + 1
+    return float(1 - total[-1, -1] / steps[-1, -1])
+
+
+def fidelity(model, voice: str) -> dict:
+    """Each reply's first sentence said whole, against: decoded in pieces at every word end (the
+    most joins the runner can make), and split after a word or two into two phrases said apart."""
+    pieces, split = [], []
+    for reply in REPLIES:
+        sentence = model.split_phrases(reply, first_max_chars=len(reply))[0]
+        phrase = model.prepare(model.phonemize(sentence), voice)
+        whole = model.synthesize(sentence, voice)
+        cut = [model.decode(phrase, end) for end in phrase.word_ends]
+        head, *rest = model.split_phrases(sentence, first_max_chars=10)
+        if rest:
+            apart = np.concatenate([model.synthesize(head, voice), model.synthesize(" ".join(rest), voice)])
+            split.append(similarity(whole, apart))
+        if len(cut) > 1:
+            pieces.append(similarity(whole, np.concatenate(cut)))
+    return {"pieces_at_word_ends": round(statistics.median(pieces), 3),
+            "two_phrases": round(statistics.median(split), 3), "sentences": len(pieces)}
 
 
 def whole_reply_ms(model, text: str, voice: str) -> float:
@@ -121,6 +165,7 @@ def run(rounds: int, output: Path, quick: bool = False) -> dict:
             baseline = Series("whole reply, then send", [whole_reply_ms(runner.model, THREE_SENTENCES,
                                                                          runner.default_voice)
                                                           for _ in range(max(1, rounds))])
+            voice = fidelity(runner.model, runner.default_voice)
         finally:
             server.stop()
         beside_images = {}
@@ -138,7 +183,7 @@ def run(rounds: int, output: Path, quick: bool = False) -> dict:
                "three_sentence_speedup": round(statistics.median(baseline.ms) / statistics.median(three.ms), 2),
                "underruns": alone["underruns"],
                "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3), "rows": rows,
-               "beside_images": beside_images}
+               "beside_images": beside_images, "fidelity": voice}
     save(results, markdown(results), output)
     return results
 
@@ -155,7 +200,11 @@ def markdown(r: dict) -> str:
         f"{r['whole_reply']['p95_ms']} ms |", "",
         f"- streaming speed-up on the three-sentence reply: **{r['three_sentence_speedup']}x**",
         f"- underruns with a {r['playout_delay_s'] * 1000:.0f} ms jitter buffer: **{r['underruns']}**",
-        f"- real-time factor (synthesis / audio), median: {r['rtf_median']}", "",
+        f"- real-time factor (synthesis / audio), median: {r['rtf_median']}",
+        f"- each reply's first sentence against itself said whole (log-spectral similarity along the best "
+        f"alignment, 1 = the same sound; median of {r['fidelity']['sentences']}): decoded in pieces at every word "
+        f"end **{r['fidelity']['pieces_at_word_ends']}**; split after a word or two into two phrases said apart "
+        f"{r['fidelity']['two_phrases']}", "",
         f"Beside an image session streaming on the embedded model ({IMAGE_PROMPT!r}, each frame asked for as "
         "the last arrives):", "",
         "| runners on the CPU | TTFA p50 / p95 | underruns | image frames/s | frame p50 / p95 |", "|---|---|---|---|---|",

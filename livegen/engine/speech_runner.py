@@ -35,9 +35,10 @@ from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Spe
 
 log = logging.getLogger(__name__)
 
-FIRST_PHRASE_CHARS = 40  # the first phrase, unless a clause ends sooner: synthesis starts when it has arrived
-SCRAP_CHARS = 10  # a first clause leaving no more of its sentence than this takes the sentence
-FIRST_PIECE_FRAMES = 8  # the first piece: the first word ending at least this far (200 ms) into the speech
+CLAUSE_CHARS = 40  # a sentence still arriving is cut at its first clause, if it ends this soon, else here
+SCRAP_CHARS = 10  # a clause leaving no more of its sentence than this waits for the sentence
+FIRST_PIECE_FRAMES = 10  # the first piece: the first word ending at least this far (250 ms) into the speech
+MIN_PIECE_FRAMES = 20  # later pieces, even when less fits the audio ahead: smaller ones cost more than they play
 BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted decoding time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
@@ -207,11 +208,9 @@ class SpeechRunner(Runner):
             raise ProtocolError(exc.code, str(exc), request_id) from exc
 
     def _next_phrase(self, utterance: Utterance) -> str | None:
-        """Cut the next phrase if it is complete: the first clause first, then whole sentences, and
-        a clause or a few words of a sentence whose end has not arrived yet."""
-        short = self._first_limit(utterance.text)
-        cuts = (short,) if utterance.first_audio_at is None else (self.config.max_text_chars, short)
-        for cut in cuts:
+        """Cut the next phrase if it is complete: a whole sentence, or the first clause (or a few
+        words) of a sentence whose end has not arrived yet."""
+        for cut in (self.config.max_text_chars, self._clause_limit(utterance.text)):
             head, *rest = self._split(utterance.text, cut)
             # The last phrase may still grow, unless the text is final or ends a sentence.
             if rest or utterance.final or SENTENCE_DONE.search(utterance.text):
@@ -221,25 +220,26 @@ class SpeechRunner(Runner):
                 return CLAUSE_TAIL.sub("", head) or head
         return None
 
-    def _first_limit(self, text: str) -> int:
-        """The first clause, if it ends within FIRST_PHRASE_CHARS, else that many characters; but all
-        of its sentence when that leaves a scrap ("Okay, | done."), which would cost a phrase of its own."""
+    def _clause_limit(self, text: str) -> int:
+        """The first clause, if it ends within CLAUSE_CHARS, else that many characters; but all of its
+        sentence when that leaves a scrap ("Okay, | done."), which would cost a phrase of its own."""
         sentence, *_ = self._split(text, self.config.max_text_chars)
         clause = CLAUSE_END.search(sentence)
-        limit = clause.start() if clause and clause.start() <= FIRST_PHRASE_CHARS else FIRST_PHRASE_CHARS
+        limit = clause.start() if clause and clause.start() <= CLAUSE_CHARS else CLAUSE_CHARS
         head, *_ = self._split(text, limit)
         return len(sentence) if len(sentence) - len(head) <= SCRAP_CHARS else limit
 
     def _piece_end(self, utterance: Utterance, phrase: Phrase) -> int:
         """Where the phrase's next piece ends, at a word end: the utterance's first piece at the first
         word FIRST_PIECE_FRAMES into the speech (the listener waits for it); then as far as can be
-        decoded, with a margin, while the audio ahead of the listener plays, and at least a word."""
+        decoded, with a margin, while the audio ahead of the listener plays, but at least
+        MIN_PIECE_FRAMES: when little is ahead, small pieces would only fall further behind."""
         ends = [end for end in phrase.word_ends if end > phrase.decoded]
         if utterance.first_audio_at is None:
             return next((end for end in ends if end >= phrase.lead + FIRST_PIECE_FRAMES), ends[-1])
         budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
-        fits = [end for end in ends if self.frame_s * (end - phrase.decoded + 2 * CONTEXT_FRAMES) <= budget]
-        return fits[-1] if fits else ends[0]
+        frames = budget / self.frame_s - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames
+        return max([ends[0], *(end for end in ends if end - phrase.decoded <= max(frames, MIN_PIECE_FRAMES))])
 
     def _decode_next(self, utterance: Utterance, text: str | None) -> np.ndarray:
         """(worker thread) Start the phrase `text` if given, and decode the next piece of it."""
@@ -264,7 +264,7 @@ class SpeechRunner(Runner):
         """A complete phrase is waiting (the same test as `_next_phrase` at its shortest cut)."""
         return bool(utterance.text.strip()) and (
             utterance.final or bool(SENTENCE_DONE.search(utterance.text))
-            or len(self._split(utterance.text, self._first_limit(utterance.text))) > 1)
+            or len(self._split(utterance.text, self._clause_limit(utterance.text))) > 1)
 
     # ------------------------------------------------------------------ synthesis (worker thread)
 

@@ -46,7 +46,7 @@ _PUNCTUATION = set(';:,.!?—…"()“” ')
 _FEATURES = ("/encoder/MatMul_1_output_0", "/encoder/Reshape_output_0", "/encoder/Reshape_1_output_0")
 _DURATIONS = "/encoder/Clip_output_0"
 FRAME = 600  # samples of audio a decoder frame makes (25 ms)
-CONTEXT_FRAMES = 8  # decoded on each side of a piece and dropped: the decoder's convolutions look that far
+CONTEXT_FRAMES = 4  # decoded on each side of a piece and dropped (100 ms), so the decoder sees past the cut
 FADE = 120  # samples (5 ms) crossfaded where two pieces of a phrase meet
 
 
