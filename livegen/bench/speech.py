@@ -11,9 +11,10 @@ Then the same replies while an image session streams beside them on the embedded
 avatar beside the voice), with the runners taking turns on the CPU (the default) and computing
 at once: TTFA and underruns for the voice, frames per second for the picture.
 
-And what streaming costs the voice: each reply's first sentence decoded in pieces at every word
-end, and split after its first word or two into two phrases said apart (how the runner streamed
-before it decoded in pieces), each compared with the sentence said whole.
+And what streaming costs the voice: each reply's first sentence decoded in two pieces (its first
+word or two, then the rest), in pieces at every word end, and split after its first word or two
+into two phrases said apart (how the runner streamed before it decoded in pieces), each compared
+with the sentence said whole.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from scipy.signal import stft
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import Settings, SpeechConfig, embedded_model
+from livegen.engine.speech_runner import FIRST_PIECE_FRAMES
 from livegen.protocol import Audio
 from livegen.server.background import BackgroundServer
 
@@ -94,22 +96,28 @@ def similarity(reference: np.ndarray, audio: np.ndarray) -> float:
 
 
 def fidelity(model, voice: str) -> dict:
-    """Each reply's first sentence said whole, against: decoded in pieces at every word end (the
-    most joins the runner can make), and split after a word or two into two phrases said apart."""
-    pieces, split = [], []
+    """Each reply's first sentence said whole, against: decoded as the runner cuts it when it has
+    audio in hand (its first word or two, then the rest); decoded in pieces at every word end (the
+    most joins it can make); and split after a word or two into two phrases said apart."""
+    scores: dict[str, list[float]] = {"first_piece_then_rest": [], "pieces_at_word_ends": [], "two_phrases": []}
     for reply in REPLIES:
         sentence = model.split_phrases(reply, first_max_chars=len(reply))[0]
-        phrase = model.prepare(model.phonemize(sentence), voice)
-        whole = model.synthesize(sentence, voice)
-        cut = [model.decode(phrase, end) for end in phrase.word_ends]
+        phonemes = model.phonemize(sentence)
+        whole = model.synthesize_phonemes(phonemes, voice)
+        phrase = model.prepare(phonemes, voice)
+        first = next((end for end in phrase.word_ends if end >= phrase.lead + FIRST_PIECE_FRAMES), phrase.frames)
+        if first == phrase.frames:  # one word: nothing to cut
+            continue
+        scores["first_piece_then_rest"].append(
+            similarity(whole, np.concatenate([model.decode(phrase, first), model.decode(phrase, phrase.frames)])))
+        phrase = model.prepare(phonemes, voice)
+        scores["pieces_at_word_ends"].append(
+            similarity(whole, np.concatenate([model.decode(phrase, end) for end in phrase.word_ends])))
         head, *rest = model.split_phrases(sentence, first_max_chars=10)
-        if rest:
-            apart = np.concatenate([model.synthesize(head, voice), model.synthesize(" ".join(rest), voice)])
-            split.append(similarity(whole, apart))
-        if len(cut) > 1:
-            pieces.append(similarity(whole, np.concatenate(cut)))
-    return {"pieces_at_word_ends": round(statistics.median(pieces), 3),
-            "two_phrases": round(statistics.median(split), 3), "sentences": len(pieces)}
+        apart = [model.synthesize(head, voice), *([model.synthesize(" ".join(rest), voice)] if rest else [])]
+        scores["two_phrases"].append(similarity(whole, np.concatenate(apart)))
+    return {**{key: round(statistics.median(values), 3) for key, values in scores.items()},
+            "sentences": len(scores["two_phrases"])}
 
 
 def whole_reply_ms(model, text: str, voice: str) -> float:
@@ -202,8 +210,9 @@ def markdown(r: dict) -> str:
         f"- underruns with a {r['playout_delay_s'] * 1000:.0f} ms jitter buffer: **{r['underruns']}**",
         f"- real-time factor (synthesis / audio), median: {r['rtf_median']}",
         f"- each reply's first sentence against itself said whole (log-spectral similarity along the best "
-        f"alignment, 1 = the same sound; median of {r['fidelity']['sentences']}): decoded in pieces at every word "
-        f"end **{r['fidelity']['pieces_at_word_ends']}**; split after a word or two into two phrases said apart "
+        f"alignment, 1 = the same sound; median of {r['fidelity']['sentences']}): its first word or two, then "
+        f"the rest **{r['fidelity']['first_piece_then_rest']}**; in pieces at every word end "
+        f"{r['fidelity']['pieces_at_word_ends']}; split after a word or two into two phrases said apart "
         f"{r['fidelity']['two_phrases']}", "",
         f"Beside an image session streaming on the embedded model ({IMAGE_PROMPT!r}, each frame asked for as "
         "the last arrives):", "",

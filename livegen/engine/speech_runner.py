@@ -230,16 +230,18 @@ class SpeechRunner(Runner):
         return len(sentence) if len(sentence) - len(head) <= SCRAP_CHARS else limit
 
     def _piece_end(self, utterance: Utterance, phrase: Phrase) -> int:
-        """Where the phrase's next piece ends, at a word end: the utterance's first piece at the first
-        word FIRST_PIECE_FRAMES into the speech (the listener waits for it); then as far as can be
-        decoded, with a margin, while the audio ahead of the listener plays, but at least
-        MIN_PIECE_FRAMES: when little is ahead, small pieces would only fall further behind."""
+        """Where the phrase's next piece ends. The utterance's first piece: at the first word ending
+        FIRST_PIECE_FRAMES into the speech (the listener waits for it). Later pieces: at the last word
+        end that can be decoded, with a margin, while the audio ahead of the listener plays, but at
+        least MIN_PIECE_FRAMES on (smaller pieces would only fall further behind); inside a word when
+        no word ends that soon."""
         ends = [end for end in phrase.word_ends if end > phrase.decoded]
         if utterance.first_audio_at is None:
             return next((end for end in ends if end >= phrase.lead + FIRST_PIECE_FRAMES), ends[-1])
         budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
-        frames = budget / self.frame_s - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames
-        return max([ends[0], *(end for end in ends if end - phrase.decoded <= max(frames, MIN_PIECE_FRAMES))])
+        frames = max(MIN_PIECE_FRAMES, int(budget / self.frame_s) - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames)
+        fits = [end for end in ends if end - phrase.decoded <= frames]
+        return fits[-1] if fits else phrase.decoded + frames
 
     def _decode_next(self, utterance: Utterance, text: str | None) -> np.ndarray:
         """(worker thread) Start the phrase `text` if given, and decode the next piece of it."""
