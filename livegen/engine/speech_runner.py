@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CLAUSE_CHARS = 40  # a sentence still arriving is cut at its first clause, if it ends this soon, else here
 SCRAP_CHARS = 10  # a clause leaving no more of its sentence than this waits for the sentence
-FIRST_PIECE_FRAMES = 10  # the first piece: the first word ending at least this far (250 ms) into the speech
+FIRST_PIECE_FRAMES = 8  # the first piece: the first word ending at least this far (200 ms) into the speech
 MIN_PIECE_FRAMES = 20  # later pieces, even when less fits the audio ahead: smaller ones cost more than they play
 BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted decoding time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
