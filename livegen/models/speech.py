@@ -14,7 +14,7 @@ English voices file by path.
 Real time: the graph is cut in two where the text half (ALBERT, the duration and prosody
 predictors, the alignment) hands per-frame features to the decoder. The text half costs tens of
 milliseconds a phrase and the decoder nearly all the rest, in proportion to the audio, so a
-phrase's audio is decoded in pieces cut at word ends (`prepare`, then `decode`): its first word
+phrase's audio is decoded in pieces (`prepare`, then `decode`), at word ends where it can: its first word
 is heard after a piece's cost, not the whole phrase's, and the phrase keeps the prosody the model
 gives the whole of it. Phrases end at clause and sentence ends, each within the 510-token context.
 """
