@@ -62,7 +62,8 @@ def test_a_phrase_decodes_in_pieces_at_word_ends_and_whole_as_the_uncut_model(mo
         pieces.append(model.decode(phrase, next(end for end in phrase.word_ends if end > phrase.decoded)))
     assert len(pieces) == 8 and all(np.sqrt(np.mean(piece**2)) > 0.01 for piece in pieces)
     # Each later piece is its words' frames: no audio is lost or repeated where pieces meet.
-    assert [len(piece) for piece in pieces[1:-1]] == [(b - a) * FRAME for a, b in zip(phrase.word_ends, phrase.word_ends[1:-1])]
+    ends = phrase.word_ends
+    assert [len(piece) for piece in pieces[1:-1]] == [(b - a) * FRAME for a, b in zip(ends, ends[1:-1])]
     whole = model.synthesize_phonemes(phonemes, "jf_alpha")
     assert abs(len(np.concatenate(pieces)) - len(whole)) < 0.1 * len(whole)
     # One piece of all the frames is what the uncut model says, sample for sample, once trimmed.

@@ -1,13 +1,13 @@
 """The speech runner: one warm speech model, streaming each session's utterance piece by piece.
 
 Text arrives in pieces (`speak` messages with one id, the last marked final). It is cut into
-phrases: the first ends at its first clause (a sentence when only a scrap of it would be left),
-so that synthesis starts before the text has all arrived; the rest are whole sentences, so each
-keeps the prosody the model gives a sentence. One worker thread, taking the sessions in turn,
-runs a phrase through the model's text half and then decodes its audio a piece at a time, cut at
-word ends, each piece sent at once as small PCM chunks: the utterance's first piece is its first
-word or two, so audio starts early; each later piece is as long as can be decoded, with a margin,
-while the audio already sent plays (at least a word), so playback does not run dry once started.
+phrases, whole sentences, so each keeps the prosody the model gives a sentence; a sentence still
+arriving is cut at its first clause, so that synthesis starts before the text has all arrived.
+One worker thread, taking the sessions in turn, runs a phrase through the model's text half and
+then decodes its audio a piece at a time, each piece sent at once as small PCM chunks: the
+utterance's first piece is its first word or two, so audio starts early; each later piece is as
+long as can be decoded, with a margin, while the audio already sent plays (at least half a
+second, at a word end where one fits), so playback does not run dry once it has started.
 A new utterance or a `cancel` stops the current one: it is answered `cancelled` on the event
 loop, and a piece still being decoded for it is dropped when it comes back, so no audio of it
 follows.
@@ -239,7 +239,8 @@ class SpeechRunner(Runner):
         if utterance.first_audio_at is None:
             return next((end for end in ends if end >= phrase.lead + FIRST_PIECE_FRAMES), ends[-1])
         budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
-        frames = max(MIN_PIECE_FRAMES, int(budget / self.frame_s) - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames)
+        frames = int(budget / self.frame_s) - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames
+        frames = max(frames, MIN_PIECE_FRAMES)
         fits = [end for end in ends if end - phrase.decoded <= frames]
         return fits[-1] if fits else phrase.decoded + frames
 
@@ -255,7 +256,7 @@ class SpeechRunner(Runner):
         return audio
 
     def _schedule(self, utterance: Utterance) -> None:
-        """Queue it for the worker if a phrase of it is ready; finish it if nothing is left."""
+        """Queue it for the worker if a piece of it is ready to decode; finish it if nothing is left."""
         if utterance.done:
             self._finish(utterance)
         elif utterance.phrase is not None or self._next_phrase_ready(utterance):
