@@ -31,7 +31,7 @@ from scipy.signal import stft
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import Settings, SpeechConfig, embedded_model
-from livegen.engine.speech_runner import FIRST_PIECE_FRAMES
+from livegen.engine.speech_runner import first_piece_end
 from livegen.protocol import Audio
 from livegen.server.background import BackgroundServer
 
@@ -105,7 +105,7 @@ def fidelity(model, voice: str) -> dict:
         phonemes = model.phonemize(sentence)
         whole = model.synthesize_phonemes(phonemes, voice)
         phrase = model.prepare(phonemes, voice)
-        first = next((end for end in phrase.word_ends if end >= phrase.lead + FIRST_PIECE_FRAMES), phrase.frames)
+        first = first_piece_end(phrase)
         if first == phrase.frames:  # one word: nothing to cut
             continue
         scores["first_piece_then_rest"].append(

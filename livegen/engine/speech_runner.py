@@ -45,6 +45,13 @@ SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
 
 
+def first_piece_end(phrase: Phrase) -> int:
+    """An utterance's first piece ends at the first word ending FIRST_PIECE_FRAMES into the speech:
+    the listener waits for it."""
+    return next((end for end in phrase.word_ends if end > phrase.decoded and end >= phrase.lead + FIRST_PIECE_FRAMES),
+                phrase.frames)
+
+
 @dataclass(eq=False)
 class Utterance:
     id: str
@@ -230,14 +237,13 @@ class SpeechRunner(Runner):
         return len(sentence) if len(sentence) - len(head) <= SCRAP_CHARS else limit
 
     def _piece_end(self, utterance: Utterance, phrase: Phrase) -> int:
-        """Where the phrase's next piece ends. The utterance's first piece: at the first word ending
-        FIRST_PIECE_FRAMES into the speech (the listener waits for it). Later pieces: at the last word
-        end that can be decoded, with a margin, while the audio ahead of the listener plays, but at
-        least MIN_PIECE_FRAMES on (smaller pieces would only fall further behind); inside a word when
-        no word ends that soon."""
-        ends = [end for end in phrase.word_ends if end > phrase.decoded]
+        """Where the phrase's next piece ends: the utterance's first piece at `first_piece_end`; later
+        pieces at the last word end that can be decoded, with a margin, while the audio ahead of the
+        listener plays, but at least MIN_PIECE_FRAMES on (smaller pieces would only fall further
+        behind); inside a word when no word ends that soon."""
         if utterance.first_audio_at is None:
-            return next((end for end in ends if end >= phrase.lead + FIRST_PIECE_FRAMES), ends[-1])
+            return first_piece_end(phrase)
+        ends = [end for end in phrase.word_ends if end > phrase.decoded]
         budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
         frames = int(budget / self.frame_s) - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames
         frames = max(frames, MIN_PIECE_FRAMES)
