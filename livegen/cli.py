@@ -91,12 +91,17 @@ def serve(
         help="Safety checker folder or cached repo id, or module:factory.")] = None,
     watermark: Annotated[bool, typer.Option(help="An invisible watermark on every frame.")] = True,
     keys: Annotated[Path | None, typer.Option(help="Folder of the Content Credentials signing chain.")] = None,
+    drain_seconds: Annotated[float | None, typer.Option(
+        help="On SIGTERM, how long running work may take to finish before sockets close (default 10).")] = None,
+    deadline_seconds: Annotated[float | None, typer.Option(
+        help="A batch computing longer is answered `timeout` (default: 10x the slowest warm-up, at least 5).")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
 
     settings = _settings(model, size, device, dtype, family, compile, tiny_vae, lora, host=host, port=port,
-                         max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                         max_batch=max_batch, batch_wait_ms=batch_wait_ms, drain_seconds=drain_seconds,
+                         deadline_s=deadline_seconds)
     if not speech:
         settings.speech = None
     safety = {"policy": policy, "output_checker": output_checker, "keys": keys}
@@ -107,12 +112,15 @@ def serve(
     _quiet_libraries()
     from livegen.engine import Engine
     from livegen.server.app import create_app
+    from livegen.server.draining import DrainingServer
 
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"livegen: open {url}/ for the playground (stream: ws://{settings.host}:{settings.port}/v1/stream); "
                f"{url}/readyz turns 200 once every model is warm")
-    uvicorn.run(create_app(Engine(settings)), host=settings.host, port=settings.port,
-                ws_max_size=settings.max_message_bytes * 4, log_level="info")
+    engine = Engine(settings)
+    config = uvicorn.Config(create_app(engine), host=settings.host, port=settings.port,
+                            ws_max_size=settings.max_message_bytes * 4, log_level="info")
+    DrainingServer(config, engine).run()
 
 
 @app.command()
@@ -194,9 +202,10 @@ async def _say_in_process(text: str, output: Path, voice: str | None, speed: flo
     _quiet_libraries()
     engine = Engine(Settings(models=[], speech=Settings().speech))
     await engine.speech.start()  # type: ignore[union-attr]
+    engine.supervisor.watch(engine.speech)  # type: ignore[arg-type]
     session = engine.open_session()
     try:
-        engine.speech.speak(session, Speak(id="say", text=text, voice=voice, speed=speed))  # type: ignore[union-attr]
+        await engine.submit(session, Speak(id="say", text=text, voice=voice, speed=speed))
         speech = Speech("say")
         while not speech.take(await session.next_outcome(), None):
             pass

@@ -9,18 +9,32 @@
         frame = client.generate("a red fox")          # send and wait for that input's outcome
         speech = client.say("Hello there.", on_audio=play)   # chunks as they arrive, then the whole
         speech.save("hello.wav")
+
+Both come back on their own when the connection drops or the server goes away (a crash, a
+restart, a drain's 1001 close): the next call that waits for an outcome opens a new session
+with backoff and resends the newest input still owed one, so a `frames()` loop or a
+`generate()` carries on across a server restart. `Reconnect` sets the delays and the budget;
+`reconnect=None` turns it off.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import logging
+import threading
+import time
 import wave
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import backoff, process_exception
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
@@ -35,6 +49,7 @@ from livegen.protocol import (
     Hello,
     Audio,
     Cancelled,
+    ClientRequest,
     Outcome,
     Skipped,
     Speak,
@@ -44,14 +59,83 @@ from livegen.protocol import (
     encode,
 )
 
+log = logging.getLogger(__name__)
+
 STREAM_PATH = "/v1/stream"
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+HELLO_TIMEOUT = 10.0  # seconds for a new connection's hello, as websockets' own open_timeout
+CONNECTION_LOST = "connection_lost"  # the client's own error code: see `_Ledger`
+# Answers instead of a hello that mean "come back later", not "you asked for something wrong".
+COME_BACK_LATER = frozenset({"not_ready", "shutting_down", "too_many_sessions"})
+# Close codes that say the server went away: 1000 normal, 1001 going away (a drain), 1006 gone
+# without a close (a crash), 1011 server error, 1012 restart, 1013 try again later, 1014 bad
+# gateway. Not 1008 or 1009: a new session would only meet the client's own fault again.
+SERVER_WENT_AWAY = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 1014})
 
 
 class GenerationError(Exception):
     def __init__(self, error: Error):
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+
+
+class ConnectionLost(Exception):
+    """The connection dropped and no new session opened within the reconnect budget."""
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How a client comes back after its connection drops.
+
+    The delays are websockets' own backoff: the first is random in [0, first_delay), so the
+    clients of a drained server do not all return at the same instant (RFC 6455, 7.2.3), then
+    min_delay grows by factor up to max_delay (the playground's 250 ms doubling to 4 s). After
+    give_up_after seconds without a new session the waiting call raises ConnectionLost.
+    """
+
+    first_delay: float = 0.5
+    min_delay: float = 0.25
+    max_delay: float = 4.0
+    factor: float = 2.0
+    give_up_after: float = 120.0
+
+    def delays(self) -> Iterator[float]:
+        return backoff(self.first_delay, self.min_delay, self.max_delay, self.factor)
+
+
+class _Attempts:
+    """One reconnect's schedule: backoff delays until the budget is spent, the last attempt at its end."""
+
+    def __init__(self, policy: Reconnect, url: str):
+        self.policy, self.url = policy, url
+        self.delays = policy.delays()
+        self.deadline = time.monotonic() + policy.give_up_after
+        self.count = 0
+
+    def next_delay(self) -> float:
+        self.count += 1
+        return max(0.0, min(next(self.delays), self.deadline - time.monotonic()))
+
+    def failed(self, failure: Exception) -> None:
+        """Raise `failure` if it is fatal, or ConnectionLost once the budget is spent."""
+        if not _retryable(failure):
+            raise failure
+        if time.monotonic() >= self.deadline:
+            raise ConnectionLost(f"lost the connection to {self.url} and could not reconnect in "
+                                 f"{self.policy.give_up_after:g} s ({self.count} attempts): {failure}") from failure
+        log.debug("reconnect attempt %d to %s failed: %s", self.count, self.url, failure)
+
+
+def _retryable(failure: Exception) -> bool:
+    if isinstance(failure, GenerationError):  # the server answered instead of a hello
+        return failure.error.code in COME_BACK_LATER
+    if isinstance(failure, ConnectionClosed):  # closed before its hello
+        return True
+    return process_exception(failure) is None  # websockets' rule: network errors, 5xx answers
+
+
+def _server_went_away(lost: ConnectionClosed) -> bool:
+    return lost.rcvd is None or lost.rcvd.code in SERVER_WENT_AWAY
 
 
 def stream_url(url: str) -> str:
@@ -140,11 +224,13 @@ def _exported(outcome: Outcome, frame_id: str) -> Exported | None:
     return outcome
 
 
-def _hello(data: bytes | str) -> Hello:
+def _hello(data: bytes | str, require_ready: bool) -> Hello:
     message = decode_server_message(data)
     if isinstance(message, Error):  # e.g. too_many_sessions
         raise GenerationError(message)
     assert isinstance(message, Hello), f"expected hello, got {message!r}"
+    if require_ready and not message.ready:  # a restarted server listens while it warms up
+        raise GenerationError(Error(code="not_ready", message="the server is still warming its models"))
     return message
 
 
@@ -154,41 +240,123 @@ def _outcome(data: bytes | str) -> Outcome:
     return message
 
 
-class AsyncClient:
-    """`codec="json"` speaks JSON text messages, as the browser playground does."""
+class _Ledger:
+    """What the client still awaits, so that a dropped connection loses no outcome.
 
-    def __init__(self, url: str = "ws://127.0.0.1:8000", codec: Codec = "msgpack"):
+    On a new session the newest `generate` still owed an outcome (in flight when the connection
+    dropped, sent while it was down, or answered `shutting_down` by a draining server) is resent
+    under its own id, so whoever waits for that id gets its outcome there. Older owed ones are
+    answered `superseded` by it here, as the server answers an input a newer one replaced. An
+    utterance or an export owed when a connection ends is answered here with a
+    `connection_lost` error and never resent: see `AsyncClient.say`.
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, Generate] = {}  # owed generates, oldest first
+        self.others: dict[str, str] = {}  # owed utterances and exports: id -> what it awaits
+        self.made_here: deque[Outcome] = deque()  # outcomes the client answered itself, not yet read
+
+    def sent(self, request: ClientRequest) -> None:
+        if isinstance(request, Generate):
+            self.inputs.pop(request.id, None)  # a repeated id becomes the newest
+            self.inputs[request.id] = request
+        elif isinstance(request, Speak | Export):
+            self.others[request.id] = "the utterance ended" if isinstance(request, Speak) else "the export came"
+
+    def answered(self, outcome: Outcome) -> bool:
+        """Strike what `outcome` settles; False for a drain's answer to an input the next session gets."""
+        if isinstance(outcome, Error) and outcome.code == "shutting_down" and outcome.id in self.inputs:
+            return False
+        if isinstance(outcome, Frame | Superseded | Skipped | Blocked):
+            self.inputs.pop(outcome.id, None)
+        elif isinstance(outcome, SpeechEnd | Cancelled | Exported):
+            self.others.pop(outcome.id, None)
+        elif isinstance(outcome, Error) and self.inputs.pop(outcome.id or "", None) is None:
+            self.others.pop(outcome.id or "", None)
+        return True
+
+    def connection_ended(self) -> None:
+        """Answer the owed utterances and exports: no server will answer them now."""
+        for id, what in self.others.items():
+            self.made_here.append(Error(id=id, code=CONNECTION_LOST,
+                                        message=f"the connection dropped before {what}; it is not resent"))
+        self.others.clear()
+
+    def to_resend(self) -> Generate | None:
+        """On a new session: the newest owed input, whose outcome is to come from there."""
+        if not self.inputs:
+            return None
+        *older, newest = self.inputs.values()
+        self.made_here.extend(Superseded(id=request.id, by=newest.id) for request in older)
+        self.inputs = {newest.id: newest}
+        return newest
+
+
+class AsyncClient:
+    """`codec="json"` speaks JSON text messages, as the browser playground does.
+
+    When the connection drops or the server goes away, the next `receive()` (and so `frames()`,
+    `outcomes()`, `generate()` and `say()`) opens a new session with `reconnect`'s backoff,
+    updates `hello` (the new session has a new id), and resends the newest input still owed an
+    outcome. An input sent while the connection is down waits for the new session, and a newer
+    one replaces it: latest wins. The first connection is not retried: a wrong address fails at
+    once. `reconnect=None`: a drop raises websockets' ConnectionClosed, as before.
+    """
+
+    def __init__(self, url: str = "ws://127.0.0.1:8000", codec: Codec = "msgpack",
+                 reconnect: Reconnect | None = Reconnect()):
         self.url = stream_url(url) + ("?codec=json" if codec == "json" else "")
         self.codec = codec
+        self.reconnect = reconnect
         self._requests = _Requests()
+        self._ledger = _Ledger()
         self._ws: ClientConnection | None = None
+        self._lost: ConnectionClosed | None = None  # the drop a new session is still due for
+        self._closed = False
         self.hello: Hello | None = None
 
     async def __aenter__(self) -> AsyncClient:
-        self._ws = await connect(self.url, max_size=MAX_FRAME_BYTES)
-        self.hello = _hello(await self._ws.recv())
+        self._ws, self.hello = await self._open(require_ready=False)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        self._closed = True
         if self._ws is not None:
             await self._ws.close()
 
     async def send(self, prompt: str, **fields: Any) -> str:
         """Send an input and return its id at once; the server keeps only the latest waiting one."""
         request = self._requests.build(prompt, **fields)
-        await self.send_raw(encode(request, self.codec))
+        await self._send(request)
         return request.id
 
     async def send_raw(self, data: bytes | str) -> None:
+        """Send a message as it is; the client does not resend it after a drop."""
         assert self._ws is not None, "use `async with AsyncClient(...)`"
         await self._ws.send(data)
 
     async def receive(self) -> Outcome:
+        """The next outcome; after a drop, the outcomes the client answered itself, then a new session's."""
         assert self._ws is not None, "use `async with AsyncClient(...)`"
-        return _outcome(await self._ws.recv())
+        while True:
+            if self._ledger.made_here:
+                return self._ledger.made_here.popleft()
+            if self._lost is not None:
+                await self._reconnect()
+                continue  # what the reconnect answered itself comes first
+            try:
+                outcome = _outcome(await self._ws.recv())
+            except ConnectionClosed as lost:
+                if not self._may_reconnect(lost):
+                    raise
+                self._ledger.connection_ended()
+                self._lost = lost
+                continue
+            if self._ledger.answered(outcome) or self.reconnect is None:
+                return outcome
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
         while True:
@@ -203,7 +371,7 @@ class AsyncClient:
                 yield outcome
 
     async def generate(self, prompt: str, **fields: Any) -> Frame:
-        """Send one input and wait for its own outcome."""
+        """Send one input and wait for its own outcome, across reconnects (ConnectionLost if none comes back)."""
         request_id = await self.send(prompt, **fields)
         while (frame := _answer(await self.receive(), request_id)) is None:
             pass
@@ -211,55 +379,144 @@ class AsyncClient:
 
     async def export(self, frame_id: str) -> Exported:
         """One of the session's latest frames as a file with signed Content Credentials."""
-        await self.send_raw(encode(Export(id=frame_id), self.codec))
+        await self._send(Export(id=frame_id))
         while (exported := _exported(await self.receive(), frame_id)) is None:
             pass
         return exported
 
     async def speak(self, text: str, **fields: Any) -> str:
-        """Send an utterance, or a piece of one (`id=` the same, `final=False` until the last)."""
+        """Send an utterance, or a piece of one (`id=` the same, `final=False` until the last).
+
+        An utterance a drop cuts is answered `connection_lost`; a later piece with its id starts
+        a new utterance on the new session, as after any utterance that ended.
+        """
         request = self._requests.speak(text, **fields)
-        await self.send_raw(encode(request, self.codec))
+        await self._send(request)
         return request.id
 
     async def say(self, text: str, on_audio: Callable[[Audio], None] | None = None, **fields: Any) -> Speech:
-        """Stream one utterance: `on_audio` gets each chunk as it arrives; returns the whole."""
+        """Stream one utterance: `on_audio` gets each chunk as it arrives; returns the whole.
+
+        If the connection drops before the utterance ends, this raises GenerationError with code
+        `connection_lost` instead of saying it again on the new session: part of it may have been
+        played already, and only the caller knows whether to repeat it, go on from where it broke
+        off, or say something else by now. The next call that waits opens the new session.
+        """
+        if self._lost is not None:  # a drop already reported: speak on a new session, whole
+            await self._reconnect()
         speech = Speech(await self.speak(text, **fields))
         while not speech.take(await self.receive(), on_audio):
             pass
         return speech
 
+    def _may_reconnect(self, lost: ConnectionClosed) -> bool:
+        return self.reconnect is not None and not self._closed and _server_went_away(lost)
+
+    async def _send(self, request: ClientRequest) -> None:
+        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        self._ledger.sent(request)
+        try:
+            await self._ws.send(encode(request, self.codec))
+        except ConnectionClosed as lost:
+            if not self._may_reconnect(lost):
+                raise
+            # Not sent: the ledger keeps it owed, for the new session or a `connection_lost`.
+
+    async def _open(self, require_ready: bool) -> tuple[ClientConnection, Hello]:
+        """Connect and read the session's hello; nothing stays open if that fails."""
+        ws = await connect(self.url, max_size=MAX_FRAME_BYTES)
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                return ws, _hello(await ws.recv(), require_ready)
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _reconnect(self) -> None:
+        """A new session after backoff, then the newest owed input resent on it."""
+        assert self.reconnect is not None and self._lost is not None
+        log.info("connection to %s lost (%s); reconnecting", self.url, self._lost)
+        attempts = _Attempts(self.reconnect, self.url)
+        while True:
+            await asyncio.sleep(attempts.next_delay())
+            if self._closed:
+                raise self._lost
+            try:
+                ws, hello = await self._open(require_ready=True)
+                break
+            except Exception as failure:
+                attempts.failed(failure)
+        if self._closed:  # closed while that connection opened
+            await ws.close()
+            raise self._lost
+        # Nothing is awaited between the switch and choosing what to resend, so an input goes out
+        # once: sent before the switch, it is resent here; after it, send() sends it itself.
+        self._ws, self.hello, self._lost = ws, hello, None
+        self._ledger.connection_ended()  # utterances and exports sent while it was down
+        resend = self._ledger.to_resend()
+        log.info("reconnected to %s as session %s after %d attempts", self.url, hello.session, attempts.count)
+        if resend is not None:
+            with contextlib.suppress(ConnectionClosed):  # a drop now is the next recv's to notice
+                await ws.send(encode(resend, self.codec))
+
 
 class Client:
-    """The synchronous twin of AsyncClient, for scripts and notebooks."""
+    """The synchronous twin of AsyncClient, for scripts and notebooks; it reconnects the same way.
 
-    def __init__(self, url: str = "ws://127.0.0.1:8000"):
+    `receive()`'s `timeout` bounds each wait for a message, not a reconnect in progress.
+    """
+
+    def __init__(self, url: str = "ws://127.0.0.1:8000", reconnect: Reconnect | None = Reconnect()):
         self.url = stream_url(url)
+        self.reconnect = reconnect
         self._requests = _Requests()
+        self._ledger = _Ledger()
+        # A sender thread and a reader thread may share a client: the ledger and the switch to a
+        # new connection change under this lock, so no input falls between two connections.
+        self._lock = threading.Lock()
         self._ws: SyncConnection | None = None
+        self._lost: ConnectionClosed | None = None
+        self._closed = False
         self.hello: Hello | None = None
 
     def __enter__(self) -> Client:
-        self._ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES)
-        self.hello = _hello(self._ws.recv())
+        self._ws, self.hello = self._open(require_ready=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         if self._ws is not None:
             self._ws.close()
 
     def send(self, prompt: str, **fields: Any) -> str:
         request = self._requests.build(prompt, **fields)
-        assert self._ws is not None, "use `with Client(...)`"
-        self._ws.send(encode(request))
+        self._send(request)
         return request.id
 
     def receive(self, timeout: float | None = None) -> Outcome:
         assert self._ws is not None, "use `with Client(...)`"
-        return _outcome(self._ws.recv(timeout=timeout))
+        while True:
+            if self._ledger.made_here:
+                return self._ledger.made_here.popleft()
+            if self._lost is not None:
+                self._reconnect()
+                continue
+            try:
+                outcome = _outcome(self._ws.recv(timeout=timeout))
+            except ConnectionClosed as lost:
+                if not self._may_reconnect(lost):
+                    raise
+                with self._lock:
+                    self._ledger.connection_ended()
+                self._lost = lost
+                continue
+            with self._lock:
+                settled = self._ledger.answered(outcome)
+            if settled or self.reconnect is None:
+                return outcome
 
     def frames(self) -> Iterator[Frame]:
         while True:
@@ -276,17 +533,64 @@ class Client:
         return frame
 
     def export(self, frame_id: str) -> Exported:
-        assert self._ws is not None, "use `with Client(...)`"
-        self._ws.send(encode(Export(id=frame_id)))
+        self._send(Export(id=frame_id))
         while (exported := _exported(self.receive(), frame_id)) is None:
             pass
         return exported
 
     def say(self, text: str, on_audio: Callable[[Audio], None] | None = None, **fields: Any) -> Speech:
+        """As AsyncClient.say: an utterance a drop cuts raises `connection_lost`, never said twice."""
+        if self._lost is not None:
+            self._reconnect()
         request = self._requests.speak(text, **fields)
-        assert self._ws is not None, "use `with Client(...)`"
-        self._ws.send(encode(request))
+        self._send(request)
         speech = Speech(request.id)
         while not speech.take(self.receive(), on_audio):
             pass
         return speech
+
+    def _may_reconnect(self, lost: ConnectionClosed) -> bool:
+        return self.reconnect is not None and not self._closed and _server_went_away(lost)
+
+    def _send(self, request: ClientRequest) -> None:
+        assert self._ws is not None, "use `with Client(...)`"
+        with self._lock:
+            self._ledger.sent(request)
+            try:
+                self._ws.send(encode(request))
+            except ConnectionClosed as lost:
+                if not self._may_reconnect(lost):
+                    raise
+
+    def _open(self, require_ready: bool) -> tuple[SyncConnection, Hello]:
+        ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES)
+        try:
+            return ws, _hello(ws.recv(timeout=HELLO_TIMEOUT), require_ready)
+        except BaseException:
+            ws.close()
+            raise
+
+    def _reconnect(self) -> None:
+        assert self.reconnect is not None and self._lost is not None
+        log.info("connection to %s lost (%s); reconnecting", self.url, self._lost)
+        attempts = _Attempts(self.reconnect, self.url)
+        while True:
+            time.sleep(attempts.next_delay())
+            if self._closed:
+                raise self._lost
+            try:
+                ws, hello = self._open(require_ready=True)
+                break
+            except Exception as failure:
+                attempts.failed(failure)
+        with self._lock:
+            if self._closed:
+                ws.close()
+                raise self._lost
+            self._ws, self.hello, self._lost = ws, hello, None
+            self._ledger.connection_ended()
+            resend = self._ledger.to_resend()
+            log.info("reconnected to %s as session %s after %d attempts", self.url, hello.session, attempts.count)
+            if resend is not None:
+                with contextlib.suppress(ConnectionClosed):
+                    ws.send(encode(resend))

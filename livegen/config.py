@@ -113,3 +113,14 @@ class Settings(BaseSettings):
     max_sessions: int = Field(default=64, ge=1)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=1000, ge=1)
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="A batch or speech piece computing longer than this is answered `timeout` "
+                                        "and its model reported unready until it returns; 10x the slowest "
+                                        "warm-up, at least 5 s, if absent.")
+    worker_threads: int = Field(default=2, ge=1, description="Threads for input decoding, the similarity "
+                                                             "filter, phonemes and signing, off the event loop.")
+    loop_stall_seconds: float = Field(
+        default=30.0, ge=0, description="The process exits (logging every thread's stack) when its event loop has "
+                                        "not run for this long, so that an orchestrator restarts it; 0: never.")
+    drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM: how long running work may take "
+                                                                 "to finish before sockets close.")

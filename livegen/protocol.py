@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import reprlib
 from typing import Annotated, Any, Literal
 
 import msgpack
+from msgpack.exceptions import StackError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -29,6 +31,9 @@ MAX_ID_CHARS = 64
 MAX_STEPS = 8
 MAX_SIDE = 2048
 MAX_SEED = 2**32 - 1
+# No field takes a map or a list, so deeper nesting is never valid; the limit is the same on both
+# codecs and keeps every later step (validation, error messages) away from recursion.
+MAX_NESTING = 32
 
 
 def _bytes_from_wire(value: Any) -> Any:
@@ -262,16 +267,66 @@ _server_adapter: TypeAdapter[Hello | Outcome] = TypeAdapter(ServerMessage)
 Codec = Literal["msgpack", "json"]
 
 
-def _loads(data: bytes | str) -> Any:
-    if isinstance(data, str):
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise ProtocolError("malformed", f"not valid JSON: {exc}") from exc
+def _decode(data: bytes | str, codec: Codec) -> Any:
+    name = "JSON" if codec == "json" else "msgpack"
     try:
+        if codec == "json":
+            return json.loads(data)
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError("malformed", f"not valid msgpack: {exc}") from exc
+    except (RecursionError, StackError) as exc:  # deeper than the decoder's own stack
+        raise _too_deep() from exc
+    except Exception as exc:  # both decoders raise several unrelated types for bad input
+        raise ProtocolError("malformed", f"not valid {name}: {exc}") from exc
+
+
+def _too_deep(msg_id: str | None = None) -> ProtocolError:
+    return ProtocolError("nesting_too_deep", f"maps and lists nest more than {MAX_NESTING} deep; "
+                         "no field of a message takes one", msg_id)
+
+
+def _check_nesting(message: dict[str, Any]) -> None:
+    """Level by level, without recursion: a flat message (every valid one) costs one pass over its values."""
+    level: list[Any] = [message]
+    for _ in range(MAX_NESTING):
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return
+    raise _too_deep(_message_id(message))
+
+
+def _fits_utf8(value: Any) -> bool:
+    """False only for a string UTF-8 cannot carry: one with a lone surrogate, which JSON can spell."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(message: dict[str, Any]) -> None:
+    """A lone surrogate ("\\ud800" in JSON) would pass validation and then fail to encode on the way out.
+
+    Only the top level's keys and strings can reach a validated message or an error message, so
+    only they are checked; anything nested fails validation without being echoed.
+    """
+    bad = [key for key, value in message.items() if not _fits_utf8(key) or not _fits_utf8(value)]
+    if bad:
+        fields = ", ".join(str(key) if _fits_utf8(key) else ascii(key) for key in bad)
+        raise ProtocolError("invalid", f"{fields}: strings must be Unicode text; a lone surrogate "
+                            "(\\ud800-\\udfff) is not", _message_id(message))
+
+
+def decode_map(data: bytes | str, codec: Codec) -> dict[str, Any]:
+    """Decode one message into a map fit to validate: any bytes in, a map or a ProtocolError out."""
+    raw = _decode(data, codec)
+    if not isinstance(raw, dict):
+        raise ProtocolError("malformed", "a message must be a map/object")
+    _check_nesting(raw)
+    _check_text(raw)
+    return raw
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -284,7 +339,8 @@ def _validation_message(exc: ValidationError) -> str:
 
 def _message_id(raw: dict[str, Any]) -> str | None:
     """The id an error can name, when the message carries a usable one."""
-    return raw.get("id") if isinstance(raw.get("id"), str) else None
+    value = raw.get("id")
+    return value if isinstance(value, str) and _fits_utf8(value) else None
 
 
 CLIENT_TYPES = ("generate", "speak", "cancel", "export")
@@ -292,15 +348,14 @@ CLIENT_TYPES = ("generate", "speak", "cancel", "export")
 
 def parse_client_message(data: bytes | str) -> ClientRequest:
     """Decode (JSON text or msgpack bytes) and validate one client message; raise ProtocolError."""
-    raw = _loads(data)
-    if not isinstance(raw, dict):
-        raise ProtocolError("malformed", "a message must be a map/object")
+    raw = decode_map(data, "json" if isinstance(data, str) else "msgpack")
     msg_id = _message_id(raw)
     kind = raw.get("type")
     if kind is None:
         raise ProtocolError("invalid", "type: field required", msg_id)
     if kind not in CLIENT_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; known: {', '.join(CLIENT_TYPES)}", msg_id)
+        raise ProtocolError("unknown_type", f"unknown message type {reprlib.repr(kind)}; "
+                            f"known: {', '.join(CLIENT_TYPES)}", msg_id)
     return _validate(_client_adapter, raw)
 
 

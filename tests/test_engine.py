@@ -31,7 +31,7 @@ async def engine(tiny_sd):
 async def test_inputs_before_ready_are_answered_not_ready(tiny_sd):
     engine = Engine(settings_for(tiny_sd))
     session = engine.open_session()
-    engine.submit(session, Generate(id="early", prompt="a cat"))
+    await engine.submit(session, Generate(id="early", prompt="a cat"))
     outcome = await session.next_outcome()
     assert (outcome.type, outcome.id, outcome.code) == ("error", "early", "not_ready")
 
@@ -57,7 +57,7 @@ async def test_unchanged_prompt_is_encoded_once(engine):
     session = engine.open_session()
     misses = runner.encode_prompt.cache_info().misses
     for i in range(3):
-        engine.submit(session, Generate(id=str(i), prompt="a brand new prompt"))
+        await engine.submit(session, Generate(id=str(i), prompt="a brand new prompt"))
         frame = await session.next_outcome()
         assert frame.type == "frame"
     assert runner.encode_prompt.cache_info().misses == misses + 1
@@ -66,10 +66,10 @@ async def test_unchanged_prompt_is_encoded_once(engine):
 
 async def test_every_frame_carries_per_stage_timings(engine):
     session = engine.open_session()
-    engine.submit(session, Generate(id="t", prompt="a cat"))
+    await engine.submit(session, Generate(id="t", prompt="a cat"))
     frame = await session.next_outcome()
     assert {"queue_ms", "text_encode_ms", "denoise_ms", "decode_ms", "wire_encode_ms", "total_ms"} <= set(frame.timings)
-    engine.submit(session, Generate(id="i", prompt="a cat", image=frame.image, strength=0.6))
+    await engine.submit(session, Generate(id="i", prompt="a cat", image=frame.image, strength=0.6))
     edited = await session.next_outcome()
     assert "image_encode_ms" in edited.timings
     assert edited.timings["total_ms"] >= edited.timings["denoise_ms"]
@@ -79,19 +79,19 @@ async def test_session_keeps_its_noise_so_only_the_changed_setting_moves_the_pic
     session = engine.open_session()
     pictures = []
     for i in range(2):
-        engine.submit(session, Generate(id=str(i), prompt="a cat", format="png"))
+        await engine.submit(session, Generate(id=str(i), prompt="a cat", format="png"))
         pictures.append(await session.next_outcome())
     assert pictures[0].seed == pictures[1].seed == session.seed
     assert pictures[0].image == pictures[1].image
     other = engine.open_session()
-    engine.submit(other, Generate(id="o", prompt="a cat", format="png"))
+    await engine.submit(other, Generate(id="o", prompt="a cat", format="png"))
     assert (await other.next_outcome()).image != pictures[0].image
 
 
 async def test_newer_input_supersedes_the_waiting_one(engine):
     session = engine.open_session()
     for i in range(20):
-        engine.submit(session, Generate(id=str(i), prompt=f"prompt {i}"))
+        await engine.submit(session, Generate(id=str(i), prompt=f"prompt {i}"))
     outcomes = [await session.next_outcome() for _ in range(20)]
     assert [o.id for o in outcomes if o.type == "frame"] == ["19"]
     superseded = {o.id: o.by for o in outcomes if o.type == "superseded"}
@@ -102,19 +102,19 @@ async def test_newer_input_supersedes_the_waiting_one(engine):
 async def test_sessions_with_the_same_settings_share_a_batch(engine):
     sessions = [engine.open_session() for _ in range(3)]
     for i, session in enumerate(sessions):
-        engine.submit(session, Generate(id=f"prime{i}", prompt="prime"))
+        await engine.submit(session, Generate(id=f"prime{i}", prompt="prime"))
     for session in sessions:
         await session.next_outcome()
     for i, session in enumerate(sessions):
-        engine.submit(session, Generate(id=f"s{i}", prompt=f"prompt {i}"))
+        await engine.submit(session, Generate(id=f"s{i}", prompt=f"prompt {i}"))
     frames = [await session.next_outcome() for session in sessions]
     assert [f.batch_size for f in frames] == [3, 3, 3]
 
 
 async def test_different_sizes_never_share_a_batch(engine):
     a, b = engine.open_session(), engine.open_session()
-    engine.submit(a, Generate(id="a", prompt="x", width=64, height=64))
-    engine.submit(b, Generate(id="b", prompt="x", width=128, height=128))
+    await engine.submit(a, Generate(id="a", prompt="x", width=64, height=64))
+    await engine.submit(b, Generate(id="b", prompt="x", width=128, height=128))
     frames = [await a.next_outcome(), await b.next_outcome()]
     assert [(f.width, f.batch_size) for f in frames] == [(64, 1), (128, 1)]
 
@@ -125,7 +125,7 @@ async def test_batch_never_exceeds_max_batch(tiny_sd):
     try:
         sessions = [engine.open_session() for _ in range(5)]
         for i, session in enumerate(sessions):
-            engine.submit(session, Generate(id=str(i), prompt="x"))
+            await engine.submit(session, Generate(id=str(i), prompt="x"))
         frames = [await session.next_outcome() for session in sessions]
         assert max(f.batch_size for f in frames) == 2
     finally:
@@ -135,7 +135,7 @@ async def test_batch_never_exceeds_max_batch(tiny_sd):
 async def test_closing_a_session_stops_its_running_batch(engine):
     runner = engine.runners["tiny"]
     session = engine.open_session()
-    engine.submit(session, Generate(id="long", prompt="x", width=128, height=128, steps=8, guidance=3.0))
+    await engine.submit(session, Generate(id="long", prompt="x", width=128, height=128, steps=8, guidance=3.0))
     while session.running is None:
         await asyncio.sleep(0.001)
     engine.close_session(session)
@@ -147,7 +147,7 @@ async def test_closing_a_session_stops_its_running_batch(engine):
     assert cancelled._value.get() == 1
     # The runner goes on serving others.
     other = engine.open_session()
-    engine.submit(other, Generate(id="next", prompt="x"))
+    await engine.submit(other, Generate(id="next", prompt="x"))
     assert isinstance(await other.next_outcome(), Frame)
     assert runner.ready
 
@@ -165,7 +165,7 @@ async def test_a_session_that_is_not_read_stops_taking_inputs_until_drained(engi
 
     session = engine.open_session()
     for i in range(OUTBOX_LIMIT):
-        engine.submit(session, Generate(id=str(i), prompt="x", model="absent"))  # each answered with an error
+        await engine.submit(session, Generate(id=str(i), prompt="x", model="absent"))  # each answered with an error
     waiting = asyncio.create_task(session.wait_for_room())
     await asyncio.sleep(0.05)
     assert not waiting.done(), "a full outbox must hold the next read back"
@@ -178,13 +178,13 @@ async def test_blend_interpolates_between_the_two_prompts(engine):
     session = engine.open_session()
 
     async def picture(**fields) -> bytes:
-        engine.submit(session, Generate(id="b", prompt="a red fox", format="png", **fields))
+        await engine.submit(session, Generate(id="b", prompt="a red fox", format="png", **fields))
         return (await session.next_outcome()).image
 
     fox = await picture()
     assert await picture(blend_prompt="a white owl", blend=0.0) == fox
     halfway = await picture(blend_prompt="a white owl", blend=0.5)
-    engine.submit(session, Generate(id="o", prompt="a white owl", format="png"))
+    await engine.submit(session, Generate(id="o", prompt="a white owl", format="png"))
     owl = (await session.next_outcome()).image
     assert await picture(blend_prompt="a white owl", blend=1.0) == owl
     assert halfway not in (fox, owl)
@@ -207,20 +207,20 @@ def _camera_frame(shift: int = 0, noise: int = 0) -> bytes:
 async def test_similarity_filter_skips_a_still_camera_frame_and_not_a_moving_one(engine):
     session = engine.open_session()
 
-    def send(id: str, image: bytes, **fields) -> None:
+    async def send(id: str, image: bytes, **fields) -> None:
         fields.setdefault("similarity_filter", 0.98)
-        engine.submit(session, Generate(id=id, prompt="a fox", image=image, strength=0.5, **fields))
+        await engine.submit(session, Generate(id=id, prompt="a fox", image=image, strength=0.5, **fields))
 
-    send("first", _camera_frame())
+    await send("first", _camera_frame())
     assert (await session.next_outcome()).type == "frame"
-    send("still", _camera_frame(noise=3))  # sensor noise only
+    await send("still", _camera_frame(noise=3))  # sensor noise only
     skipped = await session.next_outcome()
     assert (skipped.type, skipped.id, skipped.frame) == ("skipped", "still", "first")
     assert 0.98 <= skipped.similarity < 1
-    send("moved", _camera_frame(shift=80))
+    await send("moved", _camera_frame(shift=80))
     assert (await session.next_outcome()).type == "frame"
-    send("unfiltered", _camera_frame(shift=80), similarity_filter=None)
+    await send("unfiltered", _camera_frame(shift=80), similarity_filter=None)
     assert (await session.next_outcome()).type == "frame"
-    send("new prompt", _camera_frame(shift=80), seed=5)  # same picture, other settings: must run
+    await send("new prompt", _camera_frame(shift=80), seed=5)  # same picture, other settings: must run
     assert (await session.next_outcome()).type == "frame"
     assert engine.metrics.skipped._value.get() == 1

@@ -197,14 +197,16 @@ def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
 
     def utterance(ahead_s: float | None, text: str = "Sure, I can help with that. It takes a minute.",
                   final: bool = True) -> Utterance:
-        spoken = Utterance("u", Session(), runner.default_voice, 1.0, time.perf_counter(), text=text, final=final)
+        spoken = Utterance(id="u", owner=Session(), runner=runner, voice=runner.default_voice, speed=1.0,
+                           received_at=time.perf_counter(), text=text, final=final)
         if ahead_s is not None:
             spoken.first_audio_at, spoken.samples = time.perf_counter(), int(ahead_s * rate)
         return spoken
 
-    assert runner._next_phrase(utterance(None)) == "Sure, I can help with that."
-    assert runner._next_phrase(utterance(None, "Sure, I can help with", final=False)) == "Sure"  # comma dropped
-    assert runner._next_phrase(utterance(None, "Okay, done", final=False)) is None  # a scrap: wait for the rest
+    assert runner._next_phrase("Sure, I can help with that. It takes a minute.", True) == (
+        "Sure, I can help with that.", "It takes a minute.")
+    assert runner._next_phrase("Sure, I can help with", False) == ("Sure", "I can help with")  # comma dropped
+    assert runner._next_phrase("Okay, done", False) == (None, "Okay, done")  # a scrap: wait for the rest
 
     phonemes = runner.model.phonemize("Your table for two is ready at seven.")
 

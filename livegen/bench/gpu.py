@@ -116,7 +116,7 @@ async def many_sessions(engine: Engine, sessions: int, seconds: float, min_frame
         session, i = opened[k], 0
         while i < min_frames or time.perf_counter() < end:
             started = time.perf_counter()
-            engine.submit(session, Generate(id=f"{k}-{i}", prompt=f"{PROMPT}, view {k}"))
+            await engine.submit(session, Generate(id=f"{k}-{i}", prompt=f"{PROMPT}, view {k}"))
             outcome = await session.next_outcome()
             assert isinstance(outcome, Frame), outcome
             latencies.ms.append((time.perf_counter() - started) * 1000)

@@ -78,7 +78,7 @@ async def engine_frames(engine: Engine, frames: int, prompt: str, name: str) -> 
     try:
         for i in range(frames):
             started = time.perf_counter()
-            engine.submit(session, Generate(id=str(i), prompt=prompt))
+            await engine.submit(session, Generate(id=str(i), prompt=prompt))
             outcome = await session.next_outcome()
             assert isinstance(outcome, Frame), outcome
             series.ms.append((time.perf_counter() - started) * 1000)

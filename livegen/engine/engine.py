@@ -1,7 +1,9 @@
-"""The engine: warm runners by model name, sessions, and the checks an input passes to reach one.
+"""The engine: warm runners by model name, their supervisor, sessions, and the way in for inputs.
 
-This is the whole surface the server uses (open a session, submit, read outcomes); it never
-imports the web framework, so the same engine runs under uvicorn, in tests and in benchmarks.
+This is the whole surface the server uses (open a session, submit, read outcomes, drain); it
+never imports the web framework, so the same engine runs under uvicorn, in tests, in benchmarks
+and in a Ray Serve replica. It wires admission, sessions, runners and provenance together and
+holds no logic of its own.
 """
 
 from __future__ import annotations
@@ -12,40 +14,51 @@ import logging
 import time
 
 from livegen.config import Settings
+from livegen.engine import admission
 from livegen.engine.image_runner import ImageRunner, ImageTask
-from livegen.engine.images import MEDIA_TYPES, BadImage, decode_input_image, image_similarity
+from livegen.engine.images import MEDIA_TYPES
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.runner import Runner
+from livegen.engine.runner import Runner, incident
 from livegen.engine.session import EXPORTABLE_FRAMES, Session
 from livegen.engine.speech_runner import SpeechRunner
-from livegen.models.base import BatchSpec, ModelError
-from livegen.protocol import (ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError,
-                              Skipped, Speak)
-from livegen.safety.provenance import Provenance, ProvenanceError, SigningKeys, init_keys
+from livegen.engine.supervisor import Supervisor
+from livegen.engine.watchdog import LoopWatchdog
+from livegen.engine.workers import Workers
+from livegen.models.base import ModelError
+from livegen.protocol import ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError, Speak
+from livegen.safety.provenance import Provenance, generation_record, load_provenance
 
 log = logging.getLogger(__name__)
 
+SOCKETS_CLOSE_S = 1.0
+SHUTTING_DOWN = "the server is shutting down; reconnect (to another replica, or once it is back)"
+
 
 class EngineBusy(Exception):
-    """No room for another session."""
+    """No room for another session, or the server is shutting down."""
 
 
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = EngineMetrics()
+        self.workers = Workers(settings.worker_threads)
+        self.supervisor = Supervisor(self.metrics)
+        self.watchdog = LoopWatchdog(self.metrics, settings.loop_stall_seconds)
         frame_numbers = itertools.count()  # every frame's watermark names its number on this server
         self.runners = {c.display_name: ImageRunner(c, settings, self.metrics, frame_numbers)
                         for c in settings.models}
         self.default_model = next(iter(self.runners), None)
-        self.speech = SpeechRunner(settings.speech, settings, self.metrics) if settings.speech else None
+        self.speech = (SpeechRunner(settings.speech, settings, self.metrics, self.workers)
+                       if settings.speech else None)
         self.sessions: set[Session] = set()
         self.started_at = time.time()
         self.start_error: str | None = None
         self.speech_error: str | None = None
+        self.draining = False
         self.provenance: Provenance | None = None
 
-    # ------------------------------------------------------------------ life cycle
+    # ------------------------------------------------------------------ life cycle and health
 
     @property
     def all_runners(self) -> list[Runner]:
@@ -53,12 +66,24 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return bool(self.all_runners) and all(r.ready for r in self.all_runners)
+        return not self.unready_reasons()
+
+    def unready_reasons(self) -> dict[str, str]:
+        """Why /readyz is not 200: per runner, and the server's own state."""
+        reasons = {runner.name: reason for runner in self.all_runners if (reason := runner.unready_reason)}
+        if not self.all_runners:
+            reasons["server"] = "no model configured: start with --model PATH"
+        if self.start_error:
+            reasons["server"] = f"start-up failed: {self.start_error}"
+        if self.draining:
+            reasons["server"] = "shutting down"
+        return reasons
 
     async def start(self) -> None:
-        """Load and warm every model; ready only when all of them are."""
+        """Load and warm every model, then serve; ready only when all of them are."""
+        self.watchdog.start()
         try:
-            self.provenance = self._load_provenance()
+            self.provenance = await self.workers.run(load_provenance, self.settings.safety.keys)
             for runner in self.runners.values():
                 await runner.start()
             await self._start_speech()
@@ -69,22 +94,10 @@ class Engine:
             turn = asyncio.Lock()  # first come, first served
             for runner in self.all_runners:
                 runner.cpu_turn = turn if runner.on_cpu else None
+        for runner in self.all_runners:
+            self.supervisor.watch(runner)
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
-
-    def _load_provenance(self) -> Provenance:
-        """The signing keys for Content Credentials; a development chain if none are there yet."""
-        directory = self.settings.safety.keys
-        keys = SigningKeys.in_directory(directory)
-        if not keys.cert_chain.exists() and not keys.private_key.exists():
-            try:
-                init_keys(directory)
-            except OSError as exc:
-                raise ProvenanceError(f"cannot make a development signing chain in {directory} ({exc}): set "
-                                      "LIVEGEN_SAFETY__KEYS (--keys) to a writable folder, or put a chain there") from exc
-            log.warning("made a development signing chain in %s: exports are signed, but trusted only where "
-                        "its root.pem is; put a real chain and key there for production", directory)
-        return Provenance(keys)
 
     def safety(self) -> dict:
         """What /readyz says about the checks every input and frame passes."""
@@ -107,11 +120,31 @@ class Engine:
             await self.speech.stop()
             self.speech = None
 
+    async def drain(self, seconds: float) -> None:
+        """Stop taking work, answer what waits `shutting_down`, let running batches finish and their
+        outcomes go out, for at most `seconds`; then every session is told to end."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        log.info("draining %d sessions for at most %.0f s", len(self.sessions), seconds)
+        for runner in self.all_runners:
+            runner.drain("shutting_down", SHUTTING_DOWN)
+        deadline = time.monotonic() + seconds
+        while any(not s.settled for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for session in list(self.sessions):
+            session.end()
+        deadline = time.monotonic() + SOCKETS_CLOSE_S
+        while self.sessions and time.monotonic() < deadline:  # each socket closes with 1001, then its session
+            await asyncio.sleep(0.01)
+
     async def stop(self) -> None:
+        await self.supervisor.stop()
         for session in list(self.sessions):
             self.close_session(session)
         for runner in self.all_runners:
             await runner.stop()
+        self.workers.stop()
+        self.watchdog.stop()
 
     def models(self) -> list[ModelInfo]:
         infos = []
@@ -126,6 +159,8 @@ class Engine:
     # ------------------------------------------------------------------ sessions
 
     def open_session(self) -> Session:
+        if self.draining:
+            raise EngineBusy(SHUTTING_DOWN)
         if len(self.sessions) >= self.settings.max_sessions:
             raise EngineBusy(f"the server holds its limit of {self.settings.max_sessions} sessions")
         session = Session()
@@ -134,125 +169,90 @@ class Engine:
         return session
 
     def close_session(self, session: Session) -> None:
-        """The client left: drop its waiting input; a running batch stops if nobody else needs it."""
-        if session.pending is not None:
-            self.metrics.cancelled.labels(session.pending.runner.name).inc()
+        """The client left: what it was owed is dropped; a running batch stops if nobody else needs it."""
         if self.speech:
             self.speech.close_session(session)
+        for task in session.owed:
+            self.metrics.cancelled.labels(task.runner.name).inc()  # type: ignore[attr-defined]
         session.close()
         self.sessions.discard(session)
         self.metrics.sessions.set(len(self.sessions))
 
     def reject(self, session: Session, error: ProtocolError) -> None:
-        """Answer a message that could not be served, on the session's outbox."""
+        """Answer a message that could not be served."""
         self.metrics.errors.labels(error.code).inc()
-        session.emit(error.to_message())
+        session.send(error.to_message())
 
-    def submit(self, session: Session, request: ClientRequest) -> None:
-        """Take one client message: an image input, a piece of speech or a cancel; errors are answered."""
-        if isinstance(request, Generate):
-            self._submit_image(session, request)
-            return
+    def fail(self, session: Session, exc: BaseException, request_id: str | None = None) -> None:
+        """A message that met a bug: answer it `internal`, naming the incident in the log."""
+        incident_id = incident(exc, f"session {session.id}: a message failed")
+        self.reject(session, ProtocolError("internal", f"the server failed on this message (incident {incident_id}; "
+                                                       "its log has the details)", request_id))
+
+    async def submit(self, session: Session, request: ClientRequest) -> None:
+        """Take one client message: an image input, a piece of speech, a cancel or an export; errors are answered."""
         try:
             if isinstance(request, Export):
-                self._export(session, request)
+                await self._export(session, request)
                 return
-            if not self.ready:
-                raise ProtocolError("not_ready", "the server is still loading and warming its models", request.id)
+            if self.draining:
+                raise ProtocolError("shutting_down", SHUTTING_DOWN, request.id)
+            if isinstance(request, Generate):
+                await self._submit_image(session, request)
+                return
             if self.speech is None:
                 raise ProtocolError("no_speech_model", "this server serves no speech model", request.id)
+            if not self.speech.ready:
+                raise ProtocolError("not_ready", f"speech is not ready ({self.speech.unready_reason})", request.id)
             if isinstance(request, Speak):
-                self.speech.speak(session, request)
+                await self.speech.speak(session, request)
             else:
                 self.speech.cancel(session, request)
         except ProtocolError as error:
             self.reject(session, error)
+        except Exception as exc:
+            self.fail(session, exc, request.id)
 
-    def credentials(self, frame: Frame, generation: dict) -> bytes:
-        """The frame's file with a signed C2PA manifest saying what made it."""
+    async def _submit_image(self, session: Session, request: Generate) -> None:
+        """Admit an input into the session's slot, or answer it at once with a typed error."""
+        session.last_input_at = time.perf_counter()
+        task = await admission.image_task(request, session, self.runners, self.default_model, self.settings,
+                                          self.workers)
+        skipped = await admission.similar_to_last_frame(task, session, self.workers)
+        if self.draining:  # it began while the input was admitted
+            raise ProtocolError("shutting_down", SHUTTING_DOWN, request.id)
+        if session.closed:
+            return
+        if skipped is not None:
+            self.metrics.skipped.inc()
+            session.accept(task)
+            session.answer(task, skipped)
+        elif session.offer(task) is not None:
+            self.metrics.superseded.inc()
+
+    async def credentials(self, frame: Frame, task: ImageTask) -> bytes:
+        """The frame's file with a signed C2PA manifest saying what made it (on a worker thread)."""
         assert self.provenance is not None, "signing keys load at start"
-        return self.provenance.sign(frame.image, MEDIA_TYPES[frame.format], generation)
+        generation = generation_record(frame, task.request, task.spec.guidance)
+        return await self.workers.run(self.provenance.sign, frame.image, MEDIA_TYPES[frame.format], generation)
 
-    def _export(self, session: Session, request: Export) -> None:
+    async def _export(self, session: Session, request: Export) -> None:
         if request.id not in session.recent:
             raise ProtocolError("unknown_frame", f"no frame {request.id!r} among this session's last "
                                 f"{EXPORTABLE_FRAMES}", request.id)
-        frame, generation = session.recent[request.id]
-        session.emit(Exported(id=frame.id, image=self.credentials(frame, generation), format=frame.format))
-
-    def _submit_image(self, session: Session, request: Generate) -> None:
-        """Accept an input into the session's slot, or answer it at once with a typed error."""
-        received_at = time.perf_counter()
-        session.last_input_at = received_at
-        try:
-            task = self._task(session, request, received_at)
-        except ProtocolError as error:
-            self.reject(session, error)
-            return
-        if (skipped := self._similar_to_last(session, task)) is not None:
-            self.metrics.skipped.inc()
-            session.emit(skipped)
-            return
-        if session.offer(task) is not None:
-            self.metrics.superseded.inc()
-
-    @staticmethod
-    def _similar_to_last(session: Session, task: ImageTask) -> Skipped | None:
-        """The similarity filter: a camera frame that barely moved reuses the last input's frame."""
-        threshold = task.request.similarity_filter  # type: ignore[union-attr]
-        last = session.last_accepted
-        if (threshold is None or task.image is None or not isinstance(last, ImageTask) or last.image is None
-                or last.similarity_key != task.similarity_key):
-            return None
-        similarity = image_similarity(task.image, last.image)
-        if similarity < threshold:
-            return None
-        return Skipped(id=task.id, frame=last.id, similarity=round(similarity, 5))
-
-    def _task(self, session: Session, request: Generate, received_at: float) -> ImageTask:
-        def fail(code: str, message: str) -> ProtocolError:
-            return ProtocolError(code, message, request.id)
-
-        if not self.ready:
-            raise fail("not_ready", "the server is still loading and warming its models; retry after /readyz")
-        name = request.model or self.default_model
-        runner = self.runners.get(name or "")
-        if runner is None:
-            raise fail("unknown_model", f"unknown model {request.model!r}; served: {sorted(self.runners)}")
-        for field, text in (("prompt", request.prompt), ("blend_prompt", request.blend_prompt or "")):
-            if len(text) > self.settings.max_prompt_chars:
-                raise fail("prompt_too_long",
-                           f"{field} has {len(text)} characters; at most {self.settings.max_prompt_chars}")
-        description = runner.generator.description  # type: ignore[union-attr]
-        width, height = request.width, request.height
-        if not width and not height:
-            width, height = description.sizes[0]
-        if (width, height) not in description.sizes:
-            served = ", ".join(f"{w}x{h}" for w, h in description.sizes)
-            raise fail("size_not_served", f"{width}x{height} is not served by {name}; served sizes: {served}")
-        image = None
-        if request.image is not None:
-            try:
-                image = decode_input_image(request.image, width, height)
-            except BadImage as exc:
-                raise fail("bad_image", str(exc)) from exc
-        guidance = description.default_guidance if request.guidance is None else request.guidance
-        spec = BatchSpec(width, height, request.steps, guidance, request.strength if image is not None else None)
-        return ImageTask(
-            id=request.id, runner=runner, session=session, received_at=received_at, request=request,
-            spec=spec, seed=session.seed if request.seed is None else request.seed, image=image,
-        )
+        frame, task = session.recent[request.id]
+        image = await self.credentials(frame, task)  # type: ignore[arg-type]
+        session.send(Exported(id=frame.id, image=image, format=frame.format))
 
     async def generate(self, request: Generate) -> Outcome:
         """One input, one outcome, on a session of its own (HTTP, CLI); a frame comes signed."""
         session = self.open_session()
         try:
-            self.submit(session, request)
+            await self.submit(session, request)
             outcome = await session.next_outcome()
+            if isinstance(outcome, Frame):
+                frame, task = session.recent[outcome.id]
+                return outcome.model_copy(update={"image": await self.credentials(frame, task)})  # type: ignore[arg-type]
+            return outcome
         finally:
             self.close_session(session)
-        if isinstance(outcome, Frame):
-            generation = self.runners[outcome.model].generation(outcome, request)
-            return outcome.model_copy(update={"image": self.credentials(outcome, generation)})
-        return outcome
-

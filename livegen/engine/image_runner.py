@@ -9,11 +9,9 @@ companions, and only while other recently active sessions could send one.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,11 +21,11 @@ import torch
 from livegen.config import ModelConfig, Settings
 from livegen.engine.images import encode_frame
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.runner import Runner, Task
-from livegen.engine.session import Session
+from livegen.engine.runner import ComputeTimeout, Runner, timeout_error
+from livegen.engine.task import Slot, Task
 from livegen.models.base import BatchSpec, ImageGenerator, PromptEmbedding
 from livegen.models.loader import load_generator
-from livegen.protocol import Blocked, Error, Frame, Generate
+from livegen.protocol import Blocked, Frame, Generate
 from livegen.safety.stages import SafetyStages
 
 log = logging.getLogger(__name__)
@@ -36,10 +34,22 @@ ACTIVE_WINDOW_S = 1.0  # a session that sent an input this recently may send a b
 NOISE_CACHE_SIZE = 64
 
 
-@dataclass(eq=False)
+class _WarmUp:
+    """The owner of warm-up tasks: nobody is owed their outcomes."""
+
+    closed = False
+
+    def answer(self, task: Task, outcome: object, final: bool = True) -> bool:
+        return False
+
+
+_WARM_UP = _WarmUp()
+
+
+@dataclass(eq=False, kw_only=True)
 class ImageTask(Task):
-    request: Generate | None = None
-    spec: BatchSpec | None = None
+    request: Generate
+    spec: BatchSpec
     seed: int = 0
     image: np.ndarray | None = None  # decoded input for image-to-image
 
@@ -47,8 +57,7 @@ class ImageTask(Task):
     def similarity_key(self) -> tuple:
         """What must be equal, besides a similar image, for an input to reuse this one's frame."""
         r = self.request
-        assert r is not None
-        return (self.runner.name, self.spec, self.seed, r.prompt, r.blend_prompt, r.blend, r.format, r.quality)
+        return (self.runner, self.spec, self.seed, r.prompt, r.blend_prompt, r.blend, r.format, r.quality)
 
 
 class ImageRunner(Runner):
@@ -56,22 +65,16 @@ class ImageRunner(Runner):
 
     def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics,
                  frame_numbers: Iterator[int]):
+        super().__init__(config.display_name, settings.deadline_s)
         self.config = config
-        self.name = config.display_name
         self.settings = settings
         self.metrics = metrics
         self.generator: ImageGenerator | None = None
         self.safety: SafetyStages | None = None
         self._frame_numbers = frame_numbers  # the watermark's frame counter, shared by the server's runners
-        self._ready = False
-        self._sessions: set[Session] = set()
+        self._slots: set[Slot] = set()
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"runner-{self.name}")
-        self._loop_task: asyncio.Task | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
+        self._in_hand: list[ImageTask] = []
 
     @property
     def on_cpu(self) -> bool:
@@ -79,13 +82,7 @@ class ImageRunner(Runner):
 
     # ------------------------------------------------------------------ start-up
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_and_warm)
-        self._ready = True
-        self._loop_task = asyncio.create_task(self._serve(), name=f"runner-{self.name}")
-
-    def _load_and_warm(self) -> None:
+    def load_and_warm(self) -> float:
         # OpenMP settings are per thread: without this, a worker thread started from a thread
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
         torch.set_num_threads(torch.get_num_threads())
@@ -94,50 +91,59 @@ class ImageRunner(Runner):
         self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
-        guidance = self.generator.description.default_guidance
-        # Every served size, image- and text-to-image, at every batch size up to a full batch: the
-        # shapes real inputs will have (a batch size met first after ready cost seconds on the CPU,
-        # where each new shape builds its convolution kernels). The most common first input (one
-        # text-to-image frame) runs last, so it finds its kernels chosen and its memory ready.
-        for width, height in self.generator.description.sizes:
-            image = np.full((height, width, 3), 127, np.uint8)
-            for batch in range(self.settings.max_batch, 0, -1):
-                for strength in (0.5, None):
-                    spec = BatchSpec(width, height, 1, guidance, strength)
-                    tasks = [
-                        ImageTask(id="warmup", runner=self, received_at=time.perf_counter(), spec=spec,
-                                  seed=i, image=image if strength else None,
-                                  request=Generate(id="warmup", prompt=f"warm-up {i}"))
-                        for i in range(batch)
-                    ]
-                    for _ in range(self.settings.warmup_runs if batch == 1 else 1):
-                        self._compute(tasks)
+        slowest = 0.0
+        for spec, batch in self.warm_shapes():
+            image = np.full((spec.height, spec.width, 3), 127, np.uint8) if spec.strength else None
+            tasks = [ImageTask(id="warmup", runner=self, owner=_WARM_UP, received_at=time.perf_counter(), spec=spec,
+                               seed=i, image=image, request=Generate(id="warmup", prompt=f"warm-up {i}"))
+                     for i in range(batch)]
+            for _ in range(self.settings.warmup_runs if batch == 1 else 1):
+                computed = time.perf_counter()
+                self._compute(tasks)
+                slowest = max(slowest, time.perf_counter() - computed)
         log.info("%s warm in %.1fs", self.name, time.perf_counter() - started)
+        return slowest
 
-    async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def warm_shapes(self) -> list[tuple[BatchSpec, int]]:
+        """Every shape real inputs can have: each served size, image- and text-to-image, guidance on
+        and off (classifier-free guidance doubles the batch), at every batch size up to a full one.
+        A shape met first after ready cost seconds on the CPU, where each new shape builds its
+        convolution kernels, and recompiles under --compile. The most common first input (one
+        text-to-image frame at the default guidance) comes last, so it finds its kernels chosen."""
+        assert self.generator is not None
+        return [(BatchSpec(width, height, 1, guidance, strength), batch)
+                for width, height in self.generator.description.sizes
+                for batch in range(self.settings.max_batch, 0, -1)
+                for guidance in self.generator.warm_guidances()
+                for strength in (0.5, None)]
 
     # ------------------------------------------------------------------ batch formation
 
-    def wake(self, session: Session) -> None:
-        self._sessions.add(session)
+    def wake(self, slot: Slot) -> None:
+        self._slots.add(slot)
         self._wake.set()
 
+    def in_hand(self) -> list[Task]:
+        return list(self._in_hand)
+
+    def drain(self, code: str, message: str) -> None:
+        for slot in self._slots:
+            if slot.pending is not None and slot.pending.runner is self:
+                slot.drop_pending(code, message)
+
     def _eligible(self) -> list[ImageTask]:
-        for session in [s for s in self._sessions if s.closed]:
-            self._sessions.discard(session)
-        tasks = [s.pending for s in self._sessions if s.eligible and s.pending.runner is self]
+        for slot in [s for s in self._slots if s.closed]:
+            self._slots.discard(slot)
+        tasks = [s.pending for s in self._slots if s.eligible and s.pending.runner is self]
         self.metrics.queue_depth.labels(self.name).set(len(tasks))
         return sorted(tasks, key=lambda t: t.received_at)  # type: ignore[arg-type]
 
     def _others_may_join(self, group: list[ImageTask]) -> bool:
         now = time.perf_counter()
-        in_group = {task.session for task in group}
+        in_group = {task.owner for task in group}
         return any(
             s not in in_group and not s.closed and now - s.last_input_at < ACTIVE_WINDOW_S
-            for s in self._sessions
+            for s in self._slots
         )
 
     async def _next_batch(self) -> list[ImageTask]:
@@ -157,24 +163,27 @@ class ImageRunner(Runner):
                 except TimeoutError:
                     pass
                 continue
-            return [task.session.take() for task in group]  # type: ignore[misc]
+            return [task.owner.take() for task in group]  # type: ignore[attr-defined]
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def serve(self) -> None:
         while True:
-            group = await self._next_batch()
+            self._in_hand = []
+            group = self._in_hand = await self._next_batch()
             try:
                 async with self.turn():
                     started = time.perf_counter()  # a wait for the CPU's turn counts as queueing
                     for task in group:
                         task.timings["queue_ms"] = (started - task.received_at) * 1000
-                    outcomes = await loop.run_in_executor(self._executor, self._compute, group)
-            except Exception as exc:  # one bad batch must not stop the runner
-                log.exception("batch failed on %s", self.name)
+                    outcomes = await self.compute(self._compute, group)
+            except ComputeTimeout as timeout:
                 for task in group:
-                    self.metrics.errors.labels("internal").inc()
-                    task.session.emit(Error(id=task.id, code="internal", message=f"generation failed: {exc}"),
-                                      finishes=task)
+                    task.owner.answer(task, timeout_error(task, timeout))
+                self.drain("not_ready", f"{self.name} is recovering from a stalled computation; send again later")
+                await self.recover()
+                continue
+            except Exception as exc:  # one bad batch must not stop the runner
+                self.metrics.errors.labels("internal").inc(len(group))
+                self.fail(group, exc, "a batch failed")
                 continue
             if outcomes is None:  # every session in the batch left while it ran
                 self.metrics.cancelled.labels(self.name).inc(len(group))
@@ -183,19 +192,9 @@ class ImageRunner(Runner):
             for task, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, Frame):
                     self._record(outcome)
-                    task.session.remember(outcome, self.generation(outcome, task.request))
                 else:
                     self.metrics.blocked.labels(outcome.stage, outcome.category).inc()
-                task.session.emit(outcome, finishes=task)
-
-    def generation(self, frame: Frame, request: Generate) -> dict:
-        """What made the frame, for its Content Credentials: settings and a hash of the prompt,
-        never the prompt itself."""
-        assert self.generator is not None
-        guidance = self.generator.description.default_guidance if request.guidance is None else request.guidance
-        return {"model": frame.model, "steps": request.steps, "seed": frame.seed, "guidance": guidance,
-                "size": f"{frame.width}x{frame.height}", "image_to_image": request.image is not None,
-                "prompt_sha256": hashlib.sha256(request.prompt.encode()).hexdigest()}
+                task.owner.answer(task, outcome)
 
     def _record(self, frame: Frame) -> None:
         self.metrics.frames.labels(self.name).inc()
@@ -257,7 +256,7 @@ class ImageRunner(Runner):
             started = self._timed(tasks, "image_encode_ms", started)
 
         def should_stop() -> bool:
-            return all(task.session is not None and task.session.closed for task in tasks)
+            return all(task.owner.closed for task in tasks)
 
         latents = generator.denoise(spec, prompts, noise, image_latents, [t.seed for t in tasks], should_stop)
         if latents is None:

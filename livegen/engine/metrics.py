@@ -42,4 +42,9 @@ class EngineMetrics:
         self.speech_seconds = Counter("livegen_speech_audio_seconds_total", "Audio sent, in seconds.", registry=r)
         self.speech_cancelled = Counter("livegen_speech_cancelled_total",
                                         "Utterances stopped by a cancel or a newer utterance.", registry=r)
+        self.runner_restarts = Counter("livegen_runner_restarts_total", "Runner loops restarted by their "
+                                       "supervisor after dying.", ["runner"], registry=r)
+        self.loop_lag = Histogram(
+            "livegen_event_loop_lag_seconds", "How late the event loop ran a 50 ms heartbeat: what every "
+            "socket's reads and writes wait.", buckets=LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("livegen_ready", "1 once every model is loaded and warm.", registry=r)

@@ -1,13 +1,16 @@
-"""A client's session: one latest-wins slot, the outcomes waiting to be sent, and its own seed."""
+"""A client's session: the ledger of its accepted inputs, its latest-wins slot and its outbox."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections import OrderedDict
 
-from livegen.engine.runner import Task
-from livegen.protocol import MAX_SEED, Frame, Outcome, Superseded
+from livegen.engine.task import Task
+from livegen.protocol import MAX_SEED, Error, Frame, Outcome, Superseded
+
+log = logging.getLogger(__name__)
 
 # Outcomes not yet taken by the sender before the session stops reading new inputs.
 OUTBOX_LIMIT = 64
@@ -15,11 +18,16 @@ EXPORTABLE_FRAMES = 8  # the session's latest frames that `export` can still sig
 
 
 class Session:
-    """Holds at most one waiting input: a newer one replaces it and the older is `superseded`.
+    """Owes every accepted input exactly one outcome, and answers them all through `answer`.
 
-    A session also has at most one input being computed or waiting to go out on the wire: its
-    next input only becomes eligible once the sender has taken the previous frame, so a slow
-    client gets fewer frames, never a growing buffer.
+    The ledger (`accept`, `answer`, `settle`) is the one place that decides what a client is
+    still owed: a second final outcome for an input is dropped, and whatever is owed when
+    something ends (a crash, a hang, a drain) is settled here, not by whoever noticed.
+
+    The slot holds at most one waiting input: a newer one replaces it and the older is
+    `superseded`. A session also has at most one input being computed or waiting to go out on
+    the wire: its next input only becomes eligible once the sender has taken the previous
+    outcome, so a slow client gets fewer frames, never a growing buffer.
     """
 
     def __init__(self, session_id: str | None = None):
@@ -28,23 +36,62 @@ class Session:
         self.closed = False
         self.last_input_at = 0.0
         self.pending: Task | None = None
-        self.last_accepted: Task | None = None  # the similarity filter compares new inputs with it
         self.running: Task | None = None
-        self.recent: OrderedDict[str, tuple[Frame, dict]] = OrderedDict()  # frame id -> frame, what made it
+        self.last_framed: Task | None = None  # the input of the latest frame: the similarity filter's reference
+        self.recent: OrderedDict[str, tuple[Frame, Task]] = OrderedDict()  # frame id -> frame, its input
+        self._owed: dict[Task, None] = {}  # accepted, not yet finally answered; in order of arrival
         self._outbox: asyncio.Queue[tuple[Outcome, Task | None]] = asyncio.Queue()
         self._room = asyncio.Event()
         self._room.set()
+        self.ended = asyncio.Event()  # set when the server is done with the session (a drain): its socket closes
+
+    # ------------------------------------------------------------------ the ledger
+
+    def accept(self, task: Task) -> None:
+        self._owed[task] = None
+
+    def owes(self, task: Task) -> bool:
+        return task in self._owed
+
+    @property
+    def owed(self) -> list[Task]:
+        return list(self._owed)
+
+    def answer(self, task: Task, outcome: Outcome, final: bool = True) -> bool:
+        """Send an outcome of an accepted input, unless it was already answered; True if sent."""
+        if task not in self._owed:
+            log.debug("dropped %s for %r: already answered", outcome.type, task.id)
+            return False
+        if final:
+            del self._owed[task]
+            if isinstance(outcome, Frame):
+                self._remember(outcome, task)
+        self._put(outcome, task if final else None)
+        return True
+
+    def settle(self, code: str, message: str) -> int:
+        """Answer everything still owed with an error; how many were owed."""
+        owed = self.owed
+        for task in owed:
+            self.answer(task, Error(id=task.id, code=code, message=message))
+        return len(owed)
+
+    def send(self, outcome: Outcome) -> None:
+        """An answer to a message that was never accepted as an input: an error, an export."""
+        self._put(outcome, None)
+
+    # ------------------------------------------------------------------ the slot
 
     @property
     def eligible(self) -> bool:
         return not self.closed and self.running is None and self.pending is not None
 
     def offer(self, task: Task) -> Task | None:
-        """Put a new input in the slot; return the input it replaced (already answered)."""
+        """Accept a new input into the slot; return the input it replaced (answered `superseded`)."""
+        self.accept(task)
         replaced, self.pending = self.pending, task
-        self.last_accepted = task
         if replaced is not None:
-            self.emit(Superseded(id=replaced.id, by=task.id))
+            self.answer(replaced, Superseded(id=replaced.id, by=task.id))
         task.runner.wake(self)
         return replaced
 
@@ -54,14 +101,24 @@ class Session:
         self.running, self.pending = self.pending, None
         return self.running
 
-    def remember(self, frame: Frame, generation: dict) -> None:
-        """Keep a sent frame, with what made it, for `export`; only the latest few."""
-        self.recent[frame.id] = (frame, generation)
+    def drop_pending(self, code: str, message: str) -> Task | None:
+        """Answer the waiting input with an error instead of computing it."""
+        task, self.pending = self.pending, None
+        if task is not None:
+            self.answer(task, Error(id=task.id, code=code, message=message))
+        return task
+
+    def _remember(self, frame: Frame, task: Task) -> None:
+        """Keep a frame, with the input that made it, for `export` and the similarity filter."""
+        self.last_framed = task
+        self.recent[frame.id] = (frame, task)
         self.recent.move_to_end(frame.id)
         while len(self.recent) > EXPORTABLE_FRAMES:
             self.recent.popitem(last=False)
 
-    def emit(self, outcome: Outcome, finishes: Task | None = None) -> None:
+    # ------------------------------------------------------------------ the outbox
+
+    def _put(self, outcome: Outcome, finishes: Task | None) -> None:
         if self.closed:
             return
         self._outbox.put_nowait((outcome, finishes))
@@ -82,10 +139,19 @@ class Session:
         """Called before reading the next input: a client that never reads is not buffered."""
         await self._room.wait()
 
+    @property
+    def settled(self) -> bool:
+        """Nothing owed, nothing waiting to go out."""
+        return not self._owed and self._outbox.empty()
+
+    def end(self) -> None:
+        self.ended.set()
+
     def close(self) -> None:
+        """The client left: nothing more is sent, and nothing is owed any more."""
         self.closed = True
         self.pending = None
-        self.last_accepted = None
+        self.last_framed = None
+        self._owed.clear()
         self.recent.clear()
         self._room.set()
-

@@ -20,18 +20,18 @@ import logging
 import re
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from livegen.config import Settings, SpeechConfig
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.runner import Runner
-from livegen.engine.session import Session
+from livegen.engine.runner import DEADLINE_WARM_MULTIPLE, MIN_DEADLINE_S, ComputeTimeout, Runner, timeout_error
+from livegen.engine.task import Owner, Slot, Task
+from livegen.engine.workers import Workers
 from livegen.models.base import ModelError
 from livegen.models.speech import CLAUSE_END, CONTEXT_FRAMES, Phrase, SpeechError
-from livegen.protocol import Audio, Cancel, Cancelled, Error, ProtocolError, Speak, SpeechEnd, SpeechInfo
+from livegen.protocol import Audio, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd, SpeechInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ MIN_PIECE_FRAMES = 20  # later pieces, even when less fits the audio ahead: smal
 BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted decoding time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
+FRAMES_PER_CHAR = 4  # 100 ms of speech a character: far more than any voice takes, for a deadline's bound
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
 
 
@@ -52,17 +53,15 @@ def first_piece_end(phrase: Phrase) -> int:
                 phrase.frames)
 
 
-@dataclass(eq=False)
-class Utterance:
-    id: str
-    session: Session
+@dataclass(eq=False, kw_only=True)
+class Utterance(Task):
     voice: str
     speed: float
-    received_at: float
     text: str = ""  # received, not yet cut into phrases
     phrase: Phrase | None = None  # the phrase being decoded, piece by piece
     chars: int = 0  # received in all
     final: bool = False
+    tried: tuple[str, bool] | None = None  # the text (and finality) last found to hold no complete phrase
     seq: int = 0
     samples: int = 0
     synth_ms: float = 0.0
@@ -84,26 +83,21 @@ class Utterance:
 class SpeechRunner(Runner):
     kind = "speech"
 
-    def __init__(self, config: SpeechConfig, settings: Settings, metrics: EngineMetrics):
+    def __init__(self, config: SpeechConfig, settings: Settings, metrics: EngineMetrics, workers: Workers):
+        super().__init__("speech", settings.deadline_s)
         self.config = config
         self.settings = settings
         self.metrics = metrics
-        self.name = "speech"
+        self.workers = workers  # phonemes of arriving text are checked there, off the event loop
         self.model = None
         self.piece_s = 0.0  # decoding cost: per piece
         self.frame_s = 0.0  # and per frame decoded, context included, measured at warm-up
         self.voices: list[str] = []
         self.default_voice = ""
-        self._ready = False
-        self._current: dict[Session, Utterance] = {}
+        self._current: dict[Owner, Utterance] = {}
         self._queue: deque[Utterance] = deque()  # utterances with pieces to decode, in turn
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-speech")
-        self._loop_task: asyncio.Task | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
+        self._in_hand: Utterance | None = None
 
     @property
     def on_cpu(self) -> bool:
@@ -116,26 +110,23 @@ class SpeechRunner(Runner):
                           voices=self.voices, default_voice=self.default_voice,
                           max_text_chars=self.config.max_text_chars)
 
-    async def start(self) -> None:
+    def load_and_warm(self) -> float:
         from livegen.models.speech import SpeechModel
 
-        def load() -> None:
-            started = time.perf_counter()
-            self.model = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
-            self.voices = self.model.list_voices()
-            self.default_voice = self.config.default_voice or self.voices[0]
-            if self.default_voice not in self.voices:
-                raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
-            self.model.warm_up(self.default_voice)
-            self._measure_speed()
-            log.info("speech model warm in %.1fs", time.perf_counter() - started)
+        started = time.perf_counter()
+        self.model = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
+        self.voices = self.model.list_voices()
+        self.default_voice = self.config.default_voice or self.voices[0]
+        if self.default_voice not in self.voices:
+            raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
+        self.model.warm_up(self.default_voice)
+        slowest = self._measure_speed()
+        log.info("speech model warm in %.1fs", time.perf_counter() - started)
+        return slowest
 
-        await asyncio.get_running_loop().run_in_executor(self._executor, load)
-        self._ready = True
-        self._loop_task = asyncio.create_task(self._serve(), name="runner-speech")
-
-    def _measure_speed(self) -> None:
-        """Decoding cost of a piece: a fixed cost plus a cost per frame, context frames included (warm)."""
+    def _measure_speed(self) -> float:
+        """Decoding cost of a piece: a fixed cost plus a cost per frame, context frames included (warm).
+        Returns the slowest piece timed."""
         phonemes = self.model.phonemize("This sentence measures how fast the model speaks on this machine.",
                                         self.config.language)
 
@@ -147,66 +138,110 @@ class SpeechRunner(Runner):
 
         short, long = 10, 60
         short_s = min(timed(short) for _ in range(2))
-        self.frame_s = max(0.0, min(timed(long) for _ in range(2)) - short_s) / (long - short)
+        long_s = min(timed(long) for _ in range(2))
+        self.frame_s = max(0.0, long_s - short_s) / (long - short)
         self.piece_s = max(0.0, short_s - self.frame_s * (short + CONTEXT_FRAMES))
         log.info("speech decoding: %.0f ms a piece + %.1f ms a frame", self.piece_s * 1000, self.frame_s * 1000)
+        return long_s
 
-    async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def _deadline(self, utterance: Utterance, text: str) -> float:
+        """A piece may be long (as much as the audio ahead allows): its deadline grows with the frames it
+        can hold, a phrase under way's left, else a bound from the text (FRAMES_PER_CHAR)."""
+        phrase = utterance.phrase
+        frames = phrase.frames - phrase.decoded if phrase is not None else FRAMES_PER_CHAR * len(text)
+        predicted = self.piece_s + self.frame_s * (frames + 2 * CONTEXT_FRAMES)
+        return max(self.deadline_s or MIN_DEADLINE_S, DEADLINE_WARM_MULTIPLE * predicted)
 
-    def wake(self, session: Session) -> None:
+    def wake(self, slot: Slot) -> None:
         self._wake.set()
+
+    def in_hand(self) -> list[Task]:
+        return [self._in_hand] if self._in_hand is not None else []
+
+    def drain(self, code: str, message: str) -> None:
+        """Stop every utterance: those in the queue, and the one in hand once its piece comes back."""
+        for utterance in list(self._current.values()):
+            self._end(utterance, Error(id=utterance.id, code=code, message=message))
+        self._queue.clear()
 
     # ------------------------------------------------------------------ inputs (event loop)
 
-    def speak(self, session: Session, request: Speak) -> None:
-        """Start an utterance (stopping the session's current one) or add a piece to it."""
-        utterance = self._current.get(session)
+    def _playing(self, owner: Owner) -> Utterance | None:
+        """The session's current utterance, if its ledger still owes it an outcome."""
+        utterance = self._current.get(owner)
+        if utterance is not None and not owner.owes(utterance):
+            self._current.pop(owner, None)
+            utterance.stopped = True
+            return None
+        return utterance
+
+    async def speak(self, session: Owner, request: Speak) -> None:
+        """Start an utterance (stopping the session's current one) or add a piece to it. A piece that
+        cannot be spoken ends its utterance with the error; a new utterance's is its only answer."""
+        utterance = self._playing(session)
         new = utterance is None or utterance.id != request.id
         if new:
             voice = request.voice or self.default_voice
             if voice not in self.voices:
                 raise ProtocolError("unknown_voice", f"unknown voice {voice!r}; voices: {', '.join(self.voices)}",
                                     request.id)
-            fresh = Utterance(request.id, session, voice, request.speed, time.perf_counter())
+            target = Utterance(id=request.id, owner=session, runner=self, voice=voice, speed=request.speed,
+                               received_at=time.perf_counter())
         elif utterance.final:
             raise ProtocolError("invalid", f"utterance {request.id!r} already had its final piece", request.id)
-        target = fresh if new else utterance
-        text = target.text + request.text
-        total = target.chars + len(request.text)
-        if total > self.config.max_text_chars:
-            raise ProtocolError("text_too_long", f"the utterance has {total} characters; "
-                                f"at most {self.config.max_text_chars}", request.id)
-        if request.final and not text.strip() and not target.seq:
-            raise ProtocolError("empty_text", "nothing to say: the text is empty", request.id)
-        if text.strip():
-            self._split(text, self.config.max_text_chars, request.id)  # refuses what cannot be spoken, now
+        else:
+            target = utterance
+        try:
+            total = target.chars + len(request.text)
+            if total > self.config.max_text_chars:
+                raise ProtocolError("text_too_long", f"the utterance has {total} characters; "
+                                    f"at most {self.config.max_text_chars}", request.id)
+            text = target.text + request.text
+            if request.final and not text.strip() and not target.seq and target.phrase is None:
+                raise ProtocolError("empty_text", "nothing to say: the text is empty", request.id)
+            if text.strip():  # refuse now what cannot be spoken at all
+                await self.workers.run(self._split, text, self.config.max_text_chars, request.id)
+        except ProtocolError as error:
+            if new:
+                raise
+            if error.code != "empty_text":  # punctuation alone after words already said is no error
+                self._end(target, error.to_message())
+                return
+        if target.stopped:  # answered while its text was checked (a drain, a failure)
+            return
         if new:  # valid: it replaces the session's current utterance (barge-in)
-            if utterance is not None:
-                self._stop(utterance, by=request.id)
+            if (playing := self._playing(session)) is not None:
+                self._stop(playing, by=request.id)
             self._current[session] = target
-        target.text, target.final, target.chars = text, request.final, total
+            session.accept(target)
+        target.text += request.text  # the runner may have cut phrases from its head meanwhile
+        target.final, target.chars = request.final, target.chars + len(request.text)
         if not (target.synthesizing or target in self._queue):  # else the runner looks again after it
             self._schedule(target)
 
-    def cancel(self, session: Session, request: Cancel) -> None:
-        utterance = self._current.get(session)
+    def cancel(self, session: Owner, request: Cancel) -> None:
+        utterance = self._playing(session)
         if utterance is None or utterance.id != request.id:
             raise ProtocolError("unknown_utterance", f"no utterance {request.id!r} is playing", request.id)
         self._stop(utterance, by=None)
 
-    def close_session(self, session: Session) -> None:
+    def close_session(self, session: Owner) -> None:
         utterance = self._current.pop(session, None)
         if utterance is not None:
             utterance.stopped = True
 
     def _stop(self, utterance: Utterance, by: str | None) -> None:
-        utterance.stopped = True
-        self._current.pop(utterance.session, None)
         self.metrics.speech_cancelled.inc()
-        utterance.session.emit(Cancelled(id=utterance.id, by=by))
+        self._end(utterance, Cancelled(id=utterance.id, by=by))
+
+    def _end(self, utterance: Utterance, outcome: Outcome) -> None:
+        """Its last answer: no audio of it follows (a piece still decoding is dropped when it returns)."""
+        utterance.stopped = True
+        if self._current.get(utterance.owner) is utterance:
+            del self._current[utterance.owner]
+        if isinstance(outcome, Error):
+            self.metrics.errors.labels(outcome.code).inc()
+        utterance.owner.answer(utterance, outcome)
 
     def _split(self, text: str, first_max_chars: int, request_id: str | None = None) -> list[str]:
         try:
@@ -214,18 +249,23 @@ class SpeechRunner(Runner):
         except SpeechError as exc:
             raise ProtocolError(exc.code, str(exc), request_id) from exc
 
-    def _next_phrase(self, utterance: Utterance) -> str | None:
-        """Cut the next phrase if it is complete: a whole sentence, or the first clause (or a few
-        words) of a sentence whose end has not arrived yet."""
-        for cut in (self.config.max_text_chars, self._clause_limit(utterance.text)):
-            head, *rest = self._split(utterance.text, cut)
-            # The last phrase may still grow, unless the text is final or ends a sentence.
-            if rest or utterance.final or SENTENCE_DONE.search(utterance.text):
-                tail = " ".join(rest)
-                utterance.text = tail + (" " if tail and utterance.text[-1:].isspace() else "")
-                # A comma's pause would be decoded only to be trimmed.
-                return CLAUSE_TAIL.sub("", head) or head
-        return None
+    def _next_phrase(self, text: str, final: bool) -> tuple[str | None, str]:
+        """(worker thread) The next phrase of `text`, if complete, and the text left after it: a whole
+        sentence, or the first clause (or a few words) of a sentence whose end has not arrived yet.
+        Text with nothing speakable (")))") waits for more, or is dropped once final."""
+        try:
+            for cut in (self.config.max_text_chars, self._clause_limit(text)):
+                head, *rest = self._split(text, cut)
+                # The last phrase may still grow, unless the text is final or ends a sentence.
+                if rest or final or SENTENCE_DONE.search(text):
+                    tail = " ".join(rest)
+                    # A comma's pause would be decoded only to be trimmed.
+                    return CLAUSE_TAIL.sub("", head) or head, tail + (" " if tail and text[-1:].isspace() else "")
+        except ProtocolError as error:
+            if error.code != "empty_text":
+                raise
+            return None, "" if final else text
+        return None, text
 
     def _clause_limit(self, text: str) -> int:
         """The first clause, if it ends within CLAUSE_CHARS, else that many characters; but all of its
@@ -250,64 +290,75 @@ class SpeechRunner(Runner):
         fits = [end for end in ends if end - phrase.decoded <= frames]
         return fits[-1] if fits else phrase.decoded + frames
 
-    def _decode_next(self, utterance: Utterance, text: str | None) -> np.ndarray:
-        """(worker thread) Start the phrase `text` if given, and decode the next piece of it."""
-        if text is not None:
-            phonemes = self.model.phonemize(text, self.config.language)
+    def _decode_next(self, utterance: Utterance, text: str, final: bool) -> tuple[np.ndarray | None, str | None]:
+        """(worker thread) With no phrase under way, cut the next one from `text`; decode its next piece.
+        Returns the audio (None: no complete phrase yet) and the text left (None: `text` untouched)."""
+        left = None
+        if utterance.phrase is None:
+            phrase_text, left = self._next_phrase(text, final)
+            if phrase_text is None:
+                return None, left
+            phonemes = self.model.phonemize(phrase_text, self.config.language)
             utterance.phrase = self.model.prepare(phonemes, utterance.voice, utterance.speed)
         phrase = utterance.phrase
         audio = self.model.decode(phrase, self._piece_end(utterance, phrase))
         if phrase.done:
             utterance.phrase = None
-        return audio
+        return audio, left
 
     def _schedule(self, utterance: Utterance) -> None:
-        """Queue it for the worker if a piece of it is ready to decode; finish it if nothing is left."""
+        """Queue it for the worker if a piece of it may be ready to decode; finish it if nothing is left."""
         if utterance.done:
             self._finish(utterance)
-        elif utterance.phrase is not None or self._next_phrase_ready(utterance):
+        elif utterance.phrase is not None or (utterance.text.strip()
+                                              and utterance.tried != (utterance.text, utterance.final)):
             self._queue.append(utterance)
             self._wake.set()
 
-    def _next_phrase_ready(self, utterance: Utterance) -> bool:
-        """A complete phrase is waiting (the same test as `_next_phrase` at its shortest cut)."""
-        return bool(utterance.text.strip()) and (
-            utterance.final or bool(SENTENCE_DONE.search(utterance.text))
-            or len(self._split(utterance.text, self._clause_limit(utterance.text))) > 1)
-
     # ------------------------------------------------------------------ synthesis (worker thread)
 
-    async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def serve(self) -> None:
         while True:
+            self._in_hand = None
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
             utterance = self._queue.popleft()
-            if utterance.stopped:
+            if utterance.stopped or not utterance.owner.owes(utterance):
                 continue
+            self._in_hand = utterance
             utterance.synthesizing = True
+            text, final = utterance.text, utterance.final
+            utterance.tried = (text, final)
             try:
-                text = None if utterance.phrase is not None else self._next_phrase(utterance)
-                if utterance.phrase is None and text is None:  # no complete phrase after all: wait for more text
-                    continue
                 async with self.turn():
                     started = time.perf_counter()
-                    audio = await loop.run_in_executor(self._executor, self._decode_next, utterance, text)
+                    audio, left = await self.compute(self._decode_next, utterance, text, final,
+                                                     deadline_s=self._deadline(utterance, text))
+            except ComputeTimeout as timeout:
+                self._end(utterance, timeout_error(utterance, timeout))
+                self.drain("not_ready", "speech is recovering from a stalled computation; send again later")
+                await self.recover()
+                continue
+            except ProtocolError as error:  # text that reached the model and cannot be spoken
+                self._end(utterance, Error(id=utterance.id, code=error.code, message=error.message))
+                continue
             except Exception as exc:  # one bad phrase must not stop the runner
-                log.exception("speech synthesis failed")
-                utterance.stopped = True
-                self._current.pop(utterance.session, None)
                 self.metrics.errors.labels("internal").inc()
-                utterance.session.emit(Error(id=utterance.id, code="internal", message=f"synthesis failed: {exc}"))
+                self.fail([utterance], exc, "synthesis failed")
+                utterance.stopped = True
+                self._current.pop(utterance.owner, None)
                 continue
             finally:
                 utterance.synthesizing = False
             if utterance.stopped:  # cancelled while this piece was decoded: drop it
                 continue
-            utterance.synth_ms += (time.perf_counter() - started) * 1000
-            self._send(utterance, audio)
-            self._schedule(utterance)  # its next phrase, after the other sessions' turns
+            if left is not None:
+                utterance.text = left + utterance.text[len(text):]
+            if audio is not None:
+                utterance.synth_ms += (time.perf_counter() - started) * 1000
+                self._send(utterance, audio)
+            self._schedule(utterance)  # its next piece, after the other sessions' turns
 
     def _send(self, utterance: Utterance, audio: np.ndarray) -> None:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
@@ -316,17 +367,17 @@ class SpeechRunner(Runner):
             utterance.first_audio_at = time.perf_counter()
             self.metrics.speech_ttfa.observe(utterance.first_audio_at - utterance.received_at)
         for begin in range(0, len(pcm), step):
-            utterance.session.emit(Audio(id=utterance.id, seq=utterance.seq, sample_rate=self.model.sample_rate,
-                                         pcm=pcm[begin:begin + step].tobytes()))
+            utterance.owner.answer(utterance, Audio(id=utterance.id, seq=utterance.seq,
+                                                    sample_rate=self.model.sample_rate,
+                                                    pcm=pcm[begin:begin + step].tobytes()), final=False)
             utterance.seq += 1
         utterance.samples += len(pcm)
         self.metrics.speech_seconds.inc(len(pcm) / self.model.sample_rate)
 
     def _finish(self, utterance: Utterance) -> None:
-        self._current.pop(utterance.session, None)
         now = time.perf_counter()
         ttfa = (utterance.first_audio_at or now) - utterance.received_at
-        utterance.session.emit(SpeechEnd(
+        self._end(utterance, SpeechEnd(
             id=utterance.id, chunks=utterance.seq, samples=utterance.samples, sample_rate=self.model.sample_rate,
             timings={"ttfa_ms": round(ttfa * 1000, 3), "synth_ms": round(utterance.synth_ms, 3),
                      "total_ms": round((now - utterance.received_at) * 1000, 3)}))

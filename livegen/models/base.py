@@ -66,6 +66,10 @@ class ImageGenerator(ABC):
     def name(self) -> str:
         return self.description.name
 
+    def warm_guidances(self) -> list[float]:
+        """A guidance for each shape guidance can give the denoiser (the warm-up runs each), the default last."""
+        return [self.description.default_guidance]
+
     @abstractmethod
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
         """Encode one prompt. Engines cache the result; it must not depend on anything else."""

@@ -34,15 +34,19 @@ _AMERICAN = [("o^ʊ", "O"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɪə", "iə"
 _BRITISH = [("ə^ʊ", "Q"), ("e^ə", "ɛː"), ("i^ə", "ɪə"), ("iə", "ɪə")]
 
 _ALLOWED_CONTROLS = {"\n", "\r", "\t"}
+# Latin Extended-D/E and the scripts beside them: espeak-ng 1.51 switches language on each (espeak-ng#950)
+_SWITCHES_LANGUAGE = range(0xA700, 0xAC00)
 _espeak_lock = threading.Lock()  # libespeak-ng keeps global state: one call at a time
 
 
 def unsupported_characters(text: str, language: str = "en-us") -> list[str]:
     """Characters espeak would misread, in order of first appearance.
 
-    Control and private-use characters are never accepted. For English, letters must be Latin
-    script: espeak reads other scripts as "Chinese letter" and the like, which is worse than an
-    error. Digits, punctuation and symbols (currency, emoji) are read out by espeak.
+    Control and private-use characters are never accepted, nor U+A700-U+ABFF: on any of them
+    espeak-ng switches to another language's rules for the rest of the text ("hello" comes out
+    "hˈʌlʌ"). For English, letters must be Latin script: espeak reads other scripts as "Chinese
+    letter" and the like, which is worse than an error. Digits, punctuation and symbols (currency,
+    emoji) are read out by espeak.
     """
     bad: list[str] = []
     english = language.startswith("en")
@@ -50,6 +54,7 @@ def unsupported_characters(text: str, language: str = "en-us") -> list[str]:
         category = unicodedata.category(char)
         rejected = (
             (category[0] == "C" and char not in _ALLOWED_CONTROLS)
+            or ord(char) in _SWITCHES_LANGUAGE
             or (english and category[0] == "L" and "LATIN" not in unicodedata.name(char, ""))
         )
         if rejected and char not in bad:
@@ -75,6 +80,9 @@ def espeak_ipa(text: str, language: str = "en-us") -> str:
     """espeak-ng's IPA for text, stress marks and punctuation kept, ties written as ^."""
     backend = _backend(language)
     with _espeak_lock:
+        # A character of another script can switch espeak's language and leave it switched: every
+        # later call, from any session, would be read with that language's rules (espeak-ng#950).
+        backend._espeak.set_voice(language)  # 0.1 ms; phonemizer has no public way to reset it
         # espeak may answer one input line with several clauses: join them
         return " ".join(part.strip() for part in backend.phonemize([text], strip=True)).strip()
 
@@ -92,6 +100,7 @@ def to_kokoro(ipa: str, language: str = "en-us") -> str:
     return ipa.replace(_TIE, "")
 
 
+@lru_cache(maxsize=1024)  # the speech runner splits an utterance again as each piece of it arrives
 def phonemize(text: str, language: str = "en-us") -> str:
     """Text -> Kokoro phonemes. Symbols the model's vocabulary lacks are the caller's to filter."""
     return to_kokoro(espeak_ipa(text, language), language)

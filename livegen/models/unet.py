@@ -16,6 +16,8 @@ import torch
 from livegen.models.base import BatchSpec, PromptEmbedding
 from livegen.models.pipeline import DiffusersGenerator
 
+CFG_GUIDANCE = 2.0  # any guidance above 1 turns classifier-free guidance on, which the warm-up must see
+
 
 class StableDiffusionGenerator(DiffusersGenerator):
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
@@ -37,6 +39,13 @@ class StableDiffusionGenerator(DiffusersGenerator):
     @property
     def guidance_embedding_dim(self) -> int | None:
         return self.pipe.unet.config.time_cond_proj_dim
+
+    def warm_guidances(self) -> list[float]:
+        """Classifier-free guidance (above 1, without a guidance embedding) doubles the batch: on and off."""
+        default = self.description.default_guidance
+        if self.guidance_embedding_dim is not None:
+            return [default]
+        return [CFG_GUIDANCE if default <= 1.0 else 0.0, default]
 
     def unet_conditioning(self, stacked: dict[str, torch.Tensor], spec: BatchSpec) -> dict:
         return {"encoder_hidden_states": stacked["prompt_embeds"]}

@@ -17,8 +17,11 @@ checked, so `valid` and `trusted` answer different questions.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
+import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from livegen import __version__
+from livegen.protocol import Frame, Generate
+
+log = logging.getLogger(__name__)
 
 GENERATION_LABEL = "org.livegen.generation"
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -144,8 +150,31 @@ def _read(path: Path, what: str) -> bytes:
                               "(init_keys makes a development chain)") from exc
 
 
+def generation_record(frame: Frame, request: Generate, guidance: float) -> dict:
+    """What made the frame, for its Content Credentials: settings and a hash of the prompt,
+    never the prompt itself."""
+    return {"model": frame.model, "steps": request.steps, "seed": frame.seed, "guidance": guidance,
+            "size": f"{frame.width}x{frame.height}", "image_to_image": request.image is not None,
+            "prompt_sha256": hashlib.sha256(request.prompt.encode()).hexdigest()}
+
+
+def load_provenance(directory: Path) -> Provenance:
+    """The signing keys for Content Credentials; a development chain if none are there yet."""
+    keys = SigningKeys.in_directory(directory)
+    if not keys.cert_chain.exists() and not keys.private_key.exists():
+        try:
+            init_keys(directory)
+        except OSError as exc:
+            raise ProvenanceError(f"cannot make a development signing chain in {directory} ({exc}): set "
+                                  "LIVEGEN_SAFETY__KEYS (--keys) to a writable folder, or put a chain there") from exc
+        log.warning("made a development signing chain in %s: exports are signed, but trusted only where "
+                    "its root.pem is; put a real chain and key there for production", directory)
+    return Provenance(keys)
+
+
 class Provenance:
-    """Signs images with one key; the keys are read and checked once, here."""
+    """Signs images with one key; the keys are read and checked once, here. Signing runs on worker
+    threads, one at a time: the signer is shared and c2pa does not promise it is thread-safe."""
 
     def __init__(self, keys: SigningKeys):
         chain_pem = _read(keys.cert_chain, "certificate chain")
@@ -169,6 +198,7 @@ class Provenance:
             raise ProvenanceError(f"c2pa rejected the signing keys {keys.cert_chain}, {keys.private_key} "
                                   f"(algorithm {keys.algorithm}): {exc}") from exc
         self.keys = keys
+        self._signing = threading.Lock()
 
     def sign(self, image: bytes, mime_type: str, generation: dict) -> bytes:
         """Return the image with an embedded, signed C2PA manifest.
@@ -192,8 +222,9 @@ class Provenance:
         }
         signed = io.BytesIO()
         try:
-            builder = c2pa.Builder(manifest, context=self._context)
-            builder.sign(self._signer, mime_type, io.BytesIO(image), signed)
+            with self._signing:
+                builder = c2pa.Builder(manifest, context=self._context)
+                builder.sign(self._signer, mime_type, io.BytesIO(image), signed)
         except c2pa.C2paError as exc:
             raise ProvenanceError(f"cannot sign this {mime_type} image: {exc}") from exc
         return signed.getvalue()

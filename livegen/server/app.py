@@ -13,11 +13,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from livegen import __version__
 from livegen.engine import Engine, EngineBusy
 from livegen.engine.images import MEDIA_TYPES
-from livegen.protocol import Blocked, Error, Frame, Generate, ProtocolError, json_schema, parse_generate
+from livegen.protocol import Blocked, Error, Frame, Generate, ProtocolError, decode_map, json_schema, parse_generate
 from livegen.server.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
@@ -25,27 +26,54 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 HTTP_STATUS = {
     "not_ready": 503, "too_many_sessions": 503, "unknown_model": 404, "internal": 500,
-    "message_too_large": 413, "malformed": 400,
+    "message_too_large": 413, "malformed": 400, "nesting_too_deep": 400,
 }
+OTHER_ERROR_STATUS = 422  # `invalid` and every code not named above
 
 
 def _error_response(error: Error) -> JSONResponse:
-    return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, 422))
+    return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, OTHER_ERROR_STATUS))
 
 
-def _parse_body(raw: bytes, limit: int) -> Generate:
-    """A /v1/generate body: the fields of a `generate` message; `type` and `id` may be left out."""
-    if len(raw) > limit:
-        raise ProtocolError("message_too_large", f"body is {len(raw)} bytes; at most {limit}")
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body as it streams in, refused as soon as it passes `limit`: never held whole before the check."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ProtocolError("message_too_large", f"body is {declared} bytes; at most {limit}")
+    body = bytearray()
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise ProtocolError("malformed", f"body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ProtocolError("malformed", "body must be a JSON object")
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ProtocolError("message_too_large", f"body is over {limit} bytes, the most this server takes")
+    except ClientDisconnect as exc:
+        raise ProtocolError("malformed", "the client left before the body ended") from exc
+    return bytes(body)
+
+
+def _parse_body(raw: bytes) -> Generate:
+    """A /v1/generate body: the fields of a `generate` message; `type` and `id` may be left out."""
+    body = decode_map(raw, "json")
     body.setdefault("type", "generate")
     body.setdefault("id", "http")
     return parse_generate(body)
+
+
+def _body_schema() -> dict:
+    """What `_parse_body` takes, for the OpenAPI document: `type` and `id` optional, `image` base64 text."""
+    schema = Generate.model_json_schema()
+    schema["required"] = ["prompt"]
+    schema["properties"]["image"]["anyOf"][0] = {"type": "string", "contentEncoding": "base64"}
+    return schema
+
+
+def _error_responses() -> dict[int | str, dict]:
+    """For the OpenAPI document: each failure status of /v1/generate is an `error` message with these codes."""
+    codes: dict[int, list[str]] = {OTHER_ERROR_STATUS: ["`invalid` and any code not listed elsewhere"]}
+    for code, status in HTTP_STATUS.items():
+        codes.setdefault(status, []).append(f"`{code}`")
+    return {status: {"model": Error, "description": "An `error` message: " + ", ".join(names)}
+            for status, names in sorted(codes.items())}
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -70,20 +98,23 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/livez")
     async def livez() -> dict:
-        return {"status": "ok"}
+        """The event loop runs (this answer is proof); a loop stuck past --loop-stall-seconds ends the process."""
+        return {"status": "ok", "event_loop_lag_ms": round(engine.watchdog.lag_s * 1000, 3)}
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        """200 only while every model is warm and serving: 503 with the reasons while loading, while a
+        runner is dead or stalled, and from the moment a drain begins."""
+        reasons = engine.unready_reasons()
         body = {
-            "ready": engine.ready,
+            "ready": not reasons,
             "models": {runner.name: runner.ready for runner in engine.all_runners},
-            "error": engine.start_error,
+            "reasons": reasons,
+            "error": engine.start_error or reasons.get("server"),
             "speech_error": engine.speech_error,
             "safety": engine.safety(),
         }
-        if not engine.all_runners:
-            body["error"] = "no model configured: start with --model PATH"
-        return JSONResponse(body, status_code=200 if engine.ready else 503)
+        return JSONResponse(body, status_code=200 if not reasons else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -99,17 +130,18 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post(
         "/v1/generate",
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": Generate.model_json_schema()}}}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _body_schema()}}}},
         responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()},
                          "description": "The image, with signed Content Credentials; timings in the "
                                                 "X-Livegen-Timings header."},
-                   403: {"description": "A `blocked` message: safety stopped the input."}},
+                   403: {"model": Blocked, "description": "A `blocked` message: safety stopped the input."},
+                   **_error_responses()},
     )
     async def generate(request: Request) -> Response:
         """One image per request: the same engine and checks as the stream, without a socket."""
         try:
-            outcome = await engine.generate(_parse_body(await request.body(), engine.settings.max_message_bytes))
+            request_body = await _read_body(request, engine.settings.max_message_bytes)
+            outcome = await engine.generate(_parse_body(request_body))
         except (ProtocolError, EngineBusy) as exc:
             error = exc if isinstance(exc, ProtocolError) else ProtocolError("too_many_sessions", str(exc))
             engine.metrics.errors.labels(error.code).inc()
