@@ -95,13 +95,15 @@ def serve(
         help="On SIGTERM, how long running work may take to finish before sockets close (default 10).")] = None,
     deadline_seconds: Annotated[float | None, typer.Option(
         help="A batch computing longer is answered `timeout` (default: 10x the slowest warm-up, at least 5).")] = None,
+    loop_stall_seconds: Annotated[float | None, typer.Option(
+        help="Exit when the event loop has not run this long, for a supervisor to restart (default 30; 0: never).")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
 
     settings = _settings(model, size, device, dtype, family, compile, tiny_vae, lora, host=host, port=port,
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms, drain_seconds=drain_seconds,
-                         deadline_s=deadline_seconds)
+                         deadline_s=deadline_seconds, loop_stall_seconds=loop_stall_seconds)
     if not speech:
         settings.speech = None
     safety = {"policy": policy, "output_checker": output_checker, "keys": keys}
@@ -138,7 +140,7 @@ def generate(
     strength: Annotated[float, typer.Option()] = 0.5,
 ) -> None:
     """Generate one image through a running server (--url) or in this process (--model)."""
-    from livegen.client import Client, GenerationError
+    from livegen.client import Client, ConnectionLost, GenerationError
     from livegen.protocol import Frame, Generate
 
     suffix = output.suffix.lower().lstrip(".")
@@ -162,7 +164,7 @@ def generate(
             _check_models(settings)
             _quiet_libraries()
             frame = asyncio.run(_generate_in_process(settings, Generate(id="cli", prompt=prompt, **fields)))
-    except GenerationError as exc:
+    except (GenerationError, ConnectionLost) as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(1) from exc
     assert isinstance(frame, Frame)
@@ -179,7 +181,7 @@ def say(
     speed: Annotated[float, typer.Option(min=0.5, max=2.0)] = 1.0,
 ) -> None:
     """Speak text into a WAV file, streamed through a running server (--url) or in this process."""
-    from livegen.client import Client, GenerationError
+    from livegen.client import Client, ConnectionLost, GenerationError
 
     if url is None:
         asyncio.run(_say_in_process(text, output, voice, speed))
@@ -187,7 +189,7 @@ def say(
     try:
         with Client(url) as client:
             speech = client.say(text, voice=voice, speed=speed)
-    except GenerationError as exc:
+    except (GenerationError, ConnectionLost) as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(1) from exc
     speech.save(output)
@@ -563,6 +565,22 @@ def bench_model(model: ModelPathOption = None, size: BenchSizeOption = None,
     _quiet_libraries()
     run(_bench_model(model, size), 3 if quick else images, output)
     _show(output, "model")
+
+
+@bench_app.command("fuzz")
+def bench_fuzz(url: Annotated[str | None, typer.Option(help="A running server; else one is started (embedded model, speech).")] = None,
+               messages: Annotated[int, typer.Option(help="WebSocket messages in all.")] = 10_000,
+               sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 8,
+               seed: Annotated[int, typer.Option(help="The same seed sends the same messages.")] = 0,
+               quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Hostile and mutated messages: crashed sessions, lost and duplicated outcomes, HTTP 5xx; each must be 0."""
+    from livegen.bench.fuzz import run
+
+    _quiet_libraries()
+    results = run(url, 400 if quick else messages, 4 if quick else sessions, seed, output)
+    _show(output, "fuzz")
+    if not results["passed"]:
+        raise typer.Exit(1)
 
 
 def _bench_model(model: Path | None, size: str | None) -> ModelConfig:

@@ -2,7 +2,7 @@
 drain's `shutting_down` and 1001 close, and a server that never returns (they give up in budget).
 
 The server tests run a real `python -m livegen serve` process on one fixed port that a test kills
-(SIGKILL) and starts again; each start takes several seconds, so the process is shared by the
+(SIGKILL) or drains (SIGTERM) and starts again; each start takes several seconds, so the process is shared by the
 module and a test leaves it running. What a real server cannot be made to do on cue (cut an
 utterance, answer `shutting_down`) is played by a scripted stand-in on loopback.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -41,7 +40,7 @@ QUICK = Reconnect(first_delay=0.05, min_delay=0.05, max_delay=0.5)
 
 
 class RestartableServer:
-    """`livegen serve` on one port, killed and started again by the tests."""
+    """`livegen serve` on one port, killed or drained and started again by the tests."""
 
     def __init__(self, model: Path):
         self.port = free_port()
@@ -55,6 +54,13 @@ class RestartableServer:
     def kill(self) -> None:
         assert self.process is not None
         self.process.kill()
+        self.process = None
+
+    def drain(self) -> None:
+        """SIGTERM: the server drains, closes every socket with 1001 and exits."""
+        assert self.process is not None
+        self.process.process.terminate()
+        self.process.process.wait()
         self.process = None
 
 
@@ -76,48 +82,43 @@ def restartable(serving: RestartableServer) -> RestartableServer:
 
 @pytest.mark.timeout(180)
 async def test_a_frames_loop_and_a_generate_loop_carry_on_across_a_server_restart(restartable):
-    killed = threading.Event()
+    def generating(client: Client, seeds: list[int]) -> list[Frame]:
+        return [client.generate("a red fox", seed=seed) for seed in seeds]
 
-    def generating() -> tuple[str, str, list[Frame]]:
-        with Client(restartable.url, reconnect=QUICK) as client:
+    with Client(restartable.url, reconnect=QUICK) as sync_client:
+        sync_first_session = sync_client.hello.session
+        sync_frames = generating(sync_client, [0, 1])
+        async with AsyncClient(restartable.url, reconnect=QUICK) as client:
             first_session = client.hello.session
-            frames = [client.generate("a red fox", seed=seed) for seed in (0, 1)]
-            killed.wait()
-            frames += [client.generate("a red fox", seed=seed) for seed in (2, 3)]
-        return first_session, client.hello.session, frames
-
-    generate_loop = asyncio.create_task(asyncio.to_thread(generating))
-    restart = None
-    async with AsyncClient(restartable.url, reconnect=QUICK) as client:
-        first_session = client.hello.session
-        sent = [await client.send("a red fox", seed=0)]
-        received: list[str] = []
-        try:
-            async for frame in client.frames():  # one input in flight at a time: each frame sends the next
-                received.append(frame.id)
-                if len(received) == 6:
-                    break
-                sent.append(await client.send("a red fox", seed=len(received)))
-                if len(received) == 3:  # the input just sent is in flight when the server dies
-                    restartable.kill()
-                    killed.set()
-                    restart = asyncio.create_task(asyncio.to_thread(restartable.start))
-        finally:
-            killed.set()
-            if restart is not None:
-                await restart
+            sent = [await client.send("a red fox", seed=0)]
+            received: list[str] = []
+            restart = generate_loop = None
+            try:
+                async for frame in client.frames():  # one input in flight at a time: each frame sends the next
+                    received.append(frame.id)
+                    if len(received) == 6:
+                        break
+                    sent.append(await client.send("a red fox", seed=len(received)))
+                    if len(received) == 3:  # the input just sent is in flight when the server dies
+                        restartable.kill()
+                        restart = asyncio.create_task(asyncio.to_thread(restartable.start))
+                        generate_loop = asyncio.create_task(asyncio.to_thread(generating, sync_client, [2, 3]))
+            finally:
+                for task in (restart, generate_loop):
+                    if task is not None:
+                        await task
+            sync_frames += generate_loop.result()
     assert received == sent  # the input cut off by the kill was resent and answered, none lost
     assert client.hello.session != first_session
-    first_sync_session, last_sync_session, frames = await generate_loop
-    assert [frame.seed for frame in frames] == [0, 1, 2, 3]
-    assert last_sync_session != first_sync_session
+    assert [frame.seed for frame in sync_frames] == [0, 1, 2, 3]  # 2 was sent while the server was down
+    assert sync_client.hello.session != sync_first_session
 
 
 @pytest.mark.timeout(180)
 async def test_an_input_sent_while_the_server_is_down_gets_its_frame_after_it_returns(restartable):
     async with AsyncClient(restartable.url, reconnect=QUICK) as client:
         await client.generate("a red fox")
-        restartable.kill()
+        await asyncio.to_thread(restartable.drain)
         older = await client.send("a red fox", seed=1)
         newest = await client.send("a blue fox", seed=2)
         await asyncio.to_thread(restartable.start)
@@ -155,7 +156,7 @@ async def test_both_clients_give_up_after_their_budget_when_the_server_never_ret
 
 # ---------------------------------------------------------------- a scripted stand-in server
 
-Script = Callable[[ServerConnection], Awaitable[None]]
+Script = Callable[[ServerConnection, str], Awaitable[None]]
 STAND_IN_HELLO = dict(ready=True, models=[], max_message_bytes=65536, max_prompt_chars=1000)
 
 

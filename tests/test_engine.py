@@ -8,6 +8,7 @@ import pytest
 
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine, EngineBusy
+from livegen.models.base import BatchSpec
 from livegen.protocol import Frame, Generate
 
 
@@ -224,3 +225,66 @@ async def test_similarity_filter_skips_a_still_camera_frame_and_not_a_moving_one
     await send("new prompt", _camera_frame(shift=80), seed=5)  # same picture, other settings: must run
     assert (await session.next_outcome()).type == "frame"
     assert engine.metrics.skipped._value.get() == 1
+
+
+async def test_warm_up_runs_every_shape_guidance_on_and_off_image_to_image_and_each_batch_size(tiny_sd, monkeypatch):
+    from livegen.engine.image_runner import ImageRunner
+
+    ran: set[tuple] = set()
+    compute = ImageRunner._compute
+
+    def spy(self, tasks):
+        ran.add((tasks[0].spec, len(tasks)))
+        return compute(self, tasks)
+
+    monkeypatch.setattr(ImageRunner, "_compute", spy)
+    engine = Engine(settings_for(tiny_sd))
+    await engine.start()
+    await engine.stop()
+    guidances = {spec.guidance for spec, _ in ran}
+    assert 0.0 in guidances and any(g > 1 for g in guidances), "classifier-free guidance off and on"
+    for size in [(64, 64), (128, 128)]:
+        for batch in range(1, 5):
+            for strength in (0.5, None):
+                for guidance in guidances:
+                    assert (BatchSpec(*size, 1, guidance, strength), batch) in ran
+
+
+def test_the_watchdog_measures_loop_lag_and_acts_when_the_loop_is_stuck():
+    import time
+
+    from livegen.engine.metrics import EngineMetrics
+    from livegen.engine.watchdog import LoopWatchdog
+
+    stalls: list[float] = []
+    metrics = EngineMetrics()
+
+    async def block_the_loop() -> None:
+        watchdog = LoopWatchdog(metrics, stall_s=0.3, on_stall=stalls.append)
+        watchdog.start()
+        await asyncio.sleep(0.2)
+        assert not stalls
+        time.sleep(0.8)  # what a blocking call on the event loop does
+        await asyncio.sleep(0.1)
+        watchdog.stop()
+
+    asyncio.run(block_the_loop())
+    assert stalls and stalls[0] > 0.3
+    lags = metrics.registry.get_sample_value("livegen_event_loop_lag_seconds_bucket", {"le": "0.5"})
+    count = metrics.registry.get_sample_value("livegen_event_loop_lag_seconds_count")
+    assert count >= 3 and lags < count, "the blocked beat is counted late"
+
+
+async def test_the_similarity_filter_only_reuses_an_input_that_made_a_frame(engine):
+    """A still camera is never told `skipped` in favour of an input that was blocked (or failed, or
+    superseded): the filter compares with the input of the session's latest frame."""
+    session = engine.open_session()
+    still = _camera_frame()
+    for id in ("blocked", "still blocked"):
+        await engine.submit(session, Generate(id=id, prompt="explicit porn", image=still, similarity_filter=0.98))
+        assert (await session.next_outcome()).type == "blocked"
+    await engine.submit(session, Generate(id="shown", prompt="a fox", image=still, similarity_filter=0.98))
+    assert (await session.next_outcome()).type == "frame"
+    await engine.submit(session, Generate(id="again", prompt="a fox", image=still, similarity_filter=0.98))
+    skipped = await session.next_outcome()
+    assert (skipped.type, skipped.frame) == ("skipped", "shown")

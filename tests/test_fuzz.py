@@ -16,9 +16,13 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from livegen.protocol import MAX_NESTING, Error, Outcome, decode_server_message
+from livegen.bench.fuzz import Session as FuzzSession
+from livegen.cli import app
+from livegen.protocol import MAX_NESTING, Cancelled, Error, Outcome, Superseded, decode_server_message, encode
 
 FINAL = {"frame", "superseded", "skipped", "blocked", "exported", "error", "speech_end", "cancelled"}
 # Codes a hostile message may get from the test server (no speech model); `internal` would be a bug.
@@ -232,3 +236,52 @@ def test_a_lone_surrogate_in_an_id_is_refused_before_it_could_break_the_reply(se
     outcome = session.ask('{"type": "generate", "id": "named", "prompt": "\\udfff"}')
     assert (outcome.code, outcome.id) == ("invalid", "named")
     session.still_generates()
+
+
+# ---------------------------------------------------------------- what does close a session: the transport
+
+
+def test_a_message_over_the_transport_cap_closes_the_session_with_1009(session):
+    session.socket.send(b"x" * (4 * 64 * 1024 + 1))  # 4 x max_message_bytes, as `livegen serve` sets it
+    with pytest.raises(ConnectionClosed) as closed:
+        session.socket.recv(timeout=10)
+    assert closed.value.rcvd.code == 1009
+
+
+def test_a_text_frame_that_is_not_utf8_closes_the_session_with_1007(session):
+    with session.socket.send_context():  # the client library would refuse to send it
+        session.socket.protocol.send_text(b'{"type": "generate", "id": "\xff"}')
+    with pytest.raises(ConnectionClosed) as closed:
+        session.socket.recv(timeout=10)
+    assert closed.value.rcvd.code == 1007
+
+
+# ---------------------------------------------------------------- `livegen bench fuzz`
+
+
+def test_bench_fuzz_quick_finds_nothing_lost_duplicated_or_crashed(server, tmp_path):
+    result = CliRunner().invoke(app, ["bench", "fuzz", "--quick", "--url", server.url, "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "fuzz.json").read_text())
+    assert (results["messages"], results["sessions"]) == (400, 4) and results["http_requests"] > 0
+    assert results["counts"] == dict.fromkeys(results["counts"], 0) and results["passed"]
+    assert {"malformed", "invalid", "nesting_too_deep", "no_speech_model"} <= set(results["error_codes"])
+    assert results["outcomes"]["frame"] > 0
+    assert "lost outcomes | 0" in (tmp_path / "fuzz.md").read_text()
+
+
+def test_the_bench_ledger_counts_lost_and_duplicated_answers():
+    ledger = FuzzSession(0, "ws://unused", 0, seed=0)
+    ledger.speech, ledger.max_bytes = True, 1024
+    ledger.account(msgpack.packb({"type": "generate", "id": "a", "prompt": "x"}), "msgpack", False)
+    ledger.account(b"\xc1", "msgpack", False)  # unreadable: owed an error with a null id
+    ledger.account(msgpack.packb({"type": "speak", "id": "u", "text": "Hel", "final": False}), "msgpack", True)
+    ledger.account(msgpack.packb({"type": "speak", "id": "u", "text": "lo.", "final": True}), "msgpack", True)
+    ledger.account(msgpack.packb({"type": "cancel", "id": "u"}), "msgpack", True)
+    assert (ledger.lost(), ledger.duplicated()) == (4, 0)  # a, null, the utterance u, the cancel of u
+    ledger.take(encode(Superseded(id="a", by="b")))
+    ledger.take(encode(Error(code="malformed", message="not msgpack")))
+    ledger.take(encode(Cancelled(id="u")))  # answers the cancel and the utterance
+    assert ledger.settled() and (ledger.lost(), ledger.duplicated()) == (0, 0)
+    ledger.take(encode(Error(id="a", code="internal", message="a second answer")))
+    assert ledger.duplicated() == 1

@@ -144,9 +144,10 @@ def test_http_errors_are_counted_like_stream_errors(server):
 
 
 def test_health_endpoints(server):
-    assert httpx.get(server.url + "/livez").json() == {"status": "ok"}
+    live = httpx.get(server.url + "/livez").json()
+    assert live["status"] == "ok" and live["event_loop_lag_ms"] >= 0
     ready = httpx.get(server.url + "/readyz")
-    assert ready.status_code == 200 and ready.json()["models"] == {"tiny": True}
+    assert ready.status_code == 200 and ready.json()["models"] == {"tiny": True} and ready.json()["reasons"] == {}
 
 
 def test_metrics_expose_latency_histograms_and_counters(server):
@@ -154,7 +155,8 @@ def test_metrics_expose_latency_histograms_and_counters(server):
         client.generate("metrics")
     text = httpx.get(server.url + "/metrics").text
     for name in ("livegen_time_to_frame_seconds_bucket", 'livegen_stage_seconds_bucket{le="0.001",model="tiny",stage="denoise"}',
-                 "livegen_queue_depth", "livegen_superseded_total", "livegen_errors_total", "livegen_batch_size_bucket"):
+                 "livegen_queue_depth", "livegen_superseded_total", "livegen_errors_total", "livegen_batch_size_bucket",
+                 "livegen_event_loop_lag_seconds_bucket", "livegen_runner_restarts_total"):
         assert name in text
 
 

@@ -7,9 +7,13 @@ import json
 import time
 import wave
 
+import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
+from websockets.sync.client import connect
 
 from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
@@ -122,6 +126,68 @@ async def test_speech_and_images_share_one_session(speech_server):
         frame = await client.generate("a red fox")
         rest = await outcomes_until(client, lambda o: isinstance(o, SpeechEnd))
     assert frame.type == "frame" and rest[-1].id == "talk"
+
+
+async def test_one_speak_of_brackets_does_not_silence_speech_for_anyone(speech_server):
+    """The message that once killed the speech runner's loop: every later speak got nothing."""
+    async with AsyncClient(speech_server.ws_url) as hostile, AsyncClient(speech_server.ws_url) as other:
+        await hostile.send_raw(json.dumps({"type": "speak", "id": "a", "text": "Alright, ))))))))))) ", "final": False}))
+        await hostile.send_raw(json.dumps({"type": "speak", "id": "a", "text": "", "final": True}))
+        got = await outcomes_until(hostile, lambda o: o.type != "audio")
+        assert (got[-1].type, got[-1].id) == ("speech_end", "a") and got[-1].samples > 0
+        assert (await other.say("Still speaking.")).end is not None
+    assert httpx.get(speech_server.url + "/readyz").status_code == 200
+
+
+async def test_a_speech_model_that_raises_mid_utterance_fails_only_that_utterance(speech_server, monkeypatch):
+    runner = speech_server.engine.speech
+    decode, calls = runner.model.decode, 0
+
+    def raises_on_second_piece(phrase, end):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("onnxruntime: failed to allocate memory")
+        return decode(phrase, end)
+
+    monkeypatch.setattr(runner.model, "decode", raises_on_second_piece)
+    async with AsyncClient(speech_server.ws_url) as client:
+        await client.speak(SENTENCE, id="broken")
+        got = await outcomes_until(client, lambda o: o.type != "audio")
+        assert got[0].type == "audio" and (got[-1].type, got[-1].id, got[-1].code) == ("error", "broken", "internal")
+        assert "incident" in got[-1].message
+        assert (await client.say("Back again.")).end is not None
+    assert httpx.get(speech_server.url + "/readyz").status_code == 200
+
+
+HOSTILE_TEXT = st.one_of(
+    st.sampled_from(["", " ", "...", ")))", "(((", "12345678901234567890", "3.14", "$%&*", "\x00", "\u202e",
+                     "\U0001f600", "\u4f60\u597d", "\u0645\u0631\u062d\u0628\u0627", "\ud800", "Hel", "lo.",
+                     "x" * 400, "Okay,", " and then", "!", "\n\n"]),
+    st.text(max_size=30),
+)
+SPEAK_STEPS = st.lists(st.tuples(HOSTILE_TEXT, st.booleans(), st.booleans()), min_size=1, max_size=4)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps=SPEAK_STEPS)
+def test_any_speak_and_cancel_sequence_gets_audio_or_a_typed_error_and_speech_goes_on(speech_server, steps):
+    """Pieces two by two share an utterance id; some are cancelled. Every answer is audio, an end, a
+    cancel or a typed error (never `internal`), and a plain sentence is still spoken afterwards."""
+    with connect(speech_server.ws_url + "/v1/stream?codec=json", max_size=None) as ws:
+        ws.recv(10)  # hello
+        for n, (text, final, cancel) in enumerate(steps):
+            ws.send(json.dumps({"type": "speak", "id": f"u{n // 2}", "text": text, "final": final}))
+            if cancel:
+                ws.send(json.dumps({"type": "cancel", "id": f"u{n // 2}"}))
+        ws.send(json.dumps({"type": "speak", "id": "plain", "text": "Still here.", "final": True}))
+        answers = []
+        while (answer := json.loads(ws.recv(60)))["id"] != "plain" or answer["type"] == "audio":
+            answers.append(answer)
+    assert answer["type"] == "speech_end"
+    assert all(a["type"] in ("audio", "speech_end", "cancelled", "error") for a in answers)
+    assert "internal" not in [a.get("code") for a in answers]
+    assert httpx.get(speech_server.url + "/readyz").status_code == 200
 
 
 def recorded(spans: list, kind: str, compute):

@@ -13,6 +13,7 @@ through with only their tie bars removed.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import unicodedata
@@ -20,6 +21,7 @@ from functools import lru_cache
 
 from livegen.models.base import ModelError
 
+log = logging.getLogger(__name__)
 _TIE = "^"  # espeak joins multi-symbol phonemes with this (phonemizer's `tie` option)
 _SYLLABIC = "\u0329"  # combining vertical line below: a syllabic consonant, "button" -> bʌʔn̩
 
@@ -37,6 +39,8 @@ _ALLOWED_CONTROLS = {"\n", "\r", "\t"}
 # Latin Extended-D/E and the scripts beside them: espeak-ng 1.51 switches language on each (espeak-ng#950)
 _SWITCHES_LANGUAGE = range(0xA700, 0xAC00)
 _espeak_lock = threading.Lock()  # libespeak-ng keeps global state: one call at a time
+_PROBE = "hello seven"  # read after every call, to see that espeak still reads as it did when loaded
+_backends: dict[str, tuple[object, str]] = {}  # language -> (espeak, how it read _PROBE when loaded)
 
 
 def unsupported_characters(text: str, language: str = "en-us") -> list[str]:
@@ -62,29 +66,41 @@ def unsupported_characters(text: str, language: str = "en-us") -> list[str]:
     return bad
 
 
-@lru_cache(maxsize=8)
 def _backend(language: str):
-    try:
-        from phonemizer.backend import EspeakBackend
-    except ImportError as exc:
-        raise ModelError("English phonemes need phonemizer: pip install phonemizer") from exc
-    try:
-        return EspeakBackend(language, preserve_punctuation=True, with_stress=True, tie=_TIE,
-                             language_switch="remove-flags")
-    except RuntimeError as exc:  # no libespeak-ng, or a language it does not know
-        raise ModelError(f"espeak-ng cannot phonemize {language!r} ({exc}); on Debian: "
-                         "apt-get install espeak-ng") from exc
+    """(under _espeak_lock) The language's espeak and how it read _PROBE when loaded. Each one is
+    its own copy of libespeak-ng (phonemizer loads one per backend), so a fresh one has fresh state."""
+    if language not in _backends:
+        try:
+            from phonemizer.backend import EspeakBackend
+        except ImportError as exc:
+            raise ModelError("English phonemes need phonemizer: pip install phonemizer") from exc
+        try:
+            backend = EspeakBackend(language, preserve_punctuation=True, with_stress=True, tie=_TIE,
+                                    language_switch="remove-flags")
+        except RuntimeError as exc:  # no libespeak-ng, or a language it does not know
+            raise ModelError(f"espeak-ng cannot phonemize {language!r} ({exc}); on Debian: "
+                             "apt-get install espeak-ng") from exc
+        _backends[language] = backend, _read(backend, _PROBE)
+    return _backends[language]
+
+
+def _read(backend, text: str) -> str:
+    # espeak may answer one input line with several clauses: join them
+    return " ".join(part.strip() for part in backend.phonemize([text], strip=True)).strip()
 
 
 def espeak_ipa(text: str, language: str = "en-us") -> str:
     """espeak-ng's IPA for text, stress marks and punctuation kept, ties written as ^."""
-    backend = _backend(language)
     with _espeak_lock:
-        # A character of another script can switch espeak's language and leave it switched: every
-        # later call, from any session, would be read with that language's rules (espeak-ng#950).
-        backend._espeak.set_voice(language)  # 0.1 ms; phonemizer has no public way to reset it
-        # espeak may answer one input line with several clauses: join them
-        return " ".join(part.strip() for part in backend.phonemize([text], strip=True)).strip()
+        backend, probe = _backend(language)
+        ipa = _read(backend, text)
+        # Some characters switch espeak to another language's rules and leave it there (espeak-ng#950):
+        # every later call, from any session, would be garbled. Setting its voice again does not
+        # undo it and, called often, crashes espeak; a fresh copy (26 ms to load) starts clean.
+        if _read(backend, _PROBE) != probe:
+            log.warning("espeak-ng changed how it reads after %r; loading it again", text[:40])
+            del _backends[language]
+        return ipa
 
 
 def to_kokoro(ipa: str, language: str = "en-us") -> str:

@@ -47,6 +47,9 @@ _FEATURES = ("/encoder/MatMul_1_output_0", "/encoder/Reshape_output_0", "/encode
 _DURATIONS = "/encoder/Clip_output_0"
 FRAME = 600  # samples of audio a decoder frame makes (25 ms)
 CONTEXT_FRAMES = 4  # decoded on each side of a piece and dropped (100 ms), so the decoder sees past the cut
+# The decoder turns a window from a phrase's start shorter than 12 frames into loud noise (measured up
+# to 140x full scale on 12 phrases, 5 voices, 3 speeds; 12 to 20 frames are clean): never that short.
+START_WINDOW_FRAMES = 16
 FADE = 120  # samples (5 ms) crossfaded where two pieces of a phrase meet
 
 
@@ -310,6 +313,8 @@ class SpeechModel:
             return _trim(np.asarray(self._decoder.run(None, phrase.features)[0], np.float32).reshape(-1))
         start, end = phrase.decoded, min(max(end, phrase.decoded + 1), phrase.frames)
         first, last = max(0, start - CONTEXT_FRAMES), min(phrase.frames, end + CONTEXT_FRAMES)
+        if first == 0:
+            last = min(phrase.frames, max(last, START_WINDOW_FRAMES))
         inputs = {name: value[:, :, first:last] if value.ndim == 3 else value[:, 2 * first:2 * last]
                   for name, value in phrase.features.items() if name != "style"}
         (audio,) = self._decoder.run(None, {**inputs, "style": phrase.features["style"]})

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 HTTP_STATUS = {
-    "not_ready": 503, "too_many_sessions": 503, "unknown_model": 404, "internal": 500,
+    "not_ready": 503, "too_many_sessions": 503, "shutting_down": 503, "unknown_model": 404, "internal": 500,
+    "timeout": 504,
     "message_too_large": 413, "malformed": 400, "nesting_too_deep": 400,
 }
 OTHER_ERROR_STATUS = 422  # `invalid` and every code not named above
@@ -63,11 +64,11 @@ def _body_schema() -> dict:
     """What `_parse_body` takes, for the OpenAPI document: `type` and `id` optional, `image` base64 text."""
     schema = Generate.model_json_schema()
     schema["required"] = ["prompt"]
-    schema["properties"]["image"]["anyOf"][0] = {"type": "string", "contentEncoding": "base64"}
+    schema["properties"]["image"]["anyOf"] = [{"type": "string", "contentEncoding": "base64"}, {"type": "null"}]
     return schema
 
 
-def _error_responses() -> dict[int | str, dict]:
+def _error_responses() -> dict[int, dict]:
     """For the OpenAPI document: each failure status of /v1/generate is an `error` message with these codes."""
     codes: dict[int, list[str]] = {OTHER_ERROR_STATUS: ["`invalid` and any code not listed elsewhere"]}
     for code, status in HTTP_STATUS.items():
@@ -143,7 +144,8 @@ def create_app(engine: Engine) -> FastAPI:
             request_body = await _read_body(request, engine.settings.max_message_bytes)
             outcome = await engine.generate(_parse_body(request_body))
         except (ProtocolError, EngineBusy) as exc:
-            error = exc if isinstance(exc, ProtocolError) else ProtocolError("too_many_sessions", str(exc))
+            busy = "shutting_down" if engine.draining else "too_many_sessions"
+            error = exc if isinstance(exc, ProtocolError) else ProtocolError(busy, str(exc))
             engine.metrics.errors.labels(error.code).inc()
             return _error_response(error.to_message())
         if isinstance(outcome, Error):
