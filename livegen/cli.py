@@ -583,6 +583,27 @@ def bench_fuzz(url: Annotated[str | None, typer.Option(help="A running server; e
         raise typer.Exit(1)
 
 
+@bench_app.command("soak")
+def bench_soak(url: Annotated[str | None, typer.Option(help="A running server; else one is started (speech on).")] = None,
+               model: ModelPathOption = None, size: BenchSizeOption = None,
+               sessions: Annotated[int, typer.Option(help="Concurrent WebSocket sessions.")] = 64,
+               seconds: Annotated[float, typer.Option(help="How long the sessions send.")] = 60.0,
+               warmup: Annotated[float, typer.Option(help="Seconds before the memory baseline.")] = 10.0,
+               seed: Annotated[int, typer.Option(help="The same seed plays the same sessions.")] = 0,
+               quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Sessions that prompt, stream a camera, talk, drop and read slowly at once: nothing lost, nothing grows."""
+    from livegen.bench.soak import run
+
+    _quiet_libraries()
+    serve_args = [*(["--model", str(model)] if model else []), *(["--size", size] if size else []),
+                  *(["--max-batch", "2"] if quick else [])]  # quick: fewer batch shapes to warm
+    results = run(url, serve_args, 8 if quick else sessions, 8.0 if quick else seconds, 2.0 if quick else warmup,
+                  seed, output)
+    _show(output, "soak")
+    if not results["passed"]:
+        raise typer.Exit(1)
+
+
 def _bench_model(model: Path | None, size: str | None) -> ModelConfig:
     from livegen.config import embedded_model
 

@@ -138,3 +138,58 @@ def test_speech_similarity_is_one_for_the_same_sound_and_aligns_away_a_delay():
     assert similarity(tone, tone) == pytest.approx(1.0)
     assert similarity(tone, np.concatenate([np.zeros(2400, np.float32), tone])) > 0.9
     assert similarity(tone, np.random.default_rng(0).normal(size=24_000)) < 0.5
+
+
+def test_soak_quick_mode_answers_every_input_and_judges_by_its_own_numbers(tiny_sd: Path, tmp_path: Path):
+    from livegen.bench.soak import LAG_P99_LIMIT_MS, MEMORY_GROWTH_LIMIT_PCT, verdicts
+
+    result = CliRunner().invoke(app, ["bench", "soak", "--quick", "--model", str(tiny_sd), "--size", "64x64",
+                                      "--output", str(tmp_path)])
+    soak = load(tmp_path, "soak")
+    assert result.exit_code == (0 if soak["passed"] else 1), result.output
+    assert soak["counts"]["unanswered"] == 0, soak["unanswered_inputs"]
+    assert soak["counts"]["duplicated"] == soak["counts"]["closed by server"] == 0
+    assert soak["elapsed_s"] >= soak["nominal_seconds"] == 8 and soak["sessions"] == 8
+    assert soak["outcomes"]["frame"] > 0 and soak["outcomes"]["audio"] > 0 and soak["frame_latency"]["n"] > 0
+    connections = soak["connections"]
+    assert connections["opened"] > soak["sessions"] and connections["server sessions open after"] == 0
+    assert connections["dropped with a close frame"] + connections["dropped by cutting the connection"] > 0
+    # The verdicts are the numbers read against the targets, and the exit code follows them.
+    assert soak["verdicts"] == verdicts(soak)
+    assert soak["verdicts"]["memory"] == (soak["memory"]["growth_pct"] <= MEMORY_GROWTH_LIMIT_PCT)
+    assert soak["verdicts"]["event_loop_lag"] == (soak["event_loop_lag"]["p99_ms"] <= LAG_P99_LIMIT_MS)
+    assert soak["passed"] == all(soak["verdicts"].values())
+    assert (tmp_path / "soak.png").read_bytes()[:4] == PNG
+
+
+def test_soak_verdicts_fail_each_number_past_its_target():
+    from livegen.bench.soak import verdicts
+
+    def numbers(**changes) -> dict:
+        counts = {"unanswered": 0, "duplicated": 0, "closed by server": 0, "connect gave up": 0}
+        r = {"counts": counts, "memory": {"growth_pct": 5.0}, "event_loop_lag": {"p99_ms": 50.0}, "http": {"5xx": 0}}
+        for key, value in changes.items():
+            if key in counts:
+                counts[key] = value
+            else:
+                r[key] = value
+        return r
+
+    assert all(verdicts(numbers()).values())
+    failing = {"unanswered": numbers(unanswered=1), "duplicated": numbers(duplicated=1),
+               "connections": numbers(**{"closed by server": 1}),
+               "memory": numbers(memory={"growth_pct": 5.01}), "event_loop_lag": numbers(event_loop_lag={"p99_ms": 75.0}),
+               "http_5xx": numbers(http={"5xx": 1})}
+    for target, r in failing.items():
+        assert [key for key, met in verdicts(r).items() if not met] == [target]
+    assert verdicts(numbers(memory=None))["memory"] is None  # a server of someone else's: not measured
+
+
+def test_soak_reads_lag_p99_as_the_upper_bound_of_the_bucket_holding_it():
+    from livegen.bench.soak import lag_between
+
+    before = {"0.01": 100, "0.05": 100, "0.075": 100, "+Inf": 100, "sum": 1.0}
+    after = {"0.01": 1050, "0.05": 1090, "0.075": 1100, "+Inf": 1100, "sum": 3.0}  # 1,000 beats in between
+    lag = lag_between(before, after)
+    assert lag == {"observations": 1000, "mean_ms": 2.0, "p50_ms": 10.0, "p99_ms": 50.0, "max_ms": 75.0}
+    assert lag_between(before, {**after, "0.05": 1089})["p99_ms"] == 75.0  # one beat fewer within 50 ms

@@ -69,8 +69,10 @@ def session(server):
 
 def answered(outcome: Outcome, sent_id: Any) -> None:
     """The property every message meets: a final outcome for its own id (null if unreadable), or a typed error."""
-    names = {None, sent_id if isinstance(sent_id, str) else None}
-    if isinstance(sent_id, bytes):  # a msgpack bin where a string belongs is read as UTF-8
+    names = {None}
+    if isinstance(sent_id, str):
+        names.add(sent_id)
+    elif isinstance(sent_id, bytes):  # a msgpack bin where a string belongs is read as UTF-8
         names.add(sent_id.decode(errors="replace"))
     assert outcome.id in names, (outcome, sent_id)
     if isinstance(outcome, Error):
@@ -114,9 +116,8 @@ VALID = {
     "cancel": {"type": "cancel"},
     "export": {"type": "export"},
 }
-GENERATE_FIELDS = ["type", "id", "prompt", "blend_prompt", "blend", "model", "seed", "steps", "width", "height",
-                   "guidance", "strength", "image", "similarity_filter", "format", "quality"]
-FIELDS = sorted({*GENERATE_FIELDS, "text", "final", "voice", "speed", "colour"})
+FIELDS = ["type", "id", "prompt", "blend_prompt", "blend", "model", "seed", "steps", "width", "height", "guidance",
+          "strength", "image", "similarity_filter", "format", "quality", "text", "final", "voice", "speed", "colour"]
 
 
 @st.composite

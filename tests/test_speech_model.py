@@ -74,6 +74,15 @@ def test_a_phrase_decodes_in_pieces_at_word_ends_and_whole_as_the_uncut_model(mo
     np.testing.assert_array_equal(whole, speech._trim(audio.reshape(-1)))
 
 
+def test_pieces_cut_right_at_a_phrases_start_are_speech_not_loud_noise(model: SpeechModel):
+    """The decoder turned a window of under 12 frames from a phrase's start into noise up to 140x
+    full scale; a piece that short now gets the frames after it as context."""
+    phrase = model.prepare(model.phonemize("hello"), "jf_alpha")
+    pieces = [model.decode(phrase, end) for end in (1, 2, 3, phrase.frames)]
+    assert phrase.done and max(np.abs(piece).max() for piece in pieces) < 1.0
+    assert len(model.decode(phrase, phrase.frames)) == 0  # a finished phrase has nothing more to say
+
+
 def test_a_model_that_cannot_be_cut_speaks_each_phrase_whole(model: SpeechModel, tmp_path: Path):
     """Any Kokoro export loads by path; one without the tensors livegen cuts at runs whole."""
     import onnx

@@ -45,7 +45,7 @@ from livegen.protocol import (
 from livegen.server.background import ServeProcess, free_port
 
 FINAL = frozenset({"frame", "superseded", "skipped", "blocked", "exported", "error", "speech_end", "cancelled"})
-IDLE_TIMEOUT_S = 60.0  # a session still owed answers after this long without one has lost them
+IDLE_TIMEOUT_S = 60.0  # a session still owed answers that hears nothing for this long has lost them
 OVERSIZED_EVERY = 2000  # one message in this many is just over the server's size limit
 PROMPTS = ["a smiling cat", "a red apple", "a rocket", "a heart", "a sun with sunglasses"]
 SENTENCES = ["Hello there, how are you today?", "The train leaves at 10:45 from platform 3.",
@@ -191,7 +191,9 @@ class Session:
         self.current: str | None = None
         self.script: tuple[str, list[str]] | None = None
         self.open: set[str] = set()
-        self.last_answer = time.monotonic()
+        self.last_heard = time.monotonic()
+        self.done_sending = self.done = 0.0  # perf_counter when its last message went out, and its last answer came
+        self.requests: dict[str, str] = {}  # the last valid request of each id, to say what a lost one was
 
     async def run(self) -> None:
         try:
@@ -202,12 +204,14 @@ class Session:
                 for _ in range(self.messages):
                     await socket.send(self.account(*self.draw()))
                     self.sent()
+                self.done_sending = time.perf_counter()
                 for utterance in sorted(self.open):  # nothing may be left playing at the end
                     await socket.send(self.account(msgpack.packb({"type": "cancel", "id": utterance}), "msgpack", True))
-                while not self.settled() and time.monotonic() - self.last_answer < IDLE_TIMEOUT_S:
+                while not self.settled() and time.monotonic() - self.last_heard < IDLE_TIMEOUT_S:
                     if receiving.done():
                         break
                     await asyncio.sleep(0.05)
+                self.done = time.perf_counter()
                 receiving.cancel()
         except ConnectionClosed as closed:
             self.crashed = f"closed by the server: {closed}"
@@ -228,9 +232,9 @@ class Session:
             self.undecodable += 1
             return
         self.outcomes[outcome.type] += 1
+        self.last_heard = time.monotonic()  # audio too: an utterance still being spoken is not lost
         if outcome.type not in FINAL:
             return
-        self.last_answer = time.monotonic()
         if outcome.type == "error":
             self.error_codes[outcome.code] += 1
         if outcome.type == "frame":
@@ -274,8 +278,9 @@ class Session:
             return pack(message, codec)
         if kind == "generate":
             return pack(hostile.valid("generate", next(self.ids), codec), codec)
-        if kind == "export":
-            frame = rng.choice(self.frames) if self.frames and rng.random() < 0.8 else next(self.ids)
+        if kind == "export":  # the same draws whatever frames came back, so that a seed replays the messages
+            roll, pick, unknown = rng.random(), rng.random(), next(self.ids)
+            frame = self.frames[int(pick * len(self.frames))] if self.frames and roll < 0.8 else unknown
             return pack({"type": "export", "id": frame}, codec)
         return pack(self.speech_step(), codec)
 
@@ -318,6 +323,7 @@ class Session:
             request = request.model_copy(update={"id": next(self.ids)})
             data = encode(request, codec)
         self.expect(request)
+        self.requests[request.id] = repr(request)[:160]
         return data
 
     def expect(self, request: Generate | Speak | Cancel | Export) -> None:
@@ -334,11 +340,17 @@ class Session:
                 self.current = request.id
             (self.open.discard if request.final else self.open.add)(request.id)
 
+    def unanswered(self) -> Counter[str | None]:
+        return Counter({key: owed - self.answered[key] for key, owed in self.owed.items() if owed > self.answered[key]})
+
+    def extra(self) -> Counter[str | None]:
+        return Counter({key: n - self.owed[key] for key, n in self.answered.items() if n > self.owed[key]})
+
     def lost(self) -> int:
-        return sum(max(0, owed - self.answered[key]) for key, owed in self.owed.items())
+        return self.unanswered().total()
 
     def duplicated(self) -> int:
-        return sum(max(0, count - self.owed[key]) for key, count in self.answered.items())
+        return self.extra().total()
 
 
 async def http_fuzz(base: str, requests: int, seed: int) -> Counter[str]:
@@ -356,12 +368,16 @@ async def http_fuzz(base: str, requests: int, seed: int) -> Counter[str]:
                 response = await client.post("/v1/generate", content=hostile.http_body())
             counts["requests"] += 1
             counts[f"{response.status_code // 100}xx"] += 1
-            if 400 <= response.status_code < 500:
-                try:
-                    assert isinstance(response.json(), dict)
-                except (ValueError, AssertionError):
-                    counts["client_errors_not_json"] += 1
+            if 400 <= response.status_code < 500 and not _is_json_object(response):
+                counts["client_errors_not_json"] += 1
     return counts
+
+
+def _is_json_object(response: httpx.Response) -> bool:
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
 
 
 async def fuzz(ws_url: str, http_url: str, messages: int, sessions: int, seed: int) -> dict:
@@ -374,6 +390,8 @@ async def fuzz(ws_url: str, http_url: str, messages: int, sessions: int, seed: i
                                         *(session.run() for session in everyone))
         seconds = time.perf_counter() - started
     sent = sum(s.kinds.total() for s in everyone)
+    sending = max(max(s.done_sending for s in everyone) - started, 1e-3)  # every session may have crashed
+    answered = max(s.done for s in everyone) - started
 
     def total(counter: str) -> dict[str, int]:
         return dict(sum((getattr(s, counter) for s in everyone), Counter()).most_common())
@@ -386,9 +404,13 @@ async def fuzz(ws_url: str, http_url: str, messages: int, sessions: int, seed: i
         "http_5xx": http["5xx"],
         "http_4xx_not_json": http["client_errors_not_json"],
     }
-    return {"messages": sent, "sessions": sessions, "seconds": round(seconds, 1),
-            "messages_per_s": round(sent / seconds, 1), "http_requests": http["requests"], "counts": counts,
+    return {"messages": sent, "sessions": sessions, "seconds": round(seconds, 1), "sending_s": round(sending, 1),
+            "answered_s": round(answered, 1), "messages_per_s": round(sent / sending, 1),
+            "http_requests": http["requests"], "counts": counts,
             "passed": not any(counts.values()), "crashes": [s.crashed for s in everyone if s.crashed],
+            # The ids to look for in the server's log, a few of each.
+            "lost": [f"{key}: {s.requests.get(key, 'refused')}" for s in everyone for key in s.unanswered()][:20],
+            "duplicated": [f"{key}: {s.requests.get(key, 'refused')}" for s in everyone for key in s.extra()][:20],
             "kinds": total("kinds"), "outcomes": total("outcomes"), "error_codes": total("error_codes")}
 
 
@@ -409,12 +431,14 @@ def run(url: str | None, messages: int, sessions: int, seed: int, output: Path) 
 
 
 def markdown(r: dict) -> str:
-    lines = [f"{r['messages']} messages over {r['sessions']} sessions and {r['http_requests']} HTTP requests "
-             f"in {r['seconds']} s ({r['messages_per_s']} messages/s), seed {r['seed']}, against {r['server']}; "
+    lines = [f"{r['messages']} messages over {r['sessions']} sessions, sent in {r['sending_s']} s "
+             f"({r['messages_per_s']} messages/s), every answer in {r['answered_s']} s; {r['http_requests']} HTTP "
+             f"requests beside them, {r['seconds']} s in all. Seed {r['seed']}, against {r['server']}; "
              f"{machine_line(r['machine'])}. Every count must be 0.", "",
              "| count | value |", "|---|---|"]
     lines += [f"| {name.replace('_', ' ')} | {value} |" for name, value in r["counts"].items()]
     lines += ["", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()) + ".",
               "Error codes: " + ", ".join(f"{k} {v}" for k, v in r["error_codes"].items()) + "."]
     lines += [f"Crashed: {crash}" for crash in r["crashes"]]
+    lines += [f"Lost: {lost}" for lost in r["lost"]] + [f"Duplicated: {extra}" for extra in r["duplicated"]]
     return "\n".join(lines) + "\n"

@@ -329,7 +329,6 @@ class SpeechRunner(Runner):
             self._in_hand = utterance
             utterance.synthesizing = True
             text, final = utterance.text, utterance.final
-            utterance.tried = (text, final)
             try:
                 async with self.turn():
                     started = time.perf_counter()
@@ -358,6 +357,8 @@ class SpeechRunner(Runner):
             if audio is not None:
                 utterance.synth_ms += (time.perf_counter() - started) * 1000
                 self._send(utterance, audio)
+            else:  # no complete phrase in it: look again when more text (or the final piece) arrives
+                utterance.tried = (text, final)
             self._schedule(utterance)  # its next piece, after the other sessions' turns
 
     def _send(self, utterance: Utterance, audio: np.ndarray) -> None:

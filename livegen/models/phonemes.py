@@ -95,8 +95,8 @@ def espeak_ipa(text: str, language: str = "en-us") -> str:
         backend, probe = _backend(language)
         ipa = _read(backend, text)
         # Some characters switch espeak to another language's rules and leave it there (espeak-ng#950):
-        # every later call, from any session, would be garbled. Setting its voice again does not
-        # undo it and, called often, crashes espeak; a fresh copy (26 ms to load) starts clean.
+        # every later call, from any session, would be garbled. Setting its voice before each read
+        # undid it but crashed espeak within a few hundred hostile texts; a fresh copy (26 ms) is clean.
         if _read(backend, _PROBE) != probe:
             log.warning("espeak-ng changed how it reads after %r; loading it again", text[:40])
             del _backends[language]

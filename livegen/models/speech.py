@@ -193,6 +193,9 @@ class SpeechModel:
         # espeak writes a few rare symbols Kokoro never saw: they are dropped
         return "".join(c for c in g2p.phonemize(text, language) if c in self.vocab)
 
+    def _speaks(self, text: str, language: str) -> bool:
+        return _sounds(self._phonemes(text, language))
+
     def phonemize(self, text: str, language: str = "en-us") -> str:
         """Text -> the model's phonemes. Text that says nothing (only punctuation, or symbols
         espeak does not read, such as "^" or "✓") is `empty_text`."""
@@ -210,9 +213,6 @@ class SpeechModel:
             return range(0)
         last = next(w for w in reversed(words) if self._speaks(w.group(), language))
         return range(first.end(), last.start())
-
-    def _speaks(self, text: str, language: str) -> bool:
-        return _sounds(self._phonemes(text, language))
 
     def _fit(self, text: str, language: str) -> list[str]:
         """Split one sentence until each piece fits the context: at the clause end, else the
@@ -304,7 +304,8 @@ class SpeechModel:
 
         Each piece is decoded with CONTEXT_FRAMES on both sides, which are dropped, and meets the
         piece before it in a FADE-sample crossfade. Silence before the first word and after the
-        last is trimmed to 50 ms. One piece of all the frames is exactly the model's whole output.
+        last is trimmed to 50 ms. One piece of all the frames is exactly the model's whole output;
+        a phrase already done has no more (an empty array).
         """
         if phrase.done:  # decoding again would repeat the phrase's last context frames
             return np.zeros(0, np.float32)
