@@ -178,7 +178,8 @@ def test_soak_verdicts_fail_each_number_past_its_target():
     assert all(verdicts(numbers()).values())
     failing = {"unanswered": numbers(unanswered=1), "duplicated": numbers(duplicated=1),
                "connections": numbers(**{"closed by server": 1}),
-               "memory": numbers(memory={"growth_pct": 5.01}), "event_loop_lag": numbers(event_loop_lag={"p99_ms": 75.0}),
+               "memory": numbers(memory={"growth_pct": 5.01}),
+               "event_loop_lag": numbers(event_loop_lag={"p99_ms": 75.0}),
                "http_5xx": numbers(http={"5xx": 1})}
     for target, r in failing.items():
         assert [key for key, met in verdicts(r).items() if not met] == [target]

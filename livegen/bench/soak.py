@@ -7,8 +7,9 @@ cycle of eight:
   now and then an export of its latest frame;
 - camera (3 of 8): image-to-image frames (96x96 JPEG or PNG, a still scene or a panning one), 8 a
   second, half of the connections with the similarity filter;
-- voice (1 of 8): spoken replies, whole or streamed in pieces (`final=False` until the last), some
-  interrupted by the next reply (barge-in), some cancelled;
+- voice (1 of 8): spoken replies, whole or streamed in pieces (`final=False` until the last), each
+  heard out as it plays and followed by the user's turn (1-4 s); some cut a moment after their
+  first audio by the next reply (barge-in), some cancelled;
 - dropper (1 of 8): any of those, then closes its socket with inputs outstanding (a close frame,
   or the TCP connection cut without one) and opens a new one, every 1.5-5 s;
 - slow reader (1 of 8): prompts and camera frames, reading its socket only every 1-4 s.
@@ -18,7 +19,8 @@ waits for every answer it is owed, and closes.
 Each connection keeps a ledger: one final outcome owed per input (frame, superseded, skipped,
 blocked, exported, error, speech_end or cancelled; `audio` is not final; a `cancelled` without
 `by` answers both a cancel and its utterance). Targets: unanswered inputs (owed on a connection
-that stayed open until it ended cleanly) 0; duplicated outcomes 0; connections closed by the server
+that stayed open until it ended cleanly, once the server has sent nothing to anyone for 30 s) 0;
+duplicated outcomes 0; connections closed by the server
 or never reopened 0; the server's resident memory (VmRSS, sampled every second; only for a server of
 its own) grows at most 5% from the first sample after the warm-up to the end; event-loop lag p99
 (the server's `livegen_event_loop_lag_seconds` buckets at the end minus at the start, read as the
@@ -52,7 +54,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from livegen.bench.camera import camera_frames
 from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import stream_url
-from livegen.protocol import Cancel, Cancelled, Codec, Export, Generate, Hello, Speak, decode_server_message, encode
+from livegen.protocol import (
+    Audio, Cancel, Cancelled, Codec, Export, Generate, Hello, Speak, decode_server_message, encode,
+)
 from livegen.server.background import ServeProcess, free_port
 
 ROLES = ("prompt", "camera", "voice", "dropper", "prompt", "camera", "slow reader", "camera")
@@ -132,14 +136,18 @@ class Totals:
 class Connection:
     """One socket's life: what was sent on it, what it is owed, and what it was answered."""
 
-    def __init__(self, ws: ClientConnection, prefix: str, codec: Codec, totals: Totals, times_frames: bool):
+    def __init__(self, ws: ClientConnection, prefix: str, codec: Codec, totals: Totals, times_frames: bool,
+                 speech: bool):
         self.ws, self.codec, self.totals, self.times_frames = ws, codec, totals, times_frames
+        self.speech = speech  # without a speech model, every speak piece is answered (`no_speech_model`)
         self.ids = (f"{prefix}-{n}" for n in itertools.count())
         self.owed: Counter[str] = Counter()
         self.requests: dict[str, list[str]] = {}  # id -> what went out under it, for the report of what was lost
         self.answered: Counter[str] = Counter()
         self.sent_at: dict[str, float] = {}  # generate id -> when it went out
-        self.spoken_at: dict[str, float] = {}  # utterance id -> its first piece, until its first audio
+        self.spoken_at: dict[str, float] = {}  # utterance id -> when its first piece went out
+        self.heard_at: dict[str, float] = {}  # utterance id -> when its first audio came
+        self.audio_s: Counter[str] = Counter()  # utterance id -> seconds of its audio received
         self.last_frame: str | None = None
         self.last_utterance: str | None = None
         self.receiver: asyncio.Task | None = None
@@ -147,7 +155,7 @@ class Connection:
 
     async def send(self, request: Generate | Speak | Cancel | Export, owes_answer: bool = True) -> None:
         now = time.perf_counter()
-        if owes_answer:
+        if owes_answer or not self.speech:
             self.owed[request.id] += 1
         if isinstance(request, Generate):
             self.sent_at[request.id] = now
@@ -184,9 +192,11 @@ class Connection:
             totals.counts["undecodable"] += 1
             return
         totals.outcomes[outcome.type] += 1
-        if outcome.type == "audio":
-            if (sent := self.spoken_at.pop(outcome.id, None)) is not None:
-                totals.ttfa.ms.append((now - sent) * 1000)
+        if isinstance(outcome, Audio):
+            if outcome.id not in self.heard_at:
+                self.heard_at[outcome.id] = now
+                totals.ttfa.ms.append((now - self.spoken_at[outcome.id]) * 1000)
+            self.audio_s[outcome.id] += len(outcome.pcm) / 2 / outcome.sample_rate
             return
         if outcome.type not in FINAL:  # a second hello: nothing is owed to it
             totals.counts["unexpected"] += 1
@@ -209,6 +219,12 @@ class Connection:
     def owes(self, key: str) -> bool:
         return self.answered[key] < self.owed[key]
 
+    def playing_s(self, utterance: str) -> float:
+        """How much of the utterance's audio is still to play, for a listener who plays it as it comes."""
+        if utterance not in self.heard_at:
+            return 0.0
+        return max(0.0, self.heard_at[utterance] + self.audio_s[utterance] - time.perf_counter())
+
     def unanswered(self) -> list[str]:
         return [f"{key}: {' / '.join(self.requests[key])}; {self.answered[key]} of {owed} answers"
                 for key, owed in self.owed.items() if self.answered[key] < owed]
@@ -228,13 +244,13 @@ class Soaker:
     async def run(self) -> None:
         while time.perf_counter() < self.stop_at:
             try:
-                ws = await self.open()
+                ws, hello = await self.open()
             except ConnectionError:
                 self.totals.counts["connect gave up"] += 1
                 return
-            await self.phase(ws)
+            await self.phase(ws, hello)
 
-    async def open(self) -> ClientConnection:
+    async def open(self) -> tuple[ClientConnection, Hello]:
         """A new connection and its hello, retried with backoff while the server says come back later
         (too_many_sessions, say, while it has not yet closed this session's last connection)."""
         delay, give_up_at = 0.1, time.monotonic() + RECONNECT_BUDGET_S
@@ -244,9 +260,11 @@ class Soaker:
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 refusal = type(exc).__name__
             else:
-                if (refusal := await self.refusal(ws)) is None:
+                greeting = await self.greeting(ws)
+                if isinstance(greeting, Hello):
                     self.totals.counts["connections"] += 1
-                    return ws
+                    return ws, greeting
+                refusal = greeting
                 await ws.close()
             self.totals.refused[refusal] += 1
             if time.monotonic() > give_up_at:
@@ -255,22 +273,22 @@ class Soaker:
             delay = min(1.0, delay * 2)
 
     @staticmethod
-    async def refusal(ws: ClientConnection) -> str | None:
-        """None when the server says hello; else why not: its error's code, or what went wrong."""
+    async def greeting(ws: ClientConnection) -> Hello | str:
+        """The server's hello; else why not: its error's code, or what went wrong."""
         try:
             message = decode_server_message(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT_S))
         except (TimeoutError, ConnectionClosed, ValueError) as exc:
             return type(exc).__name__
-        return None if isinstance(message, Hello) else getattr(message, "code", message.type)
+        return message if isinstance(message, Hello) else getattr(message, "code", message.type)
 
-    async def phase(self, ws: ClientConnection) -> None:
+    async def phase(self, ws: ClientConnection, hello: Hello) -> None:
         rng, counts = self.rng, self.totals.counts
         dropper = self.role == "dropper"
         length = rng.uniform(0.025, 0.08) if dropper else rng.uniform(0.2, 0.4)
         until = min(self.stop_at, time.perf_counter() + length * self.seconds)
         codec: Codec = "json" if rng.random() < 0.3 else "msgpack"
         conn = Connection(ws, f"s{self.number}c{next(self.connections)}", codec, self.totals,
-                          times_frames=self.role != "slow reader")
+                          times_frames=self.role != "slow reader", speech=hello.speech is not None)
         conn.start_receiving(rng, slow=self.role == "slow reader")
         try:
             await self.act(conn, until)
@@ -305,7 +323,7 @@ class Soaker:
                 await asyncio.sleep(1 / CAMERA_FPS)
             else:
                 await self.reply(conn, until)
-                await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+                await asyncio.sleep(self.rng.uniform(1.0, 4.0))  # the user's turn to speak
 
     async def prompt(self, conn: Connection) -> None:
         rng = self.rng
@@ -324,29 +342,31 @@ class Soaker:
                            similarity_filter=similarity)
 
     async def reply(self, conn: Connection, until: float, mode: str | None = None) -> None:
-        """One spoken reply: whole, or in pieces as a language model streams it; then it is waited for,
-        cut by another reply soon after (barge-in), or cancelled."""
+        """One spoken reply, whole or in pieces as a language model streams it, heard out as it plays; or
+        cut a moment after its first audio by the next reply (barge-in) or by a cancel."""
         rng, counts = self.rng, self.totals.counts
         mode = mode or rng.choices(list(REPLY_MODES), weights=list(REPLY_MODES.values()))[0]
         counts[f"replies {mode}"] += 1
         if conn.last_utterance is not None and conn.owes(conn.last_utterance):
-            counts["barge-ins"] += 1  # this reply cuts the last one, unless it ends first
+            counts["replies cutting in"] += 1  # the last still owed its end: a barge-in, unless it ends first
         utterance, text = next(conn.ids), rng.choice(REPLIES)
         words = text.split(" ")
-        cuts = sorted(rng.sample(range(1, len(words)), min(len(words) - 1, rng.randint(2, 5)))) if mode != "whole" else []
+        pieces_wanted = 1 if mode == "whole" else rng.randint(3, 6)
+        cuts = sorted(rng.sample(range(1, len(words)), min(len(words), pieces_wanted) - 1))
         pieces = [" ".join(words[a:b]) + " " for a, b in zip([0, *cuts], [*cuts, len(words)])]
         for n, piece in enumerate(pieces):
             if n:
                 await asyncio.sleep(rng.uniform(0.05, 0.15))
             await conn.send(Speak(id=utterance, text=piece, final=n == len(pieces) - 1), owes_answer=n == 0)
-        if mode == "barge-in":
+        if mode in ("barge-in", "cancel"):
+            await self.wait(conn, lambda: utterance in conn.heard_at or not conn.owes(utterance), until)
             await asyncio.sleep(rng.uniform(0.3, 1.5))
-            await self.reply(conn, until, rng.choice(["whole", "pieces"]))  # cuts this one, unless it ended
-            return
-        if mode == "cancel":
-            await asyncio.sleep(rng.uniform(0.2, 1.5))
+            if mode == "barge-in":
+                await self.reply(conn, until, rng.choice(["whole", "pieces"]))  # cuts this one, unless it ended
+                return
             await conn.send(Cancel(id=utterance))
         await self.wait(conn, lambda: not conn.owes(utterance), until)  # the phase's end waits for the rest
+        await asyncio.sleep(min(conn.playing_s(utterance), max(0.0, until - time.perf_counter())))
 
     async def drop(self, conn: Connection) -> None:
         """Leave with inputs outstanding: one more input, then a close frame or the connection cut."""
@@ -389,6 +409,12 @@ def resident_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, from /proc: how much of the shared cores it got."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def lag_histogram(metrics_text: str) -> dict[str, float]:
     """The lag histogram's cumulative bucket counts by upper bound ('0.05', '+Inf'), and its sum."""
     for family in text_string_to_metric_families(metrics_text):
@@ -408,19 +434,20 @@ def lag_between(before: dict[str, float], after: dict[str, float]) -> dict | Non
     if not total:
         return None
 
-    def bound(rank: float) -> float:
-        return float(next(b for b in bounds if counts[b] >= rank))
+    def bound_ms(rank: float) -> float:
+        return round(float(next(b for b in bounds if counts[b] >= rank)) * 1000, 3)
 
     return {"observations": int(total), "mean_ms": round((after["sum"] - before.get("sum", 0)) / total * 1000, 2),
-            "p50_ms": bound(math.ceil(0.5 * total)) * 1000, "p99_ms": bound(math.ceil(0.99 * total)) * 1000,
-            "max_ms": bound(total) * 1000}
+            "p50_ms": bound_ms(math.ceil(0.5 * total)), "p99_ms": bound_ms(math.ceil(0.99 * total)),
+            "max_ms": bound_ms(total)}
 
 
 class ServerWatch:
     """Every second: the server's resident memory (if it is ours) and /readyz; /metrics on demand."""
 
-    def __init__(self, http: httpx.AsyncClient, pid: int | None, started: float):
-        self.http, self.pid, self.started = http, pid, started
+    def __init__(self, http: httpx.AsyncClient, pid: int | None):
+        self.http, self.pid = http, pid
+        self.started = time.perf_counter()  # reset as the sessions start
         self.memory: list[tuple[float, float]] = []  # (s since start, MB)
         self.status: Counter[str] = Counter()
 
@@ -476,10 +503,11 @@ async def soak(ws_url: str, http_url: str, pid: int | None, sessions: int, secon
                seed: int) -> dict:
     totals, scenes = Totals(), camera_scenes()
     async with httpx.AsyncClient(base_url=http_url, timeout=30) as http:
-        watch = ServerWatch(http, pid, time.perf_counter())
+        watch = ServerWatch(http, pid)
         lag_before = await watch.lag()
-        started = time.perf_counter()
-        watch.started, stop_at = started, started + seconds
+        cpu_before = (time.process_time(), cpu_seconds(pid) if pid else None)
+        watch.started = started = time.perf_counter()
+        stop_at = started + seconds
         everyone = [Soaker(n, ws_url, seed, seconds, stop_at, totals, scenes) for n in range(sessions)]
         running = [asyncio.create_task(s.run()) for s in everyone]
         watching = asyncio.create_task(watch.run())
@@ -487,6 +515,8 @@ async def soak(ws_url: str, http_url: str, pid: int | None, sessions: int, secon
         load_s = time.perf_counter() - started  # measured: the loop may wake late
         watching.cancel()
         watch.sample()
+        cores = {"bench client": round((time.process_time() - cpu_before[0]) / load_s, 2),
+                 "server": round((cpu_seconds(pid) - cpu_before[1]) / load_s, 2) if pid else None}
         lag = lag_between(lag_before, await watch.lag())
         await asyncio.gather(*running)
         settle_s = time.perf_counter() - started - load_s
@@ -507,11 +537,10 @@ async def soak(ws_url: str, http_url: str, pid: int | None, sessions: int, secon
                         "inputs outstanding at the drops": counts["outstanding at drops"],
                         "refused or failed attempts": dict(totals.refused), "server sessions open after": open_after},
         "sent": {key.removeprefix("sent "): n for key, n in sorted(counts.items()) if key.startswith("sent ")},
-        "replies": {key.removeprefix("replies "): n for key, n in sorted(counts.items()) if key.startswith("replies ")}
-        | {"barge-ins": counts["barge-ins"]},
+        "replies": {key.removeprefix("replies "): n for key, n in sorted(counts.items()) if key.startswith("replies ")},
         "outcomes": dict(totals.outcomes.most_common()), "error_codes": dict(totals.error_codes.most_common()),
         "unanswered_inputs": totals.unanswered,
-        "memory": memory_growth(watch.memory, warmup_s), "memory_samples": watch.memory,
+        "memory": memory_growth(watch.memory, warmup_s), "memory_samples": watch.memory, "cpu_cores_used": cores,
         "event_loop_lag": lag,
         "http": {key: watch.status[key] for key in ("requests", "5xx", "readyz not 200", "unreachable")},
         "frames_per_second_timeline": timeline(totals.frame_times, started),
@@ -599,6 +628,9 @@ def markdown(r: dict) -> str:
     lines += [f"- unanswered: {line}" for line in r["unanswered_inputs"]]
     if memory is not None:
         lines.append(f"- server resident memory: {memory['start_mb']} MB at the start, peak {memory['peak_mb']} MB")
+    cores = r["cpu_cores_used"]
+    lines.append(f"- CPU cores used on average while the sessions sent: bench client {cores['bench client']}"
+                 + (f", server {cores['server']}" if cores["server"] is not None else ""))
     return "\n".join(lines) + "\n"
 
 

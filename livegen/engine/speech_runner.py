@@ -202,9 +202,11 @@ class SpeechRunner(Runner):
             if text.strip():  # refuse now what cannot be spoken at all
                 await self.workers.run(self._split, text, self.config.max_text_chars, request.id)
         except ProtocolError as error:
-            if new:
+            # Punctuation alone ("(", "...": a language model's first token) waits for words, unless final.
+            waits = error.code == "empty_text" and not (new and request.final)
+            if new and not waits:
                 raise
-            if error.code != "empty_text":  # punctuation alone after words already said is no error
+            if not waits:
                 self._end(target, error.to_message())
                 return
         if target.stopped:  # answered while its text was checked (a drain, a failure)
@@ -339,8 +341,8 @@ class SpeechRunner(Runner):
                 self.drain("not_ready", "speech is recovering from a stalled computation; send again later")
                 await self.recover()
                 continue
-            except ProtocolError as error:  # text that reached the model and cannot be spoken
-                self._end(utterance, Error(id=utterance.id, code=error.code, message=error.message))
+            except (ProtocolError, SpeechError) as error:  # text that reached the model and cannot be spoken
+                self._end(utterance, Error(id=utterance.id, code=error.code, message=str(error)))
                 continue
             except Exception as exc:  # one bad phrase must not stop the runner
                 self.metrics.errors.labels("internal").inc()
