@@ -65,6 +65,14 @@ class Stream:
         self.ws.close()
 
 
+def serves_again(live, stream: Stream, release: threading.Event) -> None:
+    """Once the stalled computation is let go, /readyz turns 200 and the next input gets its frame."""
+    release.set()
+    live.wait_for("/readyz", 10)
+    stream.generate("after")
+    assert stream.until("after")["type"] == "frame"
+
+
 def readyz(live) -> httpx.Response:
     return httpx.get(live.url + "/readyz")
 
@@ -124,11 +132,8 @@ def test_a_hung_batch_is_answered_timeout_and_readyz_is_503_until_it_returns(liv
         assert ready.status_code == 503 and "deadline" in ready.json()["reasons"]["tiny"]
         stream.generate("meanwhile")
         assert stream.until("meanwhile")["code"] == "not_ready"
-        runner.generator.denoise, runner.deadline_s = denoise, deadline_s
-        release.set()
-        live.wait_for("/readyz", 10)
-        stream.generate("after")
-        assert stream.until("after")["type"] == "frame"
+        runner.deadline_s = deadline_s
+        serves_again(live, stream, release)
     finally:
         release.set()
         stream.close()
@@ -153,11 +158,7 @@ def test_a_cancelled_runner_loop_is_restarted_and_what_it_held_is_answered(live,
         loop.get_loop().call_soon_threadsafe(loop.cancel)
         answer = stream.until("held")
         assert (answer["type"], answer["code"]) == ("error", "internal")
-        runner.generator.denoise = denoise
-        release.set()
-        live.wait_for("/readyz", 10)
-        stream.generate("after")
-        assert stream.until("after")["type"] == "frame"
+        serves_again(live, stream, release)
     finally:
         release.set()
         stream.close()

@@ -18,7 +18,7 @@ from livegen.engine import admission
 from livegen.engine.image_runner import ImageRunner, ImageTask
 from livegen.engine.images import MEDIA_TYPES
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.runner import Runner, incident
+from livegen.engine.runner import Runner, incident, internal_error
 from livegen.engine.session import EXPORTABLE_FRAMES, Session
 from livegen.engine.speech_runner import SpeechRunner
 from livegen.engine.supervisor import Supervisor
@@ -185,9 +185,8 @@ class Engine:
 
     def fail(self, session: Session, exc: BaseException, request_id: str | None = None) -> None:
         """A message that met a bug: answer it `internal`, naming the incident in the log."""
-        incident_id = incident(exc, f"session {session.id}: a message failed")
-        self.reject(session, ProtocolError("internal", f"the server failed on this message (incident {incident_id}; "
-                                                       "its log has the details)", request_id))
+        self.metrics.errors.labels("internal").inc()
+        session.send(internal_error(request_id, incident(exc, f"session {session.id}: a message failed")))
 
     async def submit(self, session: Session, request: ClientRequest) -> None:
         """Take one client message: an image input, a piece of speech, a cancel or an export; errors are answered."""

@@ -41,8 +41,8 @@ def incident(exc: BaseException, what: str) -> str:
     return incident_id
 
 
-def internal_error(task: Task, incident_id: str) -> Error:
-    return Error(id=task.id, code="internal",
+def internal_error(id: str | None, incident_id: str) -> Error:
+    return Error(id=id, code="internal",
                  message=f"the server failed on this input (incident {incident_id}; its log has the details)")
 
 
@@ -141,11 +141,12 @@ class Runner(ABC):
             log.warning("%s: the stalled computation returned; serving again", self.name)
         self.stalled = None
 
-    def fail(self, tasks: list[Task], exc: BaseException, what: str) -> None:
-        """An unexpected exception while computing `tasks`: answer each `internal`, under one incident."""
+    def fail(self, tasks: list[Task], exc: BaseException, what: str) -> str:
+        """An unexpected exception while computing `tasks`: answer each `internal`, under one incident (returned)."""
         incident_id = incident(exc, f"{self.name}: {what}")
         for task in tasks:
-            task.owner.answer(task, internal_error(task, incident_id))
+            task.owner.answer(task, internal_error(task.id, incident_id))
+        return incident_id
 
 
 

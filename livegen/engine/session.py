@@ -20,9 +20,9 @@ EXPORTABLE_FRAMES = 8  # the session's latest frames that `export` can still sig
 class Session:
     """Owes every accepted input exactly one outcome, and answers them all through `answer`.
 
-    The ledger (`accept`, `answer`, `settle`) is the one place that decides what a client is
-    still owed: a second final outcome for an input is dropped, and whatever is owed when
-    something ends (a crash, a hang, a drain) is settled here, not by whoever noticed.
+    The ledger (`accept`, `answer`, `owes`) is the one place that decides what a client is
+    still owed: a second final outcome for an input is dropped, so whoever notices an ending
+    (a crash, a hang, a drain) may answer what is owed without counting who answered before.
 
     The slot holds at most one waiting input: a newer one replaces it and the older is
     `superseded`. A session also has at most one input being computed or waiting to go out on
@@ -68,13 +68,6 @@ class Session:
                 self._remember(outcome, task)
         self._put(outcome, task if final else None)
         return True
-
-    def settle(self, code: str, message: str) -> int:
-        """Answer everything still owed with an error; how many were owed."""
-        owed = self.owed
-        for task in owed:
-            self.answer(task, Error(id=task.id, code=code, message=message))
-        return len(owed)
 
     def send(self, outcome: Outcome) -> None:
         """An answer to a message that was never accepted as an input: an error, an export."""

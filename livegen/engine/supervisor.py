@@ -13,7 +13,7 @@ import logging
 import time
 
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.runner import Runner, incident, internal_error
+from livegen.engine.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,8 @@ class Supervisor:
             exc = asyncio.CancelledError("the loop was cancelled") if loop.cancelled() else loop.exception()
             if exc is None:
                 exc = RuntimeError("the loop returned")
-            incident_id = incident(exc, f"{runner.name}: its serving loop died")
+            incident_id = runner.fail(runner.in_hand(), exc, "its serving loop died")
             self.metrics.runner_restarts.labels(runner.name).inc()
-            for task in runner.in_hand():
-                task.owner.answer(task, internal_error(task, incident_id))
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < DEATH_WINDOW_S] + [now]
             if len(deaths) >= MAX_DEATHS:
