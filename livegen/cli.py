@@ -45,6 +45,24 @@ def _settings(models: list[str] | None, sizes: list[str] | None, device: str, dt
     return settings
 
 
+def _check_access(settings: Settings) -> None:
+    """Secure by default: anywhere but loopback, keys (or an explicit --insecure) before any port opens."""
+    from livegen.access.gate import is_loopback
+    from livegen.access.keys import KeyFileError, KeyRing
+
+    try:
+        has_keys = KeyRing(settings.access.keys_file, settings.access.key_hashes).configured
+    except KeyFileError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not has_keys and not settings.access.insecure and not is_loopback(settings.host):
+        typer.echo(f"livegen: refusing to serve {settings.host} without API keys: anyone who reaches the port "
+                   f"could use it.\n  Add a key:  livegen api-keys create --name me   (kept in "
+                   f"{settings.access.keys_file})\n  or serve 127.0.0.1, or accept the risk with --insecure.",
+                   err=True)
+        raise typer.Exit(2)
+
+
 def _check_models(settings: Settings) -> None:
     """Fail before the server starts, with the path, rather than in a log line later."""
     from livegen.models.base import ModelError
@@ -97,6 +115,13 @@ def serve(
         help="A batch computing longer is answered `timeout` (default: 10x the slowest warm-up, at least 5).")] = None,
     loop_stall_seconds: Annotated[float | None, typer.Option(
         help="Exit when the event loop has not run this long, for a supervisor to restart (default 30; 0: never).")] = None,
+    api_keys: Annotated[Path | None, typer.Option(help="API key file (livegen api-keys create); "
+                                                       "~/.local/share/livegen/api-keys.json if absent.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Serve a non-loopback address without API keys.")] = False,
+    allowed_origin: Annotated[list[str] | None, typer.Option(
+        help="An origin whose pages may open sessions, besides this server's own and loopback; repeatable.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        help="An origin allowed cross-origin HTTP calls (CORS); repeatable; none if absent.")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
@@ -109,6 +134,10 @@ def serve(
     safety = {"policy": policy, "output_checker": output_checker, "keys": keys}
     settings.safety = settings.safety.model_copy(update={
         "moderation": moderation, "watermark": watermark, **{k: v for k, v in safety.items() if v is not None}})
+    access = {"keys_file": api_keys, "allowed_origins": allowed_origin, "cors_origins": cors_origin}
+    settings.access = settings.access.model_copy(update={
+        "insecure": insecure or settings.access.insecure, **{k: v for k, v in access.items() if v}})
+    _check_access(settings)
     _check_models(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _quiet_libraries()
@@ -257,6 +286,53 @@ def keys_init(directory: KeysDirOption = None) -> None:
         raise typer.Exit(1) from exc
     typer.echo(f"signing chain {keys.cert_chain}\nprivate key   {keys.private_key}\n"
                f"root          {keys.root} (trust it where you verify: livegen verify --root)")
+
+
+api_keys_app = typer.Typer(help="API keys: who may use the server (docs/security.md).", no_args_is_help=True)
+app.add_typer(api_keys_app, name="api-keys")
+KeyFileOption = Annotated[Path | None, typer.Option("--file", help="The key file; the server's setting if absent.")]
+
+
+def _key_file(path: Path | None):
+    from livegen.access.keys import KeyFile
+
+    return KeyFile(path or Settings().access.keys_file)
+
+
+@api_keys_app.command("create")
+def api_keys_create(name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+                    file: KeyFileOption = None) -> None:
+    """Make a key; it is shown once here and stored only as a hash."""
+    keys = _key_file(file)
+    secret, key = keys.create(name)
+    typer.echo(f"{secret}\n\nid {key.id}, stored hashed in {keys.path}; this is the only time the key is shown.\n"
+               f"For a server configured by environment instead: LIVEGEN_ACCESS__KEY_HASHES='[\"{key.id}:{key.sha256}\"]'")
+
+
+@api_keys_app.command("list")
+def api_keys_list(file: KeyFileOption = None) -> None:
+    """Every key's id, name, age and state (never the key)."""
+    import datetime
+
+    for key in _key_file(file).read().values():
+        made = datetime.datetime.fromtimestamp(key.created).isoformat(timespec="seconds")
+        state = "revoked " + datetime.datetime.fromtimestamp(key.revoked).isoformat(timespec="seconds") \
+            if key.revoked else "active"
+        typer.echo(f"{key.id}  {key.name:<24}  created {made}  {state}")
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The id `list` shows.")],
+                    file: KeyFileOption = None) -> None:
+    """Revoke a key: new sessions are refused at once, open ones closed within seconds."""
+    from livegen.access.keys import KeyFileError
+
+    try:
+        key = _key_file(file).revoke(key_id)
+    except KeyFileError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked {key.id} ({key.name})")
 
 
 @app.command()

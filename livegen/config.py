@@ -79,6 +79,50 @@ class SafetyConfig(BaseModel):
                                    "a development chain is made there if it is empty.")
 
 
+class LimitsConfig(BaseModel):
+    """Per-client limits (docs/security.md). Rates are `limits` strings: "60/second", "10000 per 10 seconds"."""
+
+    sessions_per_key: int = Field(default=64, ge=1, description="Open sessions one API key (or one address, "
+                                                                 "without keys) may hold.")
+    inputs_per_session: str = Field(default="120 per 2 seconds",
+                                    description="Messages one session may send; a 30 Hz slider stays far below.")
+    pixels_per_key: str = Field(default="400000000 per 10 seconds", description="Generated pixels per key.")
+    speech_chars_per_key: str = Field(default="20000 per 10 seconds", description="Speech characters per key.")
+    exports_per_key: str = Field(default="120/minute", description="Signed exports per key.")
+    idle_seconds: float = Field(default=120.0, ge=0, description="A session that sends nothing (not even a "
+                                                                "ping) for this long is closed; 0: never.")
+
+    @field_validator("inputs_per_session", "pixels_per_key", "speech_chars_per_key", "exports_per_key")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # a ValueError names what is wrong
+        return value
+
+
+class AccessConfig(BaseModel):
+    """Who may use the server: API keys, browser tokens, origins (docs/security.md)."""
+
+    keys_file: Path = Field(default=Path("~/.local/share/livegen/api-keys.json").expanduser(),
+                            description="API keys, stored hashed (`livegen api-keys create`); re-read when it changes.")
+    key_hashes: list[str] = Field(default_factory=list, description="More keys as `<id>:<sha256 hex>` "
+                                  "(what `livegen api-keys create` prints), e.g. from a secret store.")
+    insecure: bool = Field(default=False, description="Serve a non-loopback address without keys.")
+    token_secret: str | None = Field(default=None, description="HMAC secret that signs browser tokens; random "
+                                     "per process if absent (replicas behind one balancer must share one).")
+    token_seconds: float = Field(default=600.0, gt=0, le=86400, description="Default lifetime of a browser token.")
+    playground_tokens: bool = Field(default=True, description="The playground, opened from this machine, gets "
+                                    "tokens without a key; turn off behind a reverse proxy on the same host.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Origins (besides this server's own "
+                                       "and loopback) whose pages may open sessions; '*' for any.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed cross-origin HTTP "
+                                    "calls (CORS); none if empty.")
+    allowed_hosts: list[str] | None = Field(default=None, description="Host headers served (DNS-rebinding "
+                                            "guard): loopback names when bound to loopback, any otherwise, if absent.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
 def embedded_model() -> ModelConfig:
     from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, IMAGE_SIZE
 
@@ -100,6 +144,8 @@ class Settings(BaseSettings):
         default_factory=SpeechConfig, description="The speech model; null serves images only.")
 
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+
+    access: AccessConfig = Field(default_factory=AccessConfig)
 
     max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
     batch_wait_ms: float = Field(

@@ -112,7 +112,20 @@ class Export(Message):
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="The id of the input whose frame to export.")
 
 
-ClientMessage = Annotated[Generate | Speak | Cancel | Export, Field(discriminator="type")]
+class Refresh(Message):
+    """A new token for this session before its current one expires (docs/security.md)."""
+
+    type: Literal["refresh"] = "refresh"
+    token: str = Field(min_length=1, max_length=8192, description="A token from POST /v1/tokens.")
+
+
+class Ping(Message):
+    """Keeps a quiet session open past the server's idle timeout; answered `pong`."""
+
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[Generate | Speak | Cancel | Export | Refresh | Ping, Field(discriminator="type")]
 
 # ---------------------------------------------------------------- server -> client
 
@@ -128,6 +141,10 @@ class Hello(Message):
     speech: SpeechInfo | None = Field(default=None, description="The speech model, when one is served.")
     max_message_bytes: int
     max_prompt_chars: int
+    expires_at: float | None = Field(default=None, description="When the session's token expires (Unix "
+                                     "seconds) unless a `refresh` replaces it; null: never.")
+    idle_seconds: float | None = Field(default=None, description="A session silent this long is closed; "
+                                       "send `ping` to keep a quiet one open. Null: never.")
 
 
 class ModelInfo(Message):
@@ -236,12 +253,25 @@ class Error(Message):
     id: str | None = None
     code: str
     message: str
+    retry_after_ms: int | None = Field(default=None, description="`rate_limited`: when the same would pass.")
 
 
-ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Blocked | Exported | Audio | SpeechEnd | Cancelled | Error,
-                          Field(discriminator="type")]
+class Refreshed(Message):
+    """The session now runs on the token a `refresh` sent."""
+
+    type: Literal["refreshed"] = "refreshed"
+    expires_at: float
+
+
+class Pong(Message):
+    type: Literal["pong"] = "pong"
+
+
+ServerMessage = Annotated[Hello | Frame | Superseded | Skipped | Blocked | Exported | Audio | SpeechEnd | Cancelled
+                          | Error | Refreshed | Pong, Field(discriminator="type")]
 Outcome = Frame | Superseded | Skipped | Blocked | Exported | Audio | SpeechEnd | Cancelled | Error
 ClientRequest = Generate | Speak | Cancel | Export
+Upkeep = Refresh | Ping  # messages about the session itself, answered by the server, never by the engine
 
 Hello.model_rebuild()
 
@@ -251,19 +281,20 @@ Hello.model_rebuild()
 class ProtocolError(Exception):
     """A message that cannot be served; becomes an `error` message on the wire."""
 
-    def __init__(self, code: str, message: str, id: str | None = None):
+    def __init__(self, code: str, message: str, id: str | None = None, retry_after_ms: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.id = id
+        self.retry_after_ms = retry_after_ms
 
     def to_message(self) -> Error:
-        return Error(id=self.id, code=self.code, message=self.message)
+        return Error(id=self.id, code=self.code, message=self.message, retry_after_ms=self.retry_after_ms)
 
 
-_client_adapter: TypeAdapter[ClientRequest] = TypeAdapter(ClientMessage)
+_client_adapter: TypeAdapter[ClientRequest | Upkeep] = TypeAdapter(ClientMessage)
 _generate_adapter: TypeAdapter[Generate] = TypeAdapter(Generate)
-_server_adapter: TypeAdapter[Hello | Outcome] = TypeAdapter(ServerMessage)
+_server_adapter: TypeAdapter[Hello | Outcome | Refreshed | Pong] = TypeAdapter(ServerMessage)
 Codec = Literal["msgpack", "json"]
 
 
@@ -343,10 +374,10 @@ def _message_id(raw: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and _fits_utf8(value) else None
 
 
-CLIENT_TYPES = ("generate", "speak", "cancel", "export")
+CLIENT_TYPES = ("generate", "speak", "cancel", "export", "refresh", "ping")
 
 
-def parse_client_message(data: bytes | str) -> ClientRequest:
+def parse_client_message(data: bytes | str) -> ClientRequest | Upkeep:
     """Decode (JSON text or msgpack bytes) and validate one client message; raise ProtocolError."""
     raw = decode_map(data, "json" if isinstance(data, str) else "msgpack")
     msg_id = _message_id(raw)
@@ -376,7 +407,7 @@ def encode(message: Message, codec: Codec = "msgpack") -> bytes | str:
     return msgpack.packb(message.model_dump(mode="python"), use_bin_type=True)
 
 
-def decode_server_message(data: bytes | str) -> Hello | Outcome:
+def decode_server_message(data: bytes | str) -> Hello | Outcome | Refreshed | Pong:
     if isinstance(data, str):
         return _server_adapter.validate_json(data)
     return _server_adapter.validate_python(msgpack.unpackb(data, raw=False))

@@ -19,15 +19,18 @@ SIZES = [(64, 64), (128, 128)]
 
 @pytest.fixture(scope="session", autouse=True)
 def signing_keys(tmp_path_factory: pytest.TempPathFactory):
-    """Servers under test make their development signing chain here, not in the user's home."""
+    """Servers under test make their development signing chain here, and read API keys from here (none
+    unless a test makes some), not from the user's home."""
     directory = tmp_path_factory.mktemp("keys")
-    previous = os.environ.get("LIVEGEN_SAFETY__KEYS")
-    os.environ["LIVEGEN_SAFETY__KEYS"] = str(directory)
+    names = {"LIVEGEN_SAFETY__KEYS": str(directory), "LIVEGEN_ACCESS__KEYS_FILE": str(directory / "api-keys.json")}
+    previous = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
     yield directory
-    if previous is None:
-        del os.environ["LIVEGEN_SAFETY__KEYS"]
-    else:
-        os.environ["LIVEGEN_SAFETY__KEYS"] = previous
+    for name, value in previous.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

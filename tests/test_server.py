@@ -15,6 +15,8 @@ from livegen.protocol import decode_server_message, encode, Generate
 from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
 
+JSON = {"content-type": "application/json"}
+
 
 async def test_text_to_image_frame_arrives(server):
     async with AsyncClient(server.ws_url) as client:
@@ -127,7 +129,7 @@ def test_http_generate_rejects_an_oversized_body(server):
 
 
 def test_http_generate_rejects_a_body_that_is_not_json(server):
-    response = httpx.post(server.url + "/v1/generate", content=b"{nope")
+    response = httpx.post(server.url + "/v1/generate", content=b"{nope", headers=JSON)
     assert (response.status_code, response.json()["code"]) == (400, "malformed")
 
 
@@ -139,7 +141,7 @@ def test_http_errors_are_counted_like_stream_errors(server):
         return 0.0
 
     before = malformed_count()
-    httpx.post(server.url + "/v1/generate", content=b"[1, 2]")
+    httpx.post(server.url + "/v1/generate", content=b"[1, 2]", headers=JSON)
     assert malformed_count() == before + 1
 
 

@@ -365,7 +365,8 @@ async def http_fuzz(base: str, requests: int, seed: int) -> Counter[str]:
                 path = rng.choice(["/v1/models", "/readyz", "/v1", "/static/", "/v1/stream", "/"])
                 response = await client.get(path + rng.choice(["", "?x=" + rng.randbytes(8).hex(), "%00", "/..%2f.."]))
             else:
-                response = await client.post("/v1/generate", content=hostile.http_body())
+                response = await client.post("/v1/generate", content=hostile.http_body(),
+                                             headers={"content-type": "application/json"})
             counts["requests"] += 1
             counts[f"{response.status_code // 100}xx"] += 1
             if 400 <= response.status_code < 500 and not _is_json_object(response):

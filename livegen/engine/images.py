@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_INPUT_PIXELS = 4096 * 4096
 PIL_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -17,15 +17,21 @@ class BadImage(ValueError):
 
 
 def decode_input_image(data: bytes, width: int, height: int) -> np.ndarray:
-    """Decode a JPEG/PNG/WebP and centre-crop it to the served size: (H, W, 3) uint8."""
+    """Decode a JPEG/PNG/WebP and centre-crop it to the served size: (H, W, 3) uint8.
+
+    The format is read from the bytes, and only these three decoders are tried: Pillow's many others
+    (TIFF, PSD, EPS and the rest) are attack surface no camera or canvas needs.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=list(PIL_FORMATS.values())) as image:
             if image.width * image.height > MAX_INPUT_PIXELS:
                 raise BadImage(f"input image is {image.width}x{image.height}; at most {MAX_INPUT_PIXELS} pixels")
             image.load()
             rgb = ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BILINEAR)
     except BadImage:
         raise
+    except UnidentifiedImageError as exc:
+        raise BadImage("input image must be JPEG, PNG or WebP (read from its bytes)") from exc
     except Exception as exc:  # PIL raises many types for broken files
         raise BadImage(f"input image could not be decoded: {exc}") from exc
     return np.asarray(rgb)

@@ -1,4 +1,4 @@
-"""The FastAPI application: lifespan (load and warm), health, metrics, one-shot HTTP, schema."""
+"""The FastAPI application: lifespan (load and warm), health, metrics, one-shot HTTP, tokens, schema."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from livegen import __version__
+from livegen.access.gate import LOOPBACK_NAMES, Access, Denied, is_loopback
+from livegen.access.tokens import Minted, TokenRequest
 from livegen.engine import Engine, EngineBusy
 from livegen.engine.images import MEDIA_TYPES
 from livegen.protocol import Blocked, Error, Frame, Generate, ProtocolError, decode_map, json_schema, parse_generate
+from livegen.server.guard import PLAYGROUND_HEADERS, admit, denial, forwarded, http_grant
 from livegen.server.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
@@ -28,19 +34,40 @@ HTTP_STATUS = {
     "not_ready": 503, "too_many_sessions": 503, "shutting_down": 503, "unknown_model": 404, "internal": 500,
     "timeout": 504,
     "message_too_large": 413, "malformed": 400, "nesting_too_deep": 400,
+    "unauthorized": 401, "token_expired": 401, "forbidden": 403, "rate_limited": 429, "unsupported_media_type": 415,
 }
 OTHER_ERROR_STATUS = 422  # `invalid` and every code not named above
+TOKEN_BODY_BYTES = 16 * 1024
 
 
 def _error_response(error: Error) -> JSONResponse:
-    return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, OTHER_ERROR_STATUS))
+    headers = {"Retry-After": str(-(-error.retry_after_ms // 1000))} if error.retry_after_ms else None
+    return JSONResponse(error.model_dump(), status_code=HTTP_STATUS.get(error.code, OTHER_ERROR_STATUS),
+                        headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body as it streams in, refused as soon as it passes `limit`: never held whole before the check."""
+def _json_only(request: Request) -> None:
+    """A browser sends a cross-site POST without asking first only for form and text types: JSON needs CORS."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ProtocolError("unsupported_media_type", f"the body must be application/json, not {media_type or 'untyped'}")
+
+
+def _allowed_hosts(engine: Engine) -> list[str]:
+    """Host headers answered: bound to loopback, only loopback names (a DNS-rebinding page gets 400)."""
+    configured = engine.settings.access.allowed_hosts
+    if configured is not None:
+        return configured
+    return [*LOOPBACK_NAMES, "*.localhost"] if is_loopback(engine.settings.host) else ["*"]
+
+
+async def _read_json_body(request: Request, limit: int) -> bytes:
+    """A JSON body as it streams in, refused by its declared length, its type, or as soon as it passes
+    `limit`: never held whole before the check."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ProtocolError("message_too_large", f"body is {declared} bytes; at most {limit}")
+    _json_only(request)
     body = bytearray()
     try:
         async for chunk in request.stream():
@@ -95,7 +122,27 @@ def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="livegen", version=__version__, lifespan=lifespan,
                   description="Real-time generation: warm few-step models streamed over WebSocket.")
     app.state.engine = engine
+    app.state.access = access = Access(engine.settings.access, engine.metrics.registry)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts(engine))
+    if engine.settings.access.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=engine.settings.access.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["X-Livegen-Timings", "X-Livegen-Seed", "X-Livegen-Model", "Retry-After"])
     app.include_router(websocket_router)
+
+    @app.exception_handler(Denied)
+    async def denied(request: Request, refusal: Denied) -> JSONResponse:
+        return denial(refusal)
+
+    def may_see_details(request: Request) -> bool:
+        """Operational details (file paths, counters) are for key holders, when the server has keys."""
+        if not access.required:
+            return True
+        try:
+            http_grant(request, access, key_only=True)
+        except Denied:
+            return False
+        return True
 
     @app.get("/livez")
     async def livez() -> dict:
@@ -103,10 +150,13 @@ def create_app(engine: Engine) -> FastAPI:
         return {"status": "ok", "event_loop_lag_ms": round(engine.watchdog.lag_s * 1000, 3)}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         """200 only while every model is warm and serving: 503 with the reasons while loading, while a
-        runner is dead or stalled, and from the moment a drain begins."""
+        runner is dead or stalled, and from the moment a drain begins. The status alone is public;
+        the details need an API key when the server has keys."""
         reasons = engine.unready_reasons()
+        if not may_see_details(request):
+            return JSONResponse({"ready": not reasons}, status_code=200 if not reasons else 503)
         body = {
             "ready": not reasons,
             "models": {runner.name: runner.ready for runner in engine.all_runners},
@@ -118,12 +168,39 @@ def create_app(engine: Engine) -> FastAPI:
         return JSONResponse(body, status_code=200 if not reasons else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not may_see_details(request):
+            raise Denied("unauthorized", "/metrics needs an API key on this server")
         return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> list[dict]:
-        return [m.model_dump() for m in engine.models()]
+    async def models(request: Request) -> list[dict]:
+        grant = http_grant(request, access)
+        return [m.model_dump() for m in engine.models() if grant.allows(m.name)]
+
+    @app.post("/v1/tokens", response_model=Minted,
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": TokenRequest.model_json_schema()}}}},
+              responses={401: {"model": Error}, 403: {"model": Error}, 415: {"model": Error}, 422: {"model": Error}})
+    async def tokens(request: Request) -> Response:
+        """A short-lived token for a browser, minted with an API key (docs/security.md)."""
+        grant = http_grant(request, access, key_only=True)
+        try:
+            raw = await _read_json_body(request, TOKEN_BODY_BYTES)
+            body = TokenRequest.model_validate(decode_map(raw, "json") if raw.strip() else {})
+        except ProtocolError as error:
+            return _error_response(error.to_message())
+        except ValidationError as exc:
+            return _error_response(Error(code="invalid", message=str(exc.errors(include_url=False, include_input=False))))
+        return JSONResponse(access.mint(grant, body).model_dump())
+
+    @app.post("/v1/playground/token", response_model=Minted, responses={403: {"model": Error}})
+    async def playground_token(request: Request) -> Response:
+        """The playground's token: only for a page this server served to a browser on this machine;
+        `token` is null when the server asks for no credential."""
+        minted = access.playground_token(request.client.host if request.client else None, request.headers.get("host"),
+                                         request.headers.get("origin"), forwarded(request))
+        return JSONResponse(minted.model_dump())
 
     @app.get("/v1/protocol.schema.json")
     async def protocol_schema() -> dict:
@@ -140,9 +217,12 @@ def create_app(engine: Engine) -> FastAPI:
     )
     async def generate(request: Request) -> Response:
         """One image per request: the same engine and checks as the stream, without a socket."""
+        grant = http_grant(request, access)
         try:
-            request_body = await _read_body(request, engine.settings.max_message_bytes)
-            outcome = await engine.generate(_parse_body(request_body))
+            request_body = await _read_json_body(request, engine.settings.max_message_bytes)
+            generate = _parse_body(request_body)
+            admit(access, grant, engine, generate)
+            outcome = await engine.generate(generate)
         except (ProtocolError, EngineBusy) as exc:
             busy = "shutting_down" if engine.draining else "too_many_sessions"
             error = exc if isinstance(exc, ProtocolError) else ProtocolError(busy, str(exc))
@@ -170,6 +250,6 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers=PLAYGROUND_HEADERS)
 
     return app
