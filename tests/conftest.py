@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from livegen.config import ModelConfig, Settings
+from livegen.config import AccessConfig, LimitsConfig, ModelConfig, Settings
 from livegen.models.tiny import build_tiny_pipeline
 from livegen.server.background import BackgroundServer
 
@@ -63,8 +63,12 @@ def png_bytes(width: int = 96, height: int = 80, color: tuple[int, int, int] = (
 
 
 def server_settings(model: Path, **overrides) -> Settings:
+    """Small limits for fast tests; the message rate is no limit, as the fuzz tests send as fast as answered
+    (tests/test_access.py checks the limits)."""
     defaults = dict(max_batch=4, batch_wait_ms=50, warmup_runs=1, max_message_bytes=64 * 1024,
-                    max_prompt_chars=500, speech=None)
+                    max_prompt_chars=500, speech=None,
+                    access=AccessConfig(keys_file=Path(os.environ["LIVEGEN_ACCESS__KEYS_FILE"]),
+                                        limits=LimitsConfig(inputs_per_session="1000000/second")))
     defaults.update(overrides)
     return Settings(models=[ModelConfig(source=str(model), name="tiny", sizes=SIZES)], **defaults)
 
