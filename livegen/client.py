@@ -15,26 +15,41 @@ restart, a drain's 1001 close): the next call that waits for an outcome opens a 
 with backoff and resends the newest input still owed one, so a `frames()` loop or a
 `generate()` carries on across a server restart. `Reconnect` sets the delays and the budget;
 `reconnect=None` turns it off.
+
+A server with API keys wants a credential on every connection: `api_key=` (scripts, backends),
+or `token=`, a token or a function that returns a fresh one (from your backend's
+POST /v1/tokens), called again for each new connection:
+
+    async with AsyncClient(url, token=fetch_token) as client:   # fetch_token may be async
+        ...
+
+The client keeps its session open itself: a provider's token is refreshed at 90% of its life
+(as fal's client does), and a session quiet for a third of the server's idle timeout sends a
+`ping`; their answers never reach the caller. A credential the server refuses raises `Refused`
+at once, never a reconnect loop; a session the server ends for its credential raises
+GenerationError (`token_expired`, `unauthorized`), except a provider's expired token, which
+a reconnect replaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import threading
 import time
 import wave
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff, process_exception
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
@@ -51,6 +66,10 @@ from livegen.protocol import (
     Cancelled,
     ClientRequest,
     Outcome,
+    Ping,
+    Pong,
+    Refresh,
+    Refreshed,
     Skipped,
     Speak,
     SpeechEnd,
@@ -71,6 +90,17 @@ COME_BACK_LATER = frozenset({"not_ready", "shutting_down", "too_many_sessions"})
 # without a close (a crash), 1011 server error, 1012 restart, 1013 try again later, 1014 bad
 # gateway. Not 1008 or 1009: a new session would only meet the client's own fault again.
 SERVER_WENT_AWAY = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 1014})
+POLICY_VIOLATION = 1008  # the server's close for a revoked key or an expired token; its reason is the code
+REFRESH_AT = 0.9  # of a token's remaining life: a refresh then leaves a tenth for a slow provider
+MIN_REFRESH_SECONDS = 1.0  # no refresh sooner than this: a provider handing back a dying token cannot spin
+KEEPALIVE_SECONDS = 30.0  # the longest quiet before a `ping`; a third of the server's idle timeout if shorter
+# Errors without an id that answer a `refresh` or a `ping` the client sent itself.
+UPKEEP_REFUSALS = frozenset({"unauthorized", "forbidden", "token_expired", "rate_limited"})
+# Errors without an id that the server sends just before it ends the session (then it closes).
+SESSION_ENDINGS = frozenset({"token_expired", "unauthorized", "idle_timeout"})
+
+AsyncTokenSource = str | Callable[[], str | Awaitable[str]]
+TokenSource = str | Callable[[], str]
 
 
 class GenerationError(Exception):
@@ -81,6 +111,20 @@ class GenerationError(Exception):
 
 class ConnectionLost(Exception):
     """The connection dropped and no new session opened within the reconnect budget."""
+
+
+class Refused(GenerationError):
+    """The server refused the connection at its upgrade, before any session: HTTP 401
+    (`unauthorized`, `token_expired`), 403 (`forbidden`), 429 (`too_many_sessions`).
+
+    The first connection raises it at once. A reconnect raises it too, except a 429: the key's
+    session that just dropped may still count on the server for a moment, so that one is
+    retried within the reconnect budget like any `too_many_sessions`.
+    """
+
+    def __init__(self, error: Error, status: int):
+        super().__init__(error)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -127,7 +171,9 @@ class _Attempts:
 
 
 def _retryable(failure: Exception) -> bool:
-    if isinstance(failure, GenerationError):  # the server answered instead of a hello
+    if isinstance(failure, Refused) and failure.status >= 500:  # a proxy's or server's trouble
+        return True
+    if isinstance(failure, GenerationError):  # the server answered instead of a hello, or refused
         return failure.error.code in COME_BACK_LATER
     if isinstance(failure, ConnectionClosed):  # closed before its hello
         return True
@@ -136,6 +182,29 @@ def _retryable(failure: Exception) -> bool:
 
 def _server_went_away(lost: ConnectionClosed) -> bool:
     return lost.rcvd is None or lost.rcvd.code in SERVER_WENT_AWAY
+
+
+def _token_ran_out(lost: ConnectionClosed) -> bool:
+    """The server ended the session on its expired token: a new token opens a new one."""
+    return lost.rcvd is not None and lost.rcvd.code == POLICY_VIOLATION and lost.rcvd.reason == "token_expired"
+
+
+def _refused(failure: InvalidStatus) -> Exception:
+    """The server's typed `error` of a refused upgrade as Refused; `failure` itself without one."""
+    try:
+        error = Error.model_validate_json(failure.response.body)
+    except ValueError:
+        return failure
+    return Refused(error, failure.response.status_code)
+
+
+def _authorization(credential: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {credential}"} if credential else None
+
+
+def _one_credential(api_key: str | None, token: object) -> None:
+    if api_key is not None and token is not None:
+        raise ValueError("give api_key or token, not both: a session runs on one credential")
 
 
 def stream_url(url: str) -> str:
@@ -234,10 +303,104 @@ def _hello(data: bytes | str, require_ready: bool) -> Hello:
     return message
 
 
-def _outcome(data: bytes | str) -> Outcome:
+def _read(data: bytes | str, upkeep: _Upkeep) -> tuple[Outcome | None, Error | None]:
+    """The caller's outcome in a message, or None for news about the session itself; and the
+    error that ends the session, held back: the close after it decides what the caller sees."""
     message = decode_server_message(data)
     assert not isinstance(message, Hello), "hello arrives only first"
-    return message
+    ending = message if isinstance(message, Error) and message.id is None and message.code in SESSION_ENDINGS else None
+    if upkeep.heard(message) or ending is not None:
+        return None, ending
+    return message, None
+
+
+class _Upkeep:
+    """One connection's refreshes and keepalive pings: what to send, and when.
+
+    The client's reader tells it what the server answered (`heard`), its senders when anything
+    went out (`sent`); one task or thread per connection asks `next()` and sends. A `refreshed`
+    can sit unread while nobody receives (a sync script between calls), so until it is read the
+    next refresh is planned as if the new token lasts as long as the last one did.
+    """
+
+    def __init__(self, hello: Hello, renewable: bool):
+        self.ping_every = min(KEEPALIVE_SECONDS, hello.idle_seconds / 3) if hello.idle_seconds else None
+        self.renewable = renewable and hello.expires_at is not None
+        self.expires_at = hello.expires_at or 0.0  # the server's word on the token in force
+        self.lifetime = self.expires_at - time.time()  # what it had left when that word came
+        self.refresh_at: float | None = None
+        self.sent_at = time.monotonic()
+        self.awaiting: deque[str] = deque()  # "refresh" and "ping" sent and not yet answered, in order
+        self.stopped = False
+        self.woken: Callable[[], None] = lambda: None  # the sender's wake-up: the plan changed
+        self._lock = threading.Lock()  # the sync client's reader and upkeep threads share it
+        self._plan(self.lifetime)
+
+    @property
+    def needed(self) -> bool:
+        return self.renewable or self.ping_every is not None
+
+    def next(self) -> tuple[str | None, float | None]:
+        """What is due now ("refresh" or "ping"), else None and the seconds until something may be."""
+        with self._lock:
+            now = time.monotonic()
+            ping_at = self.sent_at + self.ping_every if self.ping_every is not None else None
+            if self.refresh_at is not None and now >= self.refresh_at:
+                return "refresh", None
+            if ping_at is not None and now >= ping_at:
+                return "ping", None
+            times = [at for at in (self.refresh_at, ping_at) if at is not None]
+            return None, min(times) - now if times else None
+
+    def sent(self) -> None:
+        """Any message went out: the server heard from the client, no ping is due yet."""
+        self.sent_at = time.monotonic()
+
+    def sending(self, kind: str) -> None:
+        with self._lock:
+            self.awaiting.append(kind)
+            self.sent_at = time.monotonic()
+            if kind == "refresh":
+                self._plan(self.lifetime)
+
+    def failed(self) -> None:
+        """No refresh went out (the provider failed): try again in what the token in force has left."""
+        with self._lock:
+            self._plan(self.expires_at - time.time())
+        self.woken()
+
+    def heard(self, message: Hello | Outcome | Refreshed | Pong) -> bool:
+        """True when `message` answers the upkeep (`refreshed`, `pong`, a refusal of either)."""
+        with self._lock:
+            if isinstance(message, Refreshed):
+                self._answered("refresh")
+                self.expires_at = message.expires_at
+                self.lifetime = message.expires_at - time.time()
+                self._plan(self.lifetime)
+            elif isinstance(message, Pong):
+                self._answered("ping")
+            elif isinstance(message, Error) and message.id is None and message.code in UPKEEP_REFUSALS \
+                    and self.awaiting:
+                if self.awaiting.popleft() == "refresh":  # the session runs on until the old token expires
+                    log.warning("the server refused a token refresh (%s: %s)", message.code, message.message)
+                    self._plan(self.expires_at - time.time())
+            else:
+                return False
+        self.woken()
+        return True
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.woken()
+
+    def _answered(self, kind: str) -> None:
+        with contextlib.suppress(ValueError):  # an answer to a message sent with send_raw
+            self.awaiting.remove(kind)
+
+    def _plan(self, remaining: float) -> None:
+        """The next refresh at 90% of `remaining`; none if that is under a second away."""
+        delay = REFRESH_AT * remaining
+        self.refresh_at = time.monotonic() + delay if self.renewable and delay >= MIN_REFRESH_SECONDS else None
 
 
 class _Ledger:
@@ -301,22 +464,36 @@ class AsyncClient:
     outcome. An input sent while the connection is down waits for the new session, and a newer
     one replaces it: latest wins. The first connection is not retried: a wrong address fails at
     once. `reconnect=None`: a drop raises websockets' ConnectionClosed, as before.
+
+    `api_key` or `token` (a string, or a function, plain or async, that returns a fresh token)
+    goes in each connection's Authorization header. Only a function lets the client refresh a
+    session's token, or reconnect when it expired anyway; a string token's session ends with it.
+    Refreshes and pings go out from one background task per connection.
     """
 
     def __init__(self, url: str = "ws://127.0.0.1:8000", codec: Codec = "msgpack",
-                 reconnect: Reconnect | None = Reconnect()):
+                 reconnect: Reconnect | None = Reconnect(), *, api_key: str | None = None,
+                 token: AsyncTokenSource | None = None):
+        _one_credential(api_key, token)
         self.url = stream_url(url) + ("?codec=json" if codec == "json" else "")
         self.codec = codec
         self.reconnect = reconnect
+        self._api_key = api_key
+        self._token = token
+        self._renewable = callable(token)
         self._requests = _Requests()
         self._ledger = _Ledger()
         self._ws: ClientConnection | None = None
         self._lost: ConnectionClosed | None = None  # the drop a new session is still due for
+        self._ending: Error | None = None  # the server's last word before it ends the session
+        self._upkeep: _Upkeep | None = None
+        self._upkeep_task: asyncio.Task | None = None
         self._closed = False
         self.hello: Hello | None = None
 
     async def __aenter__(self) -> AsyncClient:
         self._ws, self.hello = await self._open(require_ready=False)
+        self._keep_up(self._ws, self.hello)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -324,6 +501,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
+        task = self._stop_upkeep()
+        if task is not None:
+            await asyncio.wait({task})
         if self._ws is not None:
             await self._ws.close()
 
@@ -335,12 +515,13 @@ class AsyncClient:
 
     async def send_raw(self, data: bytes | str) -> None:
         """Send a message as it is; the client does not resend it after a drop."""
-        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        assert self._ws is not None and self._upkeep is not None, "use `async with AsyncClient(...)`"
         await self._ws.send(data)
+        self._upkeep.sent()
 
     async def receive(self) -> Outcome:
         """The next outcome; after a drop, the outcomes the client answered itself, then a new session's."""
-        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        assert self._ws is not None and self._upkeep is not None, "use `async with AsyncClient(...)`"
         while True:
             if self._ledger.made_here:
                 return self._ledger.made_here.popleft()
@@ -348,14 +529,18 @@ class AsyncClient:
                 await self._reconnect()
                 continue  # what the reconnect answered itself comes first
             try:
-                outcome = _outcome(await self._ws.recv())
+                outcome, self._ending = _read(await self._ws.recv(), self._upkeep)
             except ConnectionClosed as lost:
+                self._stop_upkeep()
                 if not self._may_reconnect(lost):
+                    if self._ending is not None:  # the server said why: a revoked key, an expired token
+                        raise GenerationError(self._ending) from lost
                     raise
+                self._ending = None
                 self._ledger.connection_ended()
                 self._lost = lost
                 continue
-            if self._ledger.answered(outcome) or self.reconnect is None:
+            if outcome is not None and (self._ledger.answered(outcome) or self.reconnect is None):
                 return outcome
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
@@ -410,21 +595,36 @@ class AsyncClient:
         return speech
 
     def _may_reconnect(self, lost: ConnectionClosed) -> bool:
-        return self.reconnect is not None and not self._closed and _server_went_away(lost)
+        return self.reconnect is not None and not self._closed and (
+            _server_went_away(lost) or (self._renewable and _token_ran_out(lost)))
 
     async def _send(self, request: ClientRequest) -> None:
-        assert self._ws is not None, "use `async with AsyncClient(...)`"
+        assert self._ws is not None and self._upkeep is not None, "use `async with AsyncClient(...)`"
         self._ledger.sent(request)
         try:
             await self._ws.send(encode(request, self.codec))
+            self._upkeep.sent()
         except ConnectionClosed as lost:
             if not self._may_reconnect(lost):
                 raise
             # Not sent: the ledger keeps it owed, for the new session or a `connection_lost`.
 
+    async def _credential(self) -> str | None:
+        """The API key, the token, or a fresh one from the provider."""
+        if not callable(self._token):
+            return self._token or self._api_key
+        token = self._token()
+        return await token if inspect.isawaitable(token) else token
+
     async def _open(self, require_ready: bool) -> tuple[ClientConnection, Hello]:
         """Connect and read the session's hello; nothing stays open if that fails."""
-        ws = await connect(self.url, max_size=MAX_FRAME_BYTES)
+        try:
+            ws = await connect(self.url, max_size=MAX_FRAME_BYTES,
+                               additional_headers=_authorization(await self._credential()))
+        except InvalidStatus as failure:
+            if (refused := _refused(failure)) is failure:
+                raise
+            raise refused from failure
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 return ws, _hello(await ws.recv(), require_ready)
@@ -452,12 +652,51 @@ class AsyncClient:
         # Nothing is awaited between the switch and choosing what to resend, so an input goes out
         # once: sent before the switch, it is resent here; after it, send() sends it itself.
         self._ws, self.hello, self._lost = ws, hello, None
+        self._keep_up(ws, hello)
         self._ledger.connection_ended()  # utterances and exports sent while it was down
         resend = self._ledger.to_resend()
         log.info("reconnected to %s as session %s after %d attempts", self.url, hello.session, attempts.count)
         if resend is not None:
             with contextlib.suppress(ConnectionClosed):  # a drop now is the next recv's to notice
                 await ws.send(encode(resend, self.codec))
+
+    def _keep_up(self, ws: ClientConnection, hello: Hello) -> None:
+        """The new connection's upkeep task, when its hello asks for refreshes or pings."""
+        self._stop_upkeep()
+        upkeep = self._upkeep = _Upkeep(hello, self._renewable)
+        if upkeep.needed:
+            woken = asyncio.Event()
+            upkeep.woken = woken.set
+            self._upkeep_task = asyncio.create_task(self._upkeep_loop(ws, upkeep, woken))
+
+    def _stop_upkeep(self) -> asyncio.Task | None:
+        task, self._upkeep_task = self._upkeep_task, None
+        if self._upkeep is not None:
+            self._upkeep.stop()
+        if task is not None:
+            task.cancel()
+        return task
+
+    async def _upkeep_loop(self, ws: ClientConnection, upkeep: _Upkeep, woken: asyncio.Event) -> None:
+        """Refresh and ping on `ws` as `upkeep` plans, until cancelled or the connection ends."""
+        while True:
+            woken.clear()
+            due, wait = upkeep.next()
+            if due is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), wait)
+                continue
+            try:
+                message: Refresh | Ping = Refresh(token=await self._credential()) if due == "refresh" else Ping()
+            except Exception:
+                log.warning("the token provider failed; the session's token runs on until it expires", exc_info=True)
+                upkeep.failed()
+                continue
+            upkeep.sending(due)
+            try:
+                await ws.send(encode(message, self.codec))
+            except ConnectionClosed:
+                return  # the reader notices the drop
 
 
 class Client:
