@@ -167,6 +167,8 @@ def generate(
     guidance: Annotated[float | None, typer.Option()] = None,
     image: Annotated[Path | None, typer.Option(help="Input image for image-to-image.")] = None,
     strength: Annotated[float, typer.Option()] = 0.5,
+    api_key: Annotated[str | None, typer.Option(envvar="LIVEGEN_API_KEY", show_envvar=True,
+                                                help="The server's API key, for --url.")] = None,
 ) -> None:
     """Generate one image through a running server (--url) or in this process (--model)."""
     from livegen.client import Client, ConnectionLost, GenerationError
@@ -185,7 +187,7 @@ def generate(
         fields["width"], fields["height"] = parse_size(size[0])
     try:
         if url:
-            with Client(url) as client:
+            with Client(url, api_key=api_key) as client:
                 frame = client.generate(prompt, **fields)
                 frame = frame.model_copy(update={"image": client.export(frame.id).image})  # signed
         else:
@@ -614,6 +616,23 @@ def bench_safety(model: ModelPathOption = None, size: BenchSizeOption = None,
     _quiet_libraries()
     run(_bench_model(model, size), 6 if quick else frames, output, quick)
     _show(output, "safety")
+
+
+@bench_app.command("access")
+def bench_access(model: ModelPathOption = None, size: BenchSizeOption = None,
+                 frames: Annotated[int, typer.Option(help="Frames through the server with keys, and as many without.")] = 120,
+                 seconds: Annotated[float, typer.Option(help="Measured seconds of inputs at 30/s, per message.")] = 40.0,
+                 quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Cost of API keys, tokens and per-client limits per input (target: 0.2 ms at p50) and per session."""
+    from livegen.bench.access import run
+
+    _quiet_libraries()
+    # Quick mode without --model: a tiny random pipeline, built in a temporary folder.
+    results = run(None if quick and model is None else _bench_model(model, size), 6 if quick else frames,
+                  2.0 if quick else seconds, output, quick)
+    _show(output, "access")
+    if not results["passed"]:
+        raise typer.Exit(1)
 
 
 @bench_app.command("gpu")

@@ -189,6 +189,17 @@ def _token_ran_out(lost: ConnectionClosed) -> bool:
     return lost.rcvd is not None and lost.rcvd.code == POLICY_VIOLATION and lost.rcvd.reason == "token_expired"
 
 
+def _ended(lost: ConnectionClosed, said: Error | None) -> GenerationError | None:
+    """Why the server ended the session (a revoked key, an expired token, silence), as an error to
+    raise instead of the bare close: its last message if read, else its close reason."""
+    if said is not None:
+        return GenerationError(said)
+    if lost.rcvd is not None and lost.rcvd.reason in SESSION_ENDINGS:
+        return GenerationError(Error(code=lost.rcvd.reason, message=f"the server ended the session "
+                                     f"(close {lost.rcvd.code})"))
+    return None
+
+
 def _refused(failure: InvalidStatus) -> Exception:
     """The server's typed `error` of a refused upgrade as Refused; `failure` itself without one."""
     try:
@@ -463,7 +474,8 @@ class AsyncClient:
     updates `hello` (the new session has a new id), and resends the newest input still owed an
     outcome. An input sent while the connection is down waits for the new session, and a newer
     one replaces it: latest wins. The first connection is not retried: a wrong address fails at
-    once. `reconnect=None`: a drop raises websockets' ConnectionClosed, as before.
+    once. `reconnect=None`: a drop raises websockets' ConnectionClosed, as before, or
+    GenerationError when the server ended the session and said why (`idle_timeout` too).
 
     `api_key` or `token` (a string, or a function, plain or async, that returns a fresh token)
     goes in each connection's Authorization header. Only a function lets the client refresh a
@@ -533,8 +545,8 @@ class AsyncClient:
             except ConnectionClosed as lost:
                 self._stop_upkeep()
                 if not self._may_reconnect(lost):
-                    if self._ending is not None:  # the server said why: a revoked key, an expired token
-                        raise GenerationError(self._ending) from lost
+                    if (ended := _ended(lost, self._ending)) is not None:
+                        raise ended from lost
                     raise
                 self._ending = None
                 self._ledger.connection_ended()
@@ -606,6 +618,8 @@ class AsyncClient:
             self._upkeep.sent()
         except ConnectionClosed as lost:
             if not self._may_reconnect(lost):
+                if (ended := _ended(lost, None)) is not None:
+                    raise ended from lost
                 raise
             # Not sent: the ledger keeps it owed, for the new session or a `connection_lost`.
 
@@ -702,12 +716,19 @@ class AsyncClient:
 class Client:
     """The synchronous twin of AsyncClient, for scripts and notebooks; it reconnects the same way.
 
-    `receive()`'s `timeout` bounds each wait for a message, not a reconnect in progress.
+    `receive()`'s `timeout` bounds each wait for an outcome, not a reconnect in progress.
+    `api_key` and `token` as AsyncClient's, a provider being a plain function; refreshes and
+    pings go out from one daemon thread per connection, under the same lock as every send.
     """
 
-    def __init__(self, url: str = "ws://127.0.0.1:8000", reconnect: Reconnect | None = Reconnect()):
+    def __init__(self, url: str = "ws://127.0.0.1:8000", reconnect: Reconnect | None = Reconnect(), *,
+                 api_key: str | None = None, token: TokenSource | None = None):
+        _one_credential(api_key, token)
         self.url = stream_url(url)
         self.reconnect = reconnect
+        self._api_key = api_key
+        self._token = token
+        self._renewable = callable(token)
         self._requests = _Requests()
         self._ledger = _Ledger()
         # A sender thread and a reader thread may share a client: the ledger and the switch to a
@@ -715,11 +736,14 @@ class Client:
         self._lock = threading.Lock()
         self._ws: SyncConnection | None = None
         self._lost: ConnectionClosed | None = None
+        self._ending: Error | None = None
+        self._upkeep: _Upkeep | None = None
         self._closed = False
         self.hello: Hello | None = None
 
     def __enter__(self) -> Client:
         self._ws, self.hello = self._open(require_ready=False)
+        self._keep_up(self._ws, self.hello)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -727,6 +751,8 @@ class Client:
 
     def close(self) -> None:
         self._closed = True
+        if self._upkeep is not None:
+            self._upkeep.stop()
         if self._ws is not None:
             self._ws.close()
 
@@ -736,21 +762,32 @@ class Client:
         return request.id
 
     def receive(self, timeout: float | None = None) -> Outcome:
-        assert self._ws is not None, "use `with Client(...)`"
+        assert self._ws is not None and self._upkeep is not None, "use `with Client(...)`"
+        deadline = None  # pongs and refreshes do not restart the wait
         while True:
             if self._ledger.made_here:
                 return self._ledger.made_here.popleft()
             if self._lost is not None:
                 self._reconnect()
+                deadline = None
                 continue
+            if timeout is not None and deadline is None:
+                deadline = time.monotonic() + timeout
             try:
-                outcome = _outcome(self._ws.recv(timeout=timeout))
+                data = self._ws.recv(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                outcome, self._ending = _read(data, self._upkeep)
             except ConnectionClosed as lost:
+                self._upkeep.stop()
                 if not self._may_reconnect(lost):
+                    if (ended := _ended(lost, self._ending)) is not None:
+                        raise ended from lost
                     raise
+                self._ending = None
                 with self._lock:
                     self._ledger.connection_ended()
                 self._lost = lost
+                continue
+            if outcome is None:
                 continue
             with self._lock:
                 settled = self._ledger.answered(outcome)
@@ -789,20 +826,38 @@ class Client:
         return speech
 
     def _may_reconnect(self, lost: ConnectionClosed) -> bool:
-        return self.reconnect is not None and not self._closed and _server_went_away(lost)
+        return self.reconnect is not None and not self._closed and (
+            _server_went_away(lost) or (self._renewable and _token_ran_out(lost)))
 
     def _send(self, request: ClientRequest) -> None:
-        assert self._ws is not None, "use `with Client(...)`"
+        assert self._ws is not None and self._upkeep is not None, "use `with Client(...)`"
         with self._lock:
             self._ledger.sent(request)
             try:
                 self._ws.send(encode(request))
+                self._upkeep.sent()
             except ConnectionClosed as lost:
                 if not self._may_reconnect(lost):
+                    if (ended := _ended(lost, None)) is not None:
+                        raise ended from lost
                     raise
 
+    def _credential(self) -> str | None:
+        if not callable(self._token):
+            return self._token or self._api_key
+        token = self._token()
+        if not isinstance(token, str):
+            raise TypeError(f"Client's token provider must return a str, not {type(token).__name__} "
+                            "(an async provider is for AsyncClient)")
+        return token
+
     def _open(self, require_ready: bool) -> tuple[SyncConnection, Hello]:
-        ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES)
+        try:
+            ws = sync_connect(self.url, max_size=MAX_FRAME_BYTES, additional_headers=_authorization(self._credential()))
+        except InvalidStatus as failure:
+            if (refused := _refused(failure)) is failure:
+                raise
+            raise refused from failure
         try:
             return ws, _hello(ws.recv(timeout=HELLO_TIMEOUT), require_ready)
         except BaseException:
@@ -827,9 +882,44 @@ class Client:
                 ws.close()
                 raise self._lost
             self._ws, self.hello, self._lost = ws, hello, None
+            self._keep_up(ws, hello)
             self._ledger.connection_ended()
             resend = self._ledger.to_resend()
             log.info("reconnected to %s as session %s after %d attempts", self.url, hello.session, attempts.count)
             if resend is not None:
                 with contextlib.suppress(ConnectionClosed):
                     ws.send(encode(resend))
+
+    def _keep_up(self, ws: SyncConnection, hello: Hello) -> None:
+        """The new connection's upkeep thread, when its hello asks for refreshes or pings."""
+        if self._upkeep is not None:
+            self._upkeep.stop()
+        upkeep = self._upkeep = _Upkeep(hello, self._renewable)
+        if upkeep.needed:
+            woken = threading.Event()
+            upkeep.woken = woken.set
+            threading.Thread(target=self._upkeep_loop, args=(ws, upkeep, woken), name=f"livegen-upkeep-{hello.session}",
+                             daemon=True).start()
+
+    def _upkeep_loop(self, ws: SyncConnection, upkeep: _Upkeep, woken: threading.Event) -> None:
+        """Refresh and ping on `ws` as `upkeep` plans, until it stops or the connection ends."""
+        while not upkeep.stopped:
+            woken.clear()
+            due, wait = upkeep.next()
+            if due is None:
+                woken.wait(wait)
+                continue
+            try:  # outside the lock: a provider may take a while
+                message: Refresh | Ping = Refresh(token=self._credential()) if due == "refresh" else Ping()
+            except Exception:
+                log.warning("the token provider failed; the session's token runs on until it expires", exc_info=True)
+                upkeep.failed()
+                continue
+            with self._lock:
+                if upkeep.stopped:
+                    return
+                upkeep.sending(due)
+                try:
+                    ws.send(encode(message))
+                except ConnectionClosed:
+                    return  # the reader notices the drop

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
 
 JSON = {"content-type": "application/json"}
+HEADER_TEXT = st.characters(min_codepoint=32, max_codepoint=126)  # what an HTTP header value may hold
 
 
 class Keyed:
@@ -201,15 +203,33 @@ def test_operational_endpoints_keep_details_for_key_holders(keyed):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(credential=st.one_of(st.text(max_size=300), st.from_regex(r"lg_[0-9a-f]{8}_[A-Za-z0-9_-]{0,50}"),
-                            st.from_regex(r"ey[A-Za-z0-9_-]{5,40}\.[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,40}")))
+@given(credential=st.one_of(st.text(HEADER_TEXT, max_size=300), st.from_regex(r"lg_[0-9a-f]{8}_[A-Za-z0-9_-]{0,50}", fullmatch=True),
+                            st.from_regex(r"ey[A-Za-z0-9_-]{5,40}\.[A-Za-z0-9_-]{0,40}\.[A-Za-z0-9_-]{0,40}", fullmatch=True)))
 def test_any_credential_text_is_a_typed_401_never_a_failure(keyed, credential):
-    try:
-        response = httpx.get(keyed.url + "/v1/models", headers={"Authorization": "Bearer " + credential})
-    except (httpx.LocalProtocolError, UnicodeEncodeError):
-        return  # text no HTTP header can carry never leaves the client
+    response = httpx.get(keyed.url + "/v1/models", headers={"Authorization": ("Bearer " + credential).strip()})
     assert response.status_code == 401, response.text
     assert response.json()["code"] in {"unauthorized", "token_expired"}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(["header", "subprotocol", "query"]),
+       credential=st.one_of(st.from_regex(r"[A-Za-z0-9._~-]{1,300}", fullmatch=True),
+                            st.from_regex(r"lg_[0-9a-f]{8}_[A-Za-z0-9_-]{1,50}", fullmatch=True),
+                            st.text(HEADER_TEXT, min_size=1, max_size=300)))
+def test_any_credential_on_the_upgrade_is_a_typed_refusal(keyed, where, credential):
+    url, headers, subprotocols = keyed.ws_url + "/v1/stream", {}, None
+    if where == "header":
+        headers = {"Authorization": ("Bearer " + credential).strip()}
+    elif where == "subprotocol":
+        if not all(c.isalnum() or c in "._~-" for c in credential):
+            return  # not a subprotocol token: no browser would send it
+        subprotocols = ["livegen", "bearer." + credential]
+    else:
+        url += "?" + urlencode({"token": credential})
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers=headers, subprotocols=subprotocols, open_timeout=10)
+    assert refused.value.response.status_code == 401
+    assert Error.model_validate_json(refused.value.response.body).code in {"unauthorized", "token_expired"}
 
 
 # ---------------------------------------------------------------- browsers

@@ -194,3 +194,23 @@ def test_soak_reads_lag_p99_as_the_upper_bound_of_the_bucket_holding_it():
     lag = lag_between(before, after)
     assert lag == {"observations": 1000, "mean_ms": 2.0, "p50_ms": 10.0, "p99_ms": 50.0, "max_ms": 75.0}
     assert lag_between(before, {**after, "0.05": 1089})["p99_ms"] == 75.0  # one beat fewer within 50 ms
+
+
+def test_access_bench_quick_mode_measures_each_arm_and_computes_its_verdict(tmp_path: Path):
+    from livegen.bench.access import ARMS, verdicts
+
+    result = CliRunner().invoke(app, ["bench", "access", "--quick", "--output", str(tmp_path)])
+    access = load(tmp_path, "access")
+    assert result.exit_code == (0 if access["passed"] else 1), result.output
+    assert list(access["per_message"]) == list(ARMS) and set(access["added_ms"]) == set(ARMS[1:])
+    for arm in access["per_message"].values():
+        assert arm["n"] > 0 and 0 < arm["p50_us"] <= arm["p99_us"]
+    assert access["refused"] == dict.fromkeys(ARMS, 0)
+    # The verdict is the figures read against the target, and the exit code follows it.
+    assert access["verdicts"] == verdicts(access) and access["passed"] == all(access["verdicts"].values())
+    assert all(row["p50_us"] > 0 for row in access["session_setup"] + access["window"])
+    assert len(access["session_setup"]) == 3 and access["window"][0]["pixels_held"] == 0
+    for arm in ("on", "off"):
+        assert access["end_to_end"][arm]["n"] == 6 and access["end_to_end"][arm]["p50_ms"] > 0
+    assert access["end_to_end_ratio"] > 0
+    assert "0.2 ms" in (tmp_path / "access.md").read_text()

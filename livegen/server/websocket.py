@@ -50,7 +50,10 @@ async def stream(websocket: WebSocket) -> None:
         grant = access.authenticate(websocket_credential(websocket), client_address(websocket))
         access.open_session(grant)
     except Denied as denied:
-        await websocket.send_denial_response(denial(denied))
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(denial(denied))
+        else:  # a server without the denial extension: a bare 403
+            await websocket.close(code=POLICY_VIOLATION, reason=denied.code)
         return
     try:
         await _serve(websocket, engine, access, grant)
