@@ -298,7 +298,7 @@ def test_inputs_per_session_and_pixels_per_key(tight):
     messages = [ask(socket, Ping()) for _ in range(3)]  # every message counts: 6 in 20 s
     assert [m.type for m in messages] == ["pong"] * 3
     limited = ask(socket, Ping())
-    assert (limited.code, limited.retry_after_ms > 1000) == ("rate_limited", True)
+    assert (limited.code, limited.retry_after_ms > 0) == ("rate_limited", True)
     socket.close()
     response = httpx.post(tight.url + "/v1/generate", json={"prompt": "a fox"}, headers=tight.auth())
     assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
@@ -369,3 +369,15 @@ def test_api_keys_cli_creates_lists_and_revokes(tmp_path):
     assert CliRunner().invoke(app, ["api-keys", "revoke", key_id, "--file", str(path)]).exit_code == 0
     assert "revoked" in CliRunner().invoke(app, ["api-keys", "list", "--file", str(path)]).output
     assert path.stat().st_mode & 0o077 == 0  # the owner's alone
+
+
+def test_a_broken_or_deleted_key_file_never_opens_the_server(tmp_path, tiny_sd):
+    server = keyed_server(tmp_path, tiny_sd)
+    try:
+        server.keys.path.write_text("{ half-written")
+        assert refused_upgrade(server.ws_url)[1].code == "unauthorized"
+        server.open().close()  # the keys read before stay in force
+        server.keys.path.unlink()
+        assert refused_upgrade(server.ws_url)[0] == 401
+    finally:
+        server.live.stop()

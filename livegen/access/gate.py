@@ -77,6 +77,7 @@ class Access:
         self.tokens = Tokens(config.token_secret, config.token_seconds)
         self.rates = Rates()
         self.sessions: Tally[str] = Tally()
+        self._required = False
         self._keys_read_at = time.monotonic()
         self.refusals = Counter("livegen_access_refusals_total", "Credentials or origins refused, by error code.",
                                 ["code"], registry=registry)
@@ -85,8 +86,9 @@ class Access:
 
     @property
     def required(self) -> bool:
-        """Keys exist, so every request needs a credential."""
-        return self.keys.configured
+        """Keys exist, or did since start: a key file deleted later never opens the server to everyone."""
+        self._required = self._required or self.keys.configured
+        return self._required
 
     # ------------------------------------------------------------------ credentials
 
@@ -198,7 +200,8 @@ class Access:
         if self.sessions[grant.subject] <= 0:
             del self.sessions[grant.subject]
 
-    def spend(self, grant: Grant, limit: str, cost: int = 1, msg_id: str | None = None, who: str | None = None) -> None:
+    async def spend(self, grant: Grant, limit: str, cost: int = 1, msg_id: str | None = None,
+                    who: str | None = None) -> None:
         """Spend from the server's limit (per key, or per `who`) and the token's own; `rate_limited` if either is out."""
         limits = self.config.limits
         own = {"inputs_per_session": limits.inputs_per_session, "pixels_per_key": limits.pixels_per_key,
@@ -207,9 +210,9 @@ class Access:
         if grant.limits is not None:
             token_rate = getattr(grant.limits, limit.removesuffix("_per_key"))
         try:
-            self.rates.take(limit, own, who or grant.subject, cost, msg_id)
+            await self.rates.take(limit, own, who or grant.subject, cost, msg_id)
             if token_rate is not None:
-                self.rates.take(f"token {limit}", token_rate, f"{grant.token_id}:{who or ''}", cost, msg_id)
+                await self.rates.take(f"token {limit}", token_rate, f"{grant.token_id}:{who or ''}", cost, msg_id)
         except ProtocolError:
             self.limited.labels(limit).inc()
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 PREFIX = "lg"
 
 
@@ -119,7 +121,10 @@ class KeyRing:
         except FileNotFoundError:
             stamp = None
         if stamp != self._stamp:
-            self._from_file = self.file.read() if stamp else {}
+            try:
+                self._from_file = self.file.read() if stamp else {}
+            except KeyFileError:  # a file half-edited by hand: keep serving the keys it held
+                log.exception("API keys not re-read; the previous ones stay in force")
             self._stamp = stamp
 
     def find(self, secret: str) -> ApiKey | None:

@@ -221,7 +221,7 @@ def create_app(engine: Engine) -> FastAPI:
         try:
             request_body = await _read_json_body(request, engine.settings.max_message_bytes)
             generate = _parse_body(request_body)
-            admit(access, grant, engine, generate)
+            await admit(access, grant, engine, generate)
             outcome = await engine.generate(generate)
         except (ProtocolError, EngineBusy) as exc:
             busy = "shutting_down" if engine.draining else "too_many_sessions"
@@ -243,7 +243,8 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/v1")
     async def about() -> dict:
         return {"name": "livegen", "version": __version__, "playground": "/", "stream": "/v1/stream",
-                "generate": "/v1/generate", "docs": "/docs", "schema": "/v1/protocol.schema.json"}
+                "generate": "/v1/generate", "tokens": "/v1/tokens", "docs": "/docs", "schema": "/v1/protocol.schema.json",
+                "credentials_required": access.required}
 
     # The playground: every script and style it needs is served from here, nothing from a CDN.
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

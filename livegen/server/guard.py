@@ -51,20 +51,20 @@ def forwarded(request: Request) -> bool:
     return any(name in request.headers for name in FORWARDING_HEADERS)
 
 
-def admit(access: Access, grant: Grant, engine: Engine, request: ClientRequest, session_id: str | None = None) -> None:
+async def admit(access: Access, grant: Grant, engine: Engine, request: ClientRequest) -> None:
     """What this grant may ask for and how much: `forbidden` or `rate_limited` before any work."""
     if isinstance(request, Generate):
         model = request.model or engine.default_model or ""
         access.forbid_model(grant, model, request.id)
         pixels = request.width * request.height or _default_pixels(engine, model)
         if pixels:
-            access.spend(grant, "pixels_per_key", pixels, request.id)
+            await access.spend(grant, "pixels_per_key", pixels, request.id)
     elif isinstance(request, Speak):
         access.forbid_model(grant, engine.speech.name if engine.speech else "speech", request.id)
         if request.text:
-            access.spend(grant, "speech_chars_per_key", len(request.text), request.id)
+            await access.spend(grant, "speech_chars_per_key", len(request.text), request.id)
     elif isinstance(request, Export):
-        access.spend(grant, "exports_per_key", 1, request.id)
+        await access.spend(grant, "exports_per_key", 1, request.id)
 
 
 def _default_pixels(engine: Engine, model: str) -> int:

@@ -106,14 +106,14 @@ async def _serve(websocket: WebSocket, engine: Engine, access: Access, grant: Gr
                 engine.reject(session, ProtocolError("message_too_large", f"message is {size} bytes; at most {limit}"))
                 continue
             try:
-                request = _read(data, access, grant, session.id)
+                request = await _read(data, access, grant, session.id)
                 if isinstance(request, Ping):
                     session.send(Pong())
                 elif isinstance(request, Refresh):
                     grant = access.refresh(grant, request.token)
                     session.send(Refreshed(expires_at=grant.expires_at or 0.0))
                 else:
-                    admit(access, grant, engine, request)
+                    await admit(access, grant, engine, request)
                     await engine.submit(session, request)
             except ProtocolError as error:
                 engine.reject(session, error)
@@ -174,14 +174,14 @@ async def _serve(websocket: WebSocket, engine: Engine, access: Access, grant: Gr
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _read(data: bytes | str, access: Access, grant: Grant, session_id: str) -> ClientRequest | Upkeep:
+async def _read(data: bytes | str, access: Access, grant: Grant, session_id: str) -> ClientRequest | Upkeep:
     """Parse one message; every message, readable or not, counts against the session's input rate."""
     try:
         request = parse_client_message(data)
     except ProtocolError as error:
-        access.spend(grant, "inputs_per_session", 1, error.id, who=session_id)
+        await access.spend(grant, "inputs_per_session", 1, error.id, who=session_id)
         raise
-    access.spend(grant, "inputs_per_session", 1, getattr(request, "id", None), who=session_id)
+    await access.spend(grant, "inputs_per_session", 1, getattr(request, "id", None), who=session_id)
     return request
 
 
