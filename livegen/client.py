@@ -94,6 +94,7 @@ POLICY_VIOLATION = 1008  # the server's close for a revoked key or an expired to
 REFRESH_AT = 0.9  # of a token's remaining life: a refresh then leaves a tenth for a slow provider
 MIN_REFRESH_SECONDS = 1.0  # no refresh sooner than this: a provider handing back a dying token cannot spin
 KEEPALIVE_SECONDS = 30.0  # the longest quiet before a `ping`; a third of the server's idle timeout if shorter
+READ_AHEAD = 16  # outcomes the upkeep may read ahead for the caller: websockets' own queue (max_queue)
 # Errors without an id that answer a `refresh` or a `ping` the client sent itself.
 UPKEEP_REFUSALS = frozenset({"unauthorized", "forbidden", "token_expired", "rate_limited"})
 # Errors without an id that the server sends just before it ends the session (then it closes).
@@ -101,6 +102,7 @@ SESSION_ENDINGS = frozenset({"token_expired", "unauthorized", "idle_timeout"})
 
 AsyncTokenSource = str | Callable[[], str | Awaitable[str]]
 TokenSource = str | Callable[[], str]
+Received = Outcome | Refreshed | Pong
 
 
 class GenerationError(Exception):
@@ -314,24 +316,32 @@ def _hello(data: bytes | str, require_ready: bool) -> Hello:
     return message
 
 
-def _read(data: bytes | str, upkeep: _Upkeep) -> tuple[Outcome | None, Error | None]:
-    """The caller's outcome in a message, or None for news about the session itself; and the
-    error that ends the session, held back: the close after it decides what the caller sees."""
+def _decode(data: bytes | str) -> Received:
     message = decode_server_message(data)
     assert not isinstance(message, Hello), "hello arrives only first"
-    ending = message if isinstance(message, Error) and message.id is None and message.code in SESSION_ENDINGS else None
-    if upkeep.heard(message) or ending is not None:
-        return None, ending
-    return message, None
+    return message
+
+
+def _session_ending(message: Received) -> Error | None:
+    """The error the server sends just before it ends a session: held back, not an outcome, as
+    the close after it decides what the caller sees (nothing, if the client reconnects)."""
+    if isinstance(message, Error) and message.id is None and message.code in SESSION_ENDINGS:
+        return message
+    return None
+
+
+def _ahead(message: Received, upkeep: _Upkeep) -> bool:
+    """Whether a message the upkeep read is for the caller's next receive (or its ending)."""
+    return not upkeep.heard(message) or _session_ending(message) is not None
 
 
 class _Upkeep:
     """One connection's refreshes and keepalive pings: what to send, and when.
 
-    The client's reader tells it what the server answered (`heard`), its senders when anything
-    went out (`sent`); one task or thread per connection asks `next()` and sends. A `refreshed`
-    can sit unread while nobody receives (a sync script between calls), so until it is read the
-    next refresh is planned as if the new token lasts as long as the last one did.
+    Whoever reads the socket tells it what the server answered (`heard`), the senders when
+    anything went out (`sent`); one task or thread per connection asks `next()` and sends. That
+    sender reads its answers itself only when it wakes, so until a `refreshed` is read the next
+    refresh is planned as if the new token lasts as long as the last one did.
     """
 
     def __init__(self, hello: Hello, renewable: bool):
@@ -500,6 +510,8 @@ class AsyncClient:
         self._ending: Error | None = None  # the server's last word before it ends the session
         self._upkeep: _Upkeep | None = None
         self._upkeep_task: asyncio.Task | None = None
+        self._reading = asyncio.Lock()  # one reader of the socket: the caller's receive() or the upkeep
+        self._read_ahead: deque[Received] = deque()  # what the upkeep read for the caller
         self._closed = False
         self.hello: Hello | None = None
 
@@ -541,7 +553,8 @@ class AsyncClient:
                 await self._reconnect()
                 continue  # what the reconnect answered itself comes first
             try:
-                outcome, self._ending = _read(await self._ws.recv(), self._upkeep)
+                async with self._reading:
+                    message, heard = await self._next_message()
             except ConnectionClosed as lost:
                 self._stop_upkeep()
                 if not self._may_reconnect(lost):
@@ -552,8 +565,11 @@ class AsyncClient:
                 self._ledger.connection_ended()
                 self._lost = lost
                 continue
-            if outcome is not None and (self._ledger.answered(outcome) or self.reconnect is None):
-                return outcome
+            self._ending = _session_ending(message)
+            if heard or self._ending is not None:
+                continue
+            if self._ledger.answered(message) or self.reconnect is None:
+                return message
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
         while True:
@@ -622,6 +638,14 @@ class AsyncClient:
                     raise ended from lost
                 raise
             # Not sent: the ledger keeps it owed, for the new session or a `connection_lost`.
+
+    async def _next_message(self) -> tuple[Received, bool]:
+        """The next message, one the upkeep read ahead first; and whether it answered the upkeep."""
+        assert self._ws is not None and self._upkeep is not None
+        if self._read_ahead:
+            return self._read_ahead.popleft(), False
+        message = _decode(await self._ws.recv())
+        return message, self._upkeep.heard(message)
 
     async def _credential(self) -> str | None:
         """The API key, the token, or a fresh one from the provider."""
@@ -692,13 +716,17 @@ class AsyncClient:
         return task
 
     async def _upkeep_loop(self, ws: ClientConnection, upkeep: _Upkeep, woken: asyncio.Event) -> None:
-        """Refresh and ping on `ws` as `upkeep` plans, until cancelled or the connection ends."""
-        while True:
+        """Refresh and ping on `ws` as `upkeep` plans, until it stops or the connection ends."""
+        while not upkeep.stopped:  # checked, not only cancelled: 3.11's wait_for can swallow a cancel
             woken.clear()
             due, wait = upkeep.next()
             if due is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await woken.wait()
+                continue
+            await self._drain(ws, upkeep)  # a `refreshed` read now may put the refresh off
+            if (due := upkeep.next()[0]) is None:
                 continue
             try:
                 message: Refresh | Ping = Refresh(token=await self._credential()) if due == "refresh" else Ping()
@@ -711,6 +739,25 @@ class AsyncClient:
                 await ws.send(encode(message, self.codec))
             except ConnectionClosed:
                 return  # the reader notices the drop
+
+    async def _drain(self, ws: ClientConnection, upkeep: _Upkeep) -> None:
+        """Read the upkeep's answers that arrived while no caller was reading.
+
+        Unread, a quiet session's pongs would fill websockets' queue, which then stops reading
+        the socket: its keepalive goes unanswered and the connection drops. Outcomes met on the
+        way wait in `_read_ahead` for the caller, READ_AHEAD at most, as the queue would hold them.
+        """
+        if self._reading.locked():
+            return  # a caller is reading: it meets the answers itself
+        async with self._reading:
+            while upkeep.awaiting and len(self._read_ahead) < READ_AHEAD and not upkeep.stopped:
+                try:
+                    async with asyncio.timeout(0):  # what has arrived; recv() is safe to cancel
+                        message = _decode(await ws.recv())
+                except (TimeoutError, ConnectionClosed):
+                    return
+                if _ahead(message, upkeep):
+                    self._read_ahead.append(message)
 
 
 class Client:
@@ -738,6 +785,8 @@ class Client:
         self._lost: ConnectionClosed | None = None
         self._ending: Error | None = None
         self._upkeep: _Upkeep | None = None
+        self._reading = threading.Lock()  # one reader of the socket: the caller's receive() or the upkeep
+        self._read_ahead: deque[Received] = deque()
         self._closed = False
         self.hello: Hello | None = None
 
@@ -774,8 +823,8 @@ class Client:
             if timeout is not None and deadline is None:
                 deadline = time.monotonic() + timeout
             try:
-                data = self._ws.recv(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-                outcome, self._ending = _read(data, self._upkeep)
+                with self._reading:
+                    message, heard = self._next_message(deadline)
             except ConnectionClosed as lost:
                 self._upkeep.stop()
                 if not self._may_reconnect(lost):
@@ -787,12 +836,13 @@ class Client:
                     self._ledger.connection_ended()
                 self._lost = lost
                 continue
-            if outcome is None:
+            self._ending = _session_ending(message)
+            if heard or self._ending is not None:
                 continue
             with self._lock:
-                settled = self._ledger.answered(outcome)
+                settled = self._ledger.answered(message)
             if settled or self.reconnect is None:
-                return outcome
+                return message
 
     def frames(self) -> Iterator[Frame]:
         while True:
@@ -841,6 +891,13 @@ class Client:
                     if (ended := _ended(lost, None)) is not None:
                         raise ended from lost
                     raise
+
+    def _next_message(self, deadline: float | None) -> tuple[Received, bool]:
+        assert self._ws is not None and self._upkeep is not None
+        if self._read_ahead:
+            return self._read_ahead.popleft(), False
+        message = _decode(self._ws.recv(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())))
+        return message, self._upkeep.heard(message)
 
     def _credential(self) -> str | None:
         if not callable(self._token):
@@ -909,6 +966,9 @@ class Client:
             if due is None:
                 woken.wait(wait)
                 continue
+            self._drain(ws, upkeep)
+            if (due := upkeep.next()[0]) is None:
+                continue
             try:  # outside the lock: a provider may take a while
                 message: Refresh | Ping = Refresh(token=self._credential()) if due == "refresh" else Ping()
             except Exception:
@@ -923,3 +983,18 @@ class Client:
                     ws.send(encode(message))
                 except ConnectionClosed:
                     return  # the reader notices the drop
+
+    def _drain(self, ws: SyncConnection, upkeep: _Upkeep) -> None:
+        """As AsyncClient._drain: the upkeep's answers read while no caller reads."""
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            while upkeep.awaiting and len(self._read_ahead) < READ_AHEAD and not upkeep.stopped:
+                try:
+                    message = _decode(ws.recv(timeout=0))
+                except (TimeoutError, ConnectionClosed):
+                    return
+                if _ahead(message, upkeep):
+                    self._read_ahead.append(message)
+        finally:
+            self._reading.release()

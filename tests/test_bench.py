@@ -197,7 +197,7 @@ def test_soak_reads_lag_p99_as_the_upper_bound_of_the_bucket_holding_it():
 
 
 def test_access_bench_quick_mode_measures_each_arm_and_computes_its_verdict(tmp_path: Path):
-    from livegen.bench.access import ARMS, verdicts
+    from livegen.bench.access import ARMS, WINDOW_HELD, verdicts
 
     result = CliRunner().invoke(app, ["bench", "access", "--quick", "--output", str(tmp_path)])
     access = load(tmp_path, "access")
@@ -205,11 +205,15 @@ def test_access_bench_quick_mode_measures_each_arm_and_computes_its_verdict(tmp_
     assert list(access["per_message"]) == list(ARMS) and set(access["added_ms"]) == set(ARMS[1:])
     for arm in access["per_message"].values():
         assert arm["n"] > 0 and 0 < arm["p50_us"] <= arm["p99_us"]
-    assert access["refused"] == dict.fromkeys(ARMS, 0)
+    # The limits' amounts are out of reach: a refusal makes the run invalid, and the result says so.
+    assert access["refused"] == dict.fromkeys(ARMS, 0) and access["refused_end_to_end"] == 0
+    assert access["valid"] and "Invalid run" not in (tmp_path / "access.md").read_text()
     # The verdict is the figures read against the target, and the exit code follows it.
     assert access["verdicts"] == verdicts(access) and access["passed"] == all(access["verdicts"].values())
     assert all(row["p50_us"] > 0 for row in access["session_setup"] + access["window"])
-    assert len(access["session_setup"]) == 3 and access["window"][0]["pixels_held"] == 0
+    assert len(access["session_setup"]) == 3
+    assert [row["pixels_held"] for row in access["window"]] == list(WINDOW_HELD)
+    assert not verdicts({**access, "refused_end_to_end": 1})["nothing refused (a valid run)"]
     for arm in ("on", "off"):
         assert access["end_to_end"][arm]["n"] == 6 and access["end_to_end"][arm]["p50_ms"] > 0
     assert access["end_to_end_ratio"] > 0
