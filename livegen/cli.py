@@ -620,8 +620,8 @@ def bench_safety(model: ModelPathOption = None, size: BenchSizeOption = None,
 
 @bench_app.command("access")
 def bench_access(model: ModelPathOption = None, size: BenchSizeOption = None,
-                 frames: Annotated[int, typer.Option(help="Frames through the server with keys, and as many without.")] = 120,
-                 seconds: Annotated[float, typer.Option(help="Measured seconds of inputs at 30/s, per message.")] = 40.0,
+                 frames: Annotated[int, typer.Option(help="Frames through a server with keys, as many without.")] = 120,
+                 seconds: Annotated[float, typer.Option(help="Measured seconds of inputs at 30/s.")] = 40.0,
                  quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
     """Cost of API keys, tokens and per-client limits per input (target: 0.2 ms at p50) and per session."""
     from livegen.bench.access import run

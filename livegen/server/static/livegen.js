@@ -6,6 +6,13 @@
 // is one computing, one in the server's latest-wins slot and one on its way to replace it: with
 // two, the slot's input is never replaced and goes stale, which doubles the latency whenever the
 // model is slower than the input (measured: docs/benchmarks.md).
+//
+// Credentials come from an optional `tokenProvider` (async, returns {token, expires_at} or null),
+// asked before every connect: a browser cannot set headers on a WebSocket, so the token rides as
+// a `bearer.<token>` subprotocol beside `livegen`. A session outlives its token by sending a
+// `refresh` with a fresh one at 90% of the token's life; a quiet session sends `ping` so the
+// server's idle timeout does not close it. A session that ends anyway (expired, revoked, idle)
+// reconnects like any other, with a fresh token.
 
 export function streamUrl(base = location.href) {
   const url = new URL('/v1/stream', base);
@@ -69,14 +76,28 @@ export class StreamStats {
   }
 }
 
-// Events: 'status' {state: 'connecting'|'open'|'reconnecting', attempt, delayMs, reason},
+const SUBPROTOCOL = 'livegen';
+const TOKEN_SUBPROTOCOL = 'bearer.';
+const REFRESH_AT = 0.9; // of the token's remaining life, as fal's client does
+const MIN_REFRESH_MS = 1000; // closer to expiry than this, let it expire: the reconnect gets a fresh token
+const MAX_PING_MS = 30000;
+const REFRESH_REFUSALS = new Set(['unauthorized', 'forbidden', 'token_expired', 'rate_limited']);
+
+// Events: 'status' {state: 'connecting'|'open'|'reconnecting'|'closed', attempt, delayMs, reason},
 // 'hello' (the server's hello), 'frame' {frame, blob, latencyMs}, 'superseded', 'skipped', 'blocked',
-// 'audio' {chunk, samples: Float32Array}, 'speech_end', 'cancelled',
-// 'error' (an error message: {id, code, message}).
+// 'audio' {chunk, samples: Float32Array}, 'speech_end', 'cancelled', 'refreshed' {expires_at},
+// 'error' (an error message: {id, code, message, retry_after_ms}).
 export class LivegenClient extends EventTarget {
-  constructor({url = streamUrl(), maxInFlight = 3, minDelayMs = 250, maxDelayMs = 4000} = {}) {
+  #generation = 0; // bumped by each connect(): a slower token fetch or timer of an older one gives up
+  #expiresAt = null; // the session's token expiry (Unix seconds, the server's clock)
+  #refreshTimer = null;
+  #pingTimer = null;
+  #refreshing = false; // a `refresh` is unanswered: an id-less credential error is its answer
+
+  constructor({url = streamUrl(), maxInFlight = 3, minDelayMs = 250, maxDelayMs = 4000, tokenProvider = null} = {}) {
     super();
     this.url = url;
+    this.tokenProvider = tokenProvider;
     this.maxInFlight = maxInFlight;
     this.minDelayMs = minDelayMs;
     this.maxDelayMs = maxDelayMs;
@@ -89,6 +110,7 @@ export class LivegenClient extends EventTarget {
     this.waiting = null; // the newest input not yet sent
     this.attempt = 0;
     this.stopped = false;
+    this.refreshes = 0; // tokens replaced in open sessions
   }
 
   get open() {
@@ -100,25 +122,33 @@ export class LivegenClient extends EventTarget {
     return this.open && this.inFlight.size < this.maxInFlight;
   }
 
-  connect() {
+  async connect() {
     this.stopped = false;
+    const generation = ++this.#generation;
     this.#setState('connecting');
-    const ws = new WebSocket(this.url);
+    let credential;
+    try {
+      credential = await this.#credential();
+    } catch (error) {
+      // No token (the server is down, or refuses this page one): try again like a lost socket.
+      if (generation === this.#generation && !this.stopped) this.#retry(error.message || String(error));
+      return;
+    }
+    if (generation !== this.#generation || this.stopped) return; // reconnect() or close() came meanwhile
+    const ws = credential?.token
+      ? new WebSocket(this.url, [SUBPROTOCOL, TOKEN_SUBPROTOCOL + credential.token])
+      : new WebSocket(this.url);
     this.ws = ws;
-    ws.onmessage = (event) => this.#receive(JSON.parse(event.data));
+    ws.onmessage = (event) => this.ws === ws && this.#receive(JSON.parse(event.data));
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      this.hello = null;
-      this.inFlight.clear(); // their outcomes will never come
+      this.#dropSession();
       if (this.stopped) {
         this.#setState('closed');
         return;
       }
-      this.attempt += 1;
-      const delayMs = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** (this.attempt - 1));
-      this.#setState('reconnecting', {attempt: this.attempt, delayMs, reason: event.reason || `code ${event.code}`});
-      setTimeout(() => this.stopped || this.connect(), delayMs);
+      this.#retry(event.reason || `code ${event.code}`);
     };
   }
 
@@ -126,13 +156,20 @@ export class LivegenClient extends EventTarget {
   reconnect() {
     const ws = this.ws;
     this.ws = null;
+    this.#dropSession();
     if (ws) ws.close();
     this.connect();
   }
 
   close() {
     this.stopped = true;
-    if (this.ws) this.ws.close();
+    this.#generation += 1; // a token fetch under way opens nothing
+    if (this.ws) {
+      this.ws.close();
+    } else {
+      this.#dropSession();
+      this.#setState('closed');
+    }
   }
 
   // Send a `generate` (fields as in docs/protocol.md; `image` as a Uint8Array). Returns its id.
@@ -182,6 +219,65 @@ export class LivegenClient extends EventTarget {
     this.ws.send(JSON.stringify(input));
   }
 
+  async #credential() {
+    return this.tokenProvider ? this.tokenProvider() : null;
+  }
+
+  #retry(reason) {
+    this.attempt += 1;
+    const delayMs = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** (this.attempt - 1));
+    this.#setState('reconnecting', {attempt: this.attempt, delayMs, reason});
+    const generation = this.#generation;
+    setTimeout(() => this.stopped || generation !== this.#generation || this.connect(), delayMs);
+  }
+
+  // What belonged to the socket that ended: its hello, its unanswered inputs, its timers.
+  #dropSession() {
+    this.hello = null;
+    this.inFlight.clear(); // their outcomes will never come
+    clearTimeout(this.#refreshTimer);
+    clearInterval(this.#pingTimer);
+    this.#refreshTimer = this.#pingTimer = this.#expiresAt = null;
+    this.#refreshing = false;
+  }
+
+  #startUpkeep(hello) {
+    this.#scheduleRefresh(hello.expires_at);
+    if (hello.idle_seconds) {
+      const everyMs = Math.min(MAX_PING_MS, (hello.idle_seconds * 1000) / 3);
+      this.#pingTimer = setInterval(() => this.open && this.ws.send(JSON.stringify({type: 'ping'})), everyMs);
+    }
+  }
+
+  // expires_at is on the server's clock: a browser clock far off refreshes too late, and the
+  // session then ends with token_expired and reconnects with a fresh token.
+  #scheduleRefresh(expiresAt) {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    this.#expiresAt = expiresAt ?? null;
+    if (expiresAt == null || !this.tokenProvider) return;
+    const remainingMs = expiresAt * 1000 - Date.now();
+    if (remainingMs < MIN_REFRESH_MS) return;
+    this.#refreshTimer = setTimeout(() => this.#refresh(), remainingMs * REFRESH_AT);
+  }
+
+  async #refresh() {
+    const ws = this.ws;
+    let credential = null;
+    try {
+      credential = await this.#credential();
+    } catch {
+      // handled below as no token: try again nearer expiry
+    }
+    if (ws !== this.ws || !this.open) return;
+    if (!credential?.token) {
+      this.#scheduleRefresh(this.#expiresAt);
+      return;
+    }
+    this.#refreshing = true;
+    ws.send(JSON.stringify({type: 'refresh', token: credential.token}));
+  }
+
   #setState(state, detail = {}) {
     this.state = state;
     this.dispatchEvent(new CustomEvent('status', {detail: {state, ...detail}}));
@@ -192,8 +288,25 @@ export class LivegenClient extends EventTarget {
       this.hello = message;
       this.attempt = 0;
       this.#setState('open');
+      this.#startUpkeep(message);
       this.dispatchEvent(new CustomEvent('hello', {detail: message}));
       this.#sendWaiting();
+      return;
+    }
+    // Upkeep answers are about the session, not about inputs: no inFlight, no stats.
+    if (message.type === 'pong') return;
+    if (message.type === 'refreshed') {
+      this.#refreshing = false;
+      this.refreshes += 1;
+      this.#scheduleRefresh(message.expires_at);
+      this.dispatchEvent(new CustomEvent('refreshed', {detail: message}));
+      return;
+    }
+    if (message.type === 'error' && message.id == null && this.#refreshing && REFRESH_REFUSALS.has(message.code)) {
+      // The refresh was refused; the session lasts until the old token expires, so try again nearer then.
+      this.#refreshing = false;
+      this.#scheduleRefresh(this.#expiresAt);
+      this.dispatchEvent(new CustomEvent('error', {detail: message}));
       return;
     }
     const sentAt = this.inFlight.get(message.id);

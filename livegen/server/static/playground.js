@@ -2,7 +2,19 @@
 import {LivegenClient} from './livegen.js';
 
 const $ = (id) => document.getElementById(id);
-const client = new LivegenClient();
+
+// The server mints this page a short-lived token (token null: it needs none). It does so only for
+// its own playground opened on this machine; anywhere else the refusal says why.
+async function playgroundToken() {
+  const response = await fetch('/v1/playground/token', {method: 'POST'});
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new Error(body?.code ? `${body.code}: ${body.message}` : `no token: HTTP ${response.status}`);
+  }
+  return body;
+}
+
+const client = new LivegenClient({tokenProvider: playgroundToken});
 window.livegen = client; // for the console and the browser tests
 
 const SIMILARITY_THRESHOLD = 0.98; // a still camera frame scores above this against its predecessor
