@@ -27,6 +27,7 @@ from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
 
 JSON = {"content-type": "application/json"}
+APP_ORIGIN = "https://app.example.com"
 HEADER_TEXT = st.characters(min_codepoint=32, max_codepoint=126)  # what an HTTP header value may hold
 
 
@@ -64,7 +65,7 @@ def keyed_server(tmp_path: Path, tiny_sd: Path, **access) -> Keyed:
 
 @pytest.fixture(scope="module")
 def keyed(tiny_sd, tmp_path_factory):
-    server = keyed_server(tmp_path_factory.mktemp("keyed"), tiny_sd)
+    server = keyed_server(tmp_path_factory.mktemp("keyed"), tiny_sd, cors_origins=[APP_ORIGIN])
     yield server
     server.live.stop()
 
@@ -252,6 +253,17 @@ def test_a_cross_site_simple_post_generates_nothing(server):
                               headers={"content-type": media_type, "origin": "http://evil.example"})
         assert (response.status_code, response.json()["code"]) == (415, "unsupported_media_type")
     assert server.engine.metrics.frames.labels("tiny")._value.get() == before
+
+
+def test_cors_is_off_unless_configured_and_then_only_for_its_origins(server, keyed):
+    def preflight(live, origin: str) -> httpx.Response:
+        return httpx.options(live.url + "/v1/generate", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+
+    assert "access-control-allow-origin" not in preflight(server, APP_ORIGIN).headers
+    assert preflight(keyed, APP_ORIGIN).headers["access-control-allow-origin"] == APP_ORIGIN
+    assert "access-control-allow-origin" not in preflight(keyed, "http://evil.example").headers
 
 
 def test_a_dns_rebinding_host_is_refused(server):
