@@ -10,7 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
@@ -26,6 +29,37 @@ class Series:
 
         return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
                 "p95_ms": round(pct(0.95), 2), "p99_ms": round(pct(0.99), 2)}
+
+
+@dataclass
+class Rounds:
+    """One system's samples, kept per round of an interleaved run (A, B, C, A, B, C, ...)."""
+
+    name: str
+    rounds: list[list[float]] = field(default_factory=list)
+
+    def series(self) -> Series:
+        return Series(self.name, [ms for block in self.rounds for ms in block])
+
+
+def ratio_interval(a: Rounds, b: Rounds, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """median(a) / median(b), with a bootstrap interval over rounds: rounds are drawn with replacement,
+    the same round indices for both systems (they ran side by side), and the ratio recomputed."""
+    pairs = min(len(a.rounds), len(b.rounds))
+    if pairs == 0:
+        raise ValueError(f"no rounds to compare for {a.name} and {b.name}")
+    a_rounds, b_rounds = a.rounds[:pairs], b.rounds[:pairs]
+
+    def ratio(indices) -> float:
+        return float(np.median([ms for i in indices for ms in a_rounds[i]]) /
+                     np.median([ms for i in indices for ms in b_rounds[i]]))
+
+    rng = np.random.default_rng(seed)
+    draws = sorted(ratio(rng.integers(0, pairs, pairs)) for _ in range(BOOTSTRAP_RESAMPLES))
+    tail = (1 - level) / 2
+    return {"ratio": round(ratio(range(pairs)), 4), "low": round(draws[int(tail * len(draws))], 4),
+            "high": round(draws[min(len(draws) - 1, int((1 - tail) * len(draws)))], 4), "rounds": pairs,
+            "level": level}
 
 
 def machine() -> dict[str, object]:
