@@ -87,8 +87,8 @@ class ImageRunner(Runner):
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
         torch.set_num_threads(torch.get_num_threads())
         self.generator = load_generator(self.config)
-        self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers)
         self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
+        self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers, self.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
         slowest = 0.0

@@ -31,9 +31,14 @@ class BatchSpec:
 
 @dataclass
 class PromptEmbedding:
-    """Encoded text for one prompt (batch dimension 1). Fields depend on the model family."""
+    """Encoded text for one prompt (batch dimension 1). Fields depend on the model family.
+
+    `sentence`: the prompt's unit sentence vector, when the model's text encoder is the one
+    moderation reads (MiniLM): the same forward made both, so a new prompt costs one, not two.
+    """
 
     tensors: dict[str, torch.Tensor]
+    sentence: np.ndarray | None = None
 
     def blend(self, other: PromptEmbedding, weight: float) -> PromptEmbedding:
         """Linear interpolation towards `other`: 0 is this prompt, 1 is the other."""
@@ -65,6 +70,11 @@ class ImageGenerator(ABC):
     @property
     def name(self) -> str:
         return self.description.name
+
+    @property
+    def reads_sentences(self) -> bool:
+        """Whether `encode_prompt` also gives the sentence vector moderation compares (see PromptEmbedding)."""
+        return False
 
     def warm_guidances(self) -> list[float]:
         """A guidance for each shape guidance can give the denoiser (the warm-up runs each), the default last."""

@@ -5,39 +5,43 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from livegen.config import SafetyConfig
-from livegen.models.base import ImageGenerator
+from livegen.models.base import ImageGenerator, PromptEmbedding
 from livegen.protocol import Blocked, Generate
 from livegen.safety.checks import OutputChecker, load_checker
-from livegen.safety.moderation import DEFAULT_POLICY, Moderator, Policy, TextEmbedder, minilm_embedder, sentence_embedder
+from livegen.safety.moderation import DEFAULT_POLICY, Moderator, Policy, TextEmbedder, minilm_embedder
 from livegen.safety.watermark import Watermarker
 
 log = logging.getLogger(__name__)
 
 
-def _embedder(generator: ImageGenerator) -> TextEmbedder:
-    """The model's own text encoder when it is MiniLM (the embedded model's is), else moderation's."""
-    pipe = getattr(generator, "pipe", None)
-    encoder = getattr(pipe, "text_encoder", None)
-    if type(encoder).__name__ == "BertModel" and encoder.config.hidden_size == 384:
-        return sentence_embedder(pipe.tokenizer, encoder, getattr(generator, "device", "cpu"))
+def _embedder(generator: ImageGenerator, encode_prompt: Callable[[str], PromptEmbedding]) -> TextEmbedder:
+    """The model's own text encoder when it is MiniLM (the embedded model's is), else moderation's.
+
+    Through the runner's prompt cache: a new prompt's one forward gives the vector moderation
+    compares and the embedding the denoiser takes, and the generation that follows finds it cached.
+    """
+    if generator.reads_sentences:
+        return lambda texts: np.stack([encode_prompt(text).sentence for text in texts])
     return minilm_embedder()
 
 
 class SafetyStages:
     """Prompt moderation before compute; the output check and the watermark after decoding."""
 
-    def __init__(self, config: SafetyConfig, generator: ImageGenerator, frame_numbers: Iterator[int]):
+    def __init__(self, config: SafetyConfig, generator: ImageGenerator, frame_numbers: Iterator[int],
+                 encode_prompt: Callable[[str], PromptEmbedding]):
         self.moderator = None
         if config.moderation:
             policy = Policy.load(config.policy or DEFAULT_POLICY)
             if config.threshold is not None:
                 policy = dataclasses.replace(policy, threshold=config.threshold)
-            self.moderator = Moderator(policy, _embedder(generator))
+            self.moderator = Moderator(policy, _embedder(generator, encode_prompt))
         device = getattr(generator, "device", torch.device("cpu"))
         self.checker_name = config.output_checker
         self.checker: OutputChecker | None = load_checker(config.output_checker, device) if config.output_checker else None

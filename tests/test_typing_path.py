@@ -1,0 +1,54 @@
+"""A new prompt costs one text-encoder forward: the embedded model's MiniLM gives the denoiser's
+conditioning and moderation's sentence vector from one batch of two rows (issue 21)."""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from livegen.config import SafetyConfig, embedded_model
+from livegen.models.loader import load_generator
+from livegen.protocol import Generate
+from livegen.safety.moderation import minilm_embedder
+from livegen.safety.stages import SafetyStages
+
+PROMPTS = ["a smiling cat", "x", "a red fox in the snow at night holding a lantern, seen from far away in the woods"]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_generator(embedded_model())
+
+
+def test_one_forward_reads_what_the_pipeline_and_moderation_read_apart(generator):
+    assert generator.reads_sentences
+    moderation_minilm = minilm_embedder()
+    for prompt in PROMPTS:
+        embedding = generator.encode_prompt(prompt)
+        with torch.inference_mode():
+            pipeline, _ = generator.pipe.encode_prompt(prompt, generator.device, 1, False)
+        torch.testing.assert_close(embedding.tensors["prompt_embeds"], pipeline.to(generator.dtype))
+        np.testing.assert_allclose(embedding.sentence, moderation_minilm([prompt])[0], atol=1e-5)
+
+
+def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(generator, signing_keys):
+    calls = []
+    forward = generator.text_forward
+    generator.text_forward = lambda ids, mask: calls.append(ids.shape) or forward(ids, mask)
+    try:
+        encode = lru_cache(maxsize=16)(generator.encode_prompt)
+        stages = SafetyStages(SafetyConfig(keys=signing_keys), generator, itertools.count(), encode)
+        calls.clear()  # the policy's descriptions were read at start
+        assert stages.moderate(Generate(id="1", prompt="a blue whale in a teacup")) is None
+        misses = encode.cache_info().misses
+        encode("a blue whale in a teacup")  # what the runner's generation asks next: moderation made it
+        assert encode.cache_info().misses == misses
+        assert calls == [torch.Size([2, generator.pipe.tokenizer.model_max_length])]
+        blocked = stages.moderate(Generate(id="2", prompt="a mutilated body covered in blood"))
+        assert blocked is not None and blocked.stage == "prompt"  # the shared vector still moderates
+    finally:
+        generator.text_forward = forward
