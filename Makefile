@@ -9,7 +9,7 @@ SIZE ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench model eval install clean
+.PHONY: serve test bench model install-model eval install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,23 @@ serve: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Rebuild livegen's own emoji model from scratch (dataset, autoencoder, teacher, student, sharpen, export);
-# each stage resumes from its checkpoint in build/emoji. Needs Debian's fonts-noto-color-emoji.
+# Rebuild livegen's own emoji model from scratch (dataset, autoencoder, teacher, student, sharpen, export)
+# into build/emoji (the student in build/emoji/export); each stage resumes from its checkpoint there.
+# The shipped weights in the package are left alone: `make install-model` puts the build in their place.
+# Needs Debian's fonts-noto-color-emoji.
 model: install
 	$(BIN)/livegen train all --workdir build/emoji
 
+install-model: install
+	$(BIN)/livegen train export --workdir build/emoji --to livegen/weights/emoji
+
+# Measure the shipped model (STUDENT=folder for another) with no rebuild: the dataset and the
+# evaluation's classifier are made in build/emoji if missing, the teacher rows need `make model`;
+# results in build/emoji/eval.json and build/emoji/model-grid.png (docs/ only with GRID=docs/model-grid.png).
+STUDENT ?=
+GRID ?=
 eval: install
-	$(BIN)/livegen eval --workdir build/emoji
+	$(BIN)/livegen eval --workdir build/emoji $(if $(STUDENT),--student $(STUDENT)) $(if $(GRID),--grid $(GRID))
 
 # The standard set (cold, warm, interactive, load, camera) with StreamDiffusion as a peer; figures,
 # plots and summary.md land in bench-results/.

