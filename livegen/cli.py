@@ -470,20 +470,25 @@ _stage_command("classifier", "Train the classifier whose features `livegen eval`
 @train_app.command("export")
 def train_export(
     workdir: WorkdirOption = WORKDIR,
-    output: Annotated[Path | None, typer.Option(help="Student pipeline folder; the shipped one if absent.")] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", "--output", help="Student pipeline folder; WORKDIR/export if absent. The package's shipped "
+                     "weights change only when named here (livegen/weights/emoji in a source checkout)."),
+    ] = None,
 ) -> None:
-    """Write the student (shipped weights) and the teacher as diffusers pipelines."""
-    from livegen.models.embedded import EMBEDDED_MODEL
-    from livegen.training.export import export
+    """Write the student and the teacher (WORKDIR/teacher/pipeline) as diffusers pipelines."""
+    from livegen.training.export import default_target, export
 
     _quiet_libraries()
-    size = export(workdir, output or EMBEDDED_MODEL)
-    typer.echo(f"{output or EMBEDDED_MODEL}: student pipeline, {size / 1e6:.1f} MB")
+    target = to or default_target(workdir)
+    size = export(workdir, target)
+    typer.echo(f"{target}: student pipeline, {size / 1e6:.1f} MB")
 
 
 @train_app.command("all")
 def train_all(workdir: WorkdirOption = WORKDIR, device: TrainDeviceOption = "auto") -> None:
-    """Every stage in order, from the dataset to the shipped weights (what `make model` runs)."""
+    """Every stage in order, from the dataset to WORKDIR/export (what `make model` runs); the
+    shipped weights are left alone (`livegen train export --to` installs a build)."""
     if not (workdir / "images.npy").is_file():
         train_data(workdir)
     for stage in STAGES:
@@ -495,17 +500,33 @@ def train_all(workdir: WorkdirOption = WORKDIR, device: TrainDeviceOption = "aut
 def evaluate(
     workdir: WorkdirOption = WORKDIR,
     student: Annotated[Path | None, typer.Option(help="Student pipeline; the shipped one if absent.")] = None,
-    grid: Annotated[Path, typer.Option(help="Picture grid: prompts x sampler settings.")] = Path("docs/model-grid.png"),
+    grid: Annotated[Path | None, typer.Option(help="Picture grid (prompts x sampler settings); "
+                                              "WORKDIR/model-grid.png if absent.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Results (JSON); WORKDIR/eval.json if absent.")] = None,
+    device: TrainDeviceOption = "auto",
 ) -> None:
-    """Prompt accuracy and KID of the teacher (1-50 steps) and the student (1-4 steps)."""
+    """Prompt accuracy and KID of the student (1-4 steps; the shipped one unless told) and, where
+    WORKDIR has the teacher `make model` trains, the teacher (1-50 steps). Makes what WORKDIR lacks
+    first: the dataset (seconds) and the evaluation's classifier (80 min on a 2-core CPU)."""
     from livegen.models.embedded import EMBEDDED_MODEL
+    from livegen.training.dataset import DatasetError
     from livegen.training.evaluate import evaluate as run_eval
-    from livegen.training.evaluate import markdown_table
+    from livegen.training.evaluate import markdown_table, prepare
 
     _quiet_libraries()
-    rows = run_eval(workdir, student or EMBEDDED_MODEL, grid=grid)
+    student = student or EMBEDDED_MODEL
+    try:
+        prepare(workdir, student, device)
+    except DatasetError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    grid = grid or workdir / "model-grid.png"
+    output = output or workdir / "eval.json"
+    if not (workdir / "teacher" / "pipeline" / "model_index.json").is_file():
+        typer.echo(f"{workdir} has no teacher (make model trains it): the student and reference rows only", err=True)
+    rows = run_eval(workdir, student, grid=grid, output=output)
     typer.echo(markdown_table(rows))
-    typer.echo(f"results: {workdir / 'eval.json'}; grid: {grid}")
+    typer.echo(f"results: {output}; grid: {grid}")
 
 
 @app.command("tiny-model")
@@ -571,14 +592,21 @@ def bench_cold(model: ModelPathOption = None, size: BenchSizeOption = None,
 
 @bench_app.command("warm")
 def bench_warm(model: ModelPathOption = None, size: BenchSizeOption = None,
-               frames: Annotated[int, typer.Option(help="Measured frames per system.")] = 50,
+               frames: Annotated[int, typer.Option(help="Measured frames per row, in interleaved rounds.")] = 50,
+               block: Annotated[int, typer.Option(help="Frames per row in each round.")] = 5,
                quick: QuickOption = False, peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
-    """One session's warm frames: livegen, direct diffusers, naive server, serverless, StreamDiffusion."""
-    from livegen.bench.warm import run
+    """One session's warm frames, interleaved: livegen, direct diffusers (plain, tuned), naive server, StreamDiffusion."""
+    from livegen.bench.suite import PEER_VENV
+    from livegen.bench.warm import QUICK, run
 
     _quiet_libraries()
-    config = _bench_model(model, size)
-    run(config, 3 if quick else frames, output, _peer(config, peers, quick))
+    peer_python = None
+    if peers:
+        from livegen.bench.streamdiffusion import ensure_venv
+
+        peer_python = ensure_venv(PEER_VENV)
+    run(_bench_model(model, size), output=output, peer_python=peer_python,
+        **(QUICK if quick else {"rounds": max(2, frames // block), "block": block}))
     _show(output, "warm")
 
 

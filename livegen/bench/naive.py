@@ -1,8 +1,10 @@
 """The naive server people start from, as a baseline: one HTTP request per frame, no warm engine.
 
-Two endpoints on a plain FastAPI app under uvicorn on loopback, each calling diffusers directly:
+Endpoints on a plain FastAPI app under uvicorn on loopback, each calling diffusers directly:
+- `/student`: the distilled model at 1 step, its pipeline loaded once and warm: the cost of serving
+  alone (`pipe(prompt)` per request, so the prompt is encoded every time);
 - `/teacher`: many-step sampling, as before distillation: the teacher's architecture at 50 steps
-  with classifier-free guidance, its pipeline loaded once;
+  with classifier-free guidance, its pipeline loaded once (distillation and serving together);
 - `/serverless`: the distilled model at 1 step, but loaded from disk on every request, as a
   scale-to-zero function does on a cold start.
 
@@ -13,6 +15,7 @@ weight values, and the pictures are not looked at.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from pathlib import Path
@@ -54,9 +57,10 @@ def teacher_architecture(student: Path, folder: Path) -> Path:
     return folder
 
 
-def naive_app(student: Path, teacher: Path, width: int, height: int) -> FastAPI:
+def naive_app(student: Path, teacher: Path | None, width: int, height: int) -> FastAPI:
     app = FastAPI()
-    loaded = _load(teacher)
+    warm = functools.cache(lambda: _load(student))  # loaded by the first request, which is a warm-up
+    loaded = _load(teacher) if teacher is not None else None
 
     def jpeg(pipe: Any, prompt: str, steps: int, guidance: float) -> bytes:
         image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height).images[0]
@@ -67,6 +71,10 @@ def naive_app(student: Path, teacher: Path, width: int, height: int) -> FastAPI:
     @app.get("/livez")
     def livez() -> dict:
         return {"status": "ok"}
+
+    @app.post("/student")
+    def one_step(body: dict) -> Response:
+        return Response(jpeg(warm(), body["prompt"], 1, body["guidance"]), media_type="image/jpeg")
 
     @app.post("/teacher")
     def many_steps(body: dict) -> Response:
