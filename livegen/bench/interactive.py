@@ -7,8 +7,10 @@ fixed time, sweeping the prompt-blend slider between two cached prompts. Two way
 
 Measured by the client, from the moment the slider produced each input: the latency of each
 delivered frame, and, for every input, the time until a frame for it or a newer input reached
-the screen ("input to screen"); frames delivered per second; the share of inputs superseded
-(server) or dropped (page).
+the screen ("input to screen"); frames delivered per second, over the elapsed time from the
+first input to the last outcome (frames still arrive after the slider stops); the share of inputs
+superseded (server) or dropped (page). Frames come back in livegen's default format (JPEG q85),
+as they do in the page.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from livegen.server.background import BackgroundServer
 RATE_HZ = 30
 PAGE_IN_FLIGHT = 3  # the playground's LivegenClient default
 PROMPTS = ("a smiling cat", "a red apple")
+FORMAT, QUALITY = "jpeg", 85  # livegen's default output, what the page receives
 
 
 async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
@@ -49,7 +52,7 @@ async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
             number = fields.pop("number")
             in_flight.add(number)
             sent_at[number] = time.perf_counter()
-            await client.send(PROMPTS[0], id=str(number), **fields)
+            await client.send(PROMPTS[0], id=str(number), format=FORMAT, quality=QUALITY, **fields)
 
         async def receive() -> None:
             nonlocal superseded, errors, waiting
@@ -59,6 +62,7 @@ async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
                 in_flight.discard(number)
                 if isinstance(outcome, Frame):
                     frames.append((number, time.perf_counter(), outcome.timings))
+                    assert outcome.format == FORMAT, outcome
                 elif isinstance(outcome, Superseded):
                     superseded += 1
                 elif isinstance(outcome, Error):
@@ -83,6 +87,7 @@ async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
                 progress.advance(task)  # type: ignore[union-attr]
         sending_s = time.perf_counter() - started
         await asyncio.wait_for(receiver, 60)
+        elapsed_s = time.perf_counter() - started  # to the last outcome: frames still arrive after sending stops
 
     delivered = Series("delivered frame latency",
                        [(at - created_at[n]) * 1000 for n, at, _ in frames])
@@ -97,7 +102,7 @@ async def drive(url: str, seconds: float, steps: int, max_in_flight: int | None,
     return {
         "mode": "page throttle" if max_in_flight else "raw",
         "inputs": total, "seconds": round(sending_s, 2), "inputs_per_s": round(total / sending_s, 1),
-        "frames": len(frames), "frames_per_s": round(len(frames) / sending_s, 1),
+        "elapsed_s": round(elapsed_s, 3), "frames": len(frames), "frames_per_s": round(len(frames) / elapsed_s, 1),
         "superseded": superseded, "dropped_in_client": dropped, "errors": errors,
         "share_superseded": round((superseded + dropped) / total, 3),
         "frame_latency": delivered.summary(), "input_to_screen": to_screen.summary(),
@@ -116,7 +121,7 @@ def run(config: ModelConfig, seconds: float, steps: int, output: Path) -> dict:
     results = {
         **header("interactive"),
         "model": config.display_name, "size": "x".join(map(str, config.sizes[0])), "steps": steps, "rate_hz": RATE_HZ,
-        "runs": runs,
+        "format": f"{FORMAT.upper()} q{QUALITY}", "runs": runs,
     }
     save(results, markdown(results), output)
     return results
@@ -124,14 +129,15 @@ def run(config: ModelConfig, seconds: float, steps: int, output: Path) -> dict:
 
 def markdown(r: dict) -> str:
     m = r["machine"]
-    lines = [f"Model `{r['model']}`, {r['size']}, {r['steps']} step(s), inputs at {r['rate_hz']} Hz; "
-             f"{machine_line(m)}.", "",
-             "| sending | inputs | frames/s | superseded | frame latency p50 / p95 ms | "
+    lines = [f"Model `{r['model']}`, {r['size']}, {r['steps']} step(s), inputs at {r['rate_hz']} Hz, frames as "
+             f"{r['format']}; frames/s = frames / elapsed time, first input to last outcome; {machine_line(m)}.", "",
+             "| sending | inputs | frames in elapsed s | frames/s | superseded | frame latency p50 / p95 ms | "
              "input to screen p50 / p95 ms | server total p50 ms |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for run in r["runs"]:
         f, s = run["frame_latency"], run["input_to_screen"]
-        lines.append(f"| {run['mode']} | {run['inputs']} in {run['seconds']} s | {run['frames_per_s']} | "
+        lines.append(f"| {run['mode']} | {run['inputs']} in {run['seconds']} s | "
+                     f"{run['frames']} in {run['elapsed_s']} s | {run['frames_per_s']} | "
                      f"{run['share_superseded']:.0%} | {f['p50_ms']} / {f['p95_ms']} | "
                      f"{s['p50_ms']} / {s['p95_ms']} | {run['server_stages_p50_ms'].get('total_ms')} |")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
 """`livegen bench safety`: what each safety stage costs per frame, and how well the watermark survives.
 
-- The whole path: one session's warm frames (in-process engine, fixed prompt) with every safety
-  stage on (moderation, watermark; no output checker is configured by default) and with them off,
-  on one engine, in alternating blocks so that drift hits both alike.
+- The whole path: one session's warm frames (in-process engine) with the server's safety stages
+  on (moderation, watermark; no output checker is configured by default) and with them off, on
+  one engine, in alternating blocks so that drift hits both alike; with a fixed prompt (moderation's
+  verdict comes from its cache) and with a new prompt every frame (a verdict computed every frame:
+  what typing costs). Each row says which stages ran, counted in its frames.
 - Each stage alone: moderation of a new prompt (a MiniLM forward) and of a cached one; the
   watermark at the served size (batch 1 and 8) and at 512x512, beside invisible-watermark's own
   encoder; signing an exported frame's Content Credentials; and, for scale, the Stable Diffusion
@@ -25,7 +27,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from livegen.bench.report import Series, header, machine_line, save
+from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
 from livegen.bench.warm import PROMPT, engine_frames
 from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
@@ -51,10 +53,17 @@ def timed(function, repeats: int, name: str) -> Series:
     return series
 
 
-async def whole_path(config: ModelConfig, frames: int) -> dict[str, Series | list[dict]]:
+ARMS = {  # arm: (safety stages on, a new prompt every frame)
+    "on": (True, False), "off": (False, False), "on, new prompts": (True, True), "off, new prompts": (False, True)}
+
+
+async def whole_path(config: ModelConfig, frames: int) -> dict:
     """Warm frames with safety on and off, alternating blocks on one engine (the stages are
     switched off between blocks, so both arms share the process, threads and caches): with the
-    prompt fixed (a slider) and with a new prompt every frame (typing), and the frames' timings."""
+    prompt fixed (a slider: moderation's verdict is cached after the first frame) and with a new
+    prompt every frame (typing: moderation judges every frame's prompt afresh). Each arm's samples
+    are kept per block (the rounds of the interleaved run), with what actually ran: moderation
+    verdicts computed and served from the cache, frames watermarked, the output checker."""
     with tempfile.TemporaryDirectory() as keys:
         settings = Settings(models=[config], speech=None)
         settings.safety = settings.safety.model_copy(update={"keys": Path(keys)})
@@ -63,23 +72,31 @@ async def whole_path(config: ModelConfig, frames: int) -> dict[str, Series | lis
         stages = engine.runners[config.display_name].safety
         assert stages is not None
         enabled = (stages.moderator, stages.watermarker)
-        arms = ("on", "off", "on, new prompts", "off, new prompts")
-        results: dict = {arm: Series(f"safety {arm}") for arm in arms}
-        results["timings"] = []
+        rounds = {arm: Rounds(f"safety {arm}") for arm in ARMS}
+        ran = {arm: {"moderation_verdicts_computed": 0, "moderation_verdicts_cached": 0, "frames_watermarked": 0,
+                     "output_checker": stages.checker_name} for arm in ARMS}
+        timings: dict[str, list[dict]] = {arm: [] for arm in ARMS}
         prompts = iter(range(10**9))
         try:
             for _ in range(BLOCKS):
-                for arm in arms:
-                    stages.moderator, stages.watermarker = enabled if arm.startswith("on") else (None, None)
+                for arm, (on, new) in ARMS.items():
+                    stages.moderator, stages.watermarker = enabled if on else (None, None)
+                    before = stages.moderator.check.cache_info() if stages.moderator else None
+                    rounds[arm].rounds.append([])
                     for _ in range(max(1, frames // BLOCKS)):
-                        prompt = f"{PROMPT} number {next(prompts)}" if "new" in arm else PROMPT
-                        series, timings = await engine_frames(engine, 1, prompt, arm)
-                        results[arm].ms.extend(series.ms)
-                        if arm == "on":
-                            results["timings"].extend(timings)
+                        prompt = f"{PROMPT} number {next(prompts)}" if new else PROMPT
+                        series, frame_timings = await engine_frames(engine, 1, prompt, arm)
+                        rounds[arm].rounds[-1].extend(series.ms)
+                        timings[arm].extend(frame_timings)
+                        ran[arm]["frames_watermarked"] += stages.watermarker is not None
+                    if stages.moderator:
+                        after = stages.moderator.check.cache_info()
+                        ran[arm]["moderation_verdicts_computed"] += after.misses - before.misses
+                        ran[arm]["moderation_verdicts_cached"] += after.hits - before.hits
         finally:
+            stages.moderator, stages.watermarker = enabled
             await engine.stop()
-    return results
+    return {"rounds": rounds, "ran": ran, "timings": timings, "configured": stages.describe()}
 
 
 def frames_of(engine_config: ModelConfig) -> list[np.ndarray]:
@@ -168,36 +185,77 @@ def run(config: ModelConfig, frames: int, output: Path, quick: bool = False) -> 
         progress.advance(task)
         table = robustness(model_frames[:2] if quick else model_frames)
         progress.advance(task)
-    stages = {stage: round(statistics.median(t[f"{stage}_ms"] for t in path["timings"]), 3)
-              for stage in ("moderation", "check", "watermark")}
 
-    def overhead(on: Series, off: Series) -> float:
-        return round(statistics.median(on.ms) / statistics.median(off.ms) - 1, 4)
+    def medians(timings: list[dict]) -> dict[str, float]:
+        return {stage: round(statistics.median(t.get(f"{stage}_ms", 0.0) for t in timings), 3)
+                for stage in ("moderation", "check", "watermark")}
 
-    on, off, on_new, off_new = (path[arm] for arm in ("on", "off", "on, new prompts", "off, new prompts"))
-    results = {**header("safety"), "model": config.display_name, "frames": len(on.ms),
+    rounds = path["rounds"]
+    on, off, on_new, off_new = (rounds[arm].series() for arm in ARMS)
+    ratios = {  # (numerator arm, denominator arm): what the ratio shows
+        "on_over_off": ratio_interval(rounds["on"], rounds["off"]),
+        "on_new_over_off_new": ratio_interval(rounds["on, new prompts"], rounds["off, new prompts"]),
+        "on_new_over_on": ratio_interval(rounds["on, new prompts"], rounds["on"]),
+        "on_new_over_off": ratio_interval(rounds["on, new prompts"], rounds["off"]),
+    }
+    results = {**header("safety"), "model": config.display_name, "frames": len(on.ms), "blocks": BLOCKS,
                "on": on.summary(), "off": off.summary(), "on_new_prompts": on_new.summary(),
-               "off_new_prompts": off_new.summary(), "overhead": overhead(on, off),
-               "overhead_new_prompts": overhead(on_new, off_new),
-               "stages_in_frame": stages, "costs": costs, "robustness": table}
+               "off_new_prompts": off_new.summary(),
+               "overhead": round(ratios["on_over_off"]["ratio"] - 1, 4),
+               "overhead_new_prompts": round(ratios["on_new_over_off_new"]["ratio"] - 1, 4),
+               "ratios": ratios, "configured": path["configured"], "ran": path["ran"],
+               "stages_in_frame": medians(path["timings"]["on"]),
+               "stages_in_frame_new_prompts": medians(path["timings"]["on, new prompts"]),
+               "costs": costs, "robustness": table}
     save(results, markdown(results), output)
     return results
 
 
+def _stages_ran(ran: dict, frames: int) -> str:
+    """What ran in an arm's frames, from the counts: 'moderation (verdict cached 35/36), watermark, ...'."""
+    computed, cached = ran["moderation_verdicts_computed"], ran["moderation_verdicts_cached"]
+    if computed + cached == 0:
+        moderation = "no moderation"
+    elif computed >= frames:
+        moderation = f"moderation (verdict computed every frame, {computed}/{frames})"
+    else:
+        moderation = f"moderation (verdict cached {cached}/{frames})"
+    marked = "watermark" if ran["frames_watermarked"] == frames else (
+        "no watermark" if ran["frames_watermarked"] == 0 else f"watermark on {ran['frames_watermarked']}/{frames}")
+    checker = f"output checker {ran['output_checker']}" if ran["output_checker"] else "no output checker configured"
+    return f"{moderation}, {marked}, {checker}"
+
+
+def _interval(ratio: dict) -> str:
+    return f"{ratio['ratio']}x ({ratio['low']}-{ratio['high']})"
+
+
 def markdown(r: dict) -> str:
-    lines = [f"Safety on the {r['model']} model; {machine_line(r['machine'])}.", "",
-             "| warm frame, one session, in-process | p50 | p95 |", "|---|---|---|",
-             f"| safety on (moderation, watermark) | {r['on']['p50_ms']} ms | {r['on']['p95_ms']} ms |",
-             f"| safety off | {r['off']['p50_ms']} ms | {r['off']['p95_ms']} ms |",
-             f"| safety on, a new prompt every frame | {r['on_new_prompts']['p50_ms']} ms | "
-             f"{r['on_new_prompts']['p95_ms']} ms |",
-             f"| safety off, a new prompt every frame | {r['off_new_prompts']['p50_ms']} ms | "
-             f"{r['off_new_prompts']['p95_ms']} ms |", "",
-             f"- whole safety path: **{r['overhead'] * 100:+.1f}%** on the warm frame's median, "
-             f"{r['overhead_new_prompts'] * 100:+.1f}% with a new prompt every frame "
-             f"({r['frames']} frames each, alternating blocks)",
-             "- per-frame stage timings with safety on (median): "
-             + ", ".join(f"{k} {v} ms" for k, v in r["stages_in_frame"].items()), "",
+    rows = {"on": "safety on, prompt fixed", "off": "safety off, prompt fixed",
+            "on, new prompts": "safety on, a new prompt every frame (typing)",
+            "off, new prompts": "safety off, a new prompt every frame"}
+    keys = {"on": "on", "off": "off", "on, new prompts": "on_new_prompts", "off, new prompts": "off_new_prompts"}
+    ratios = r["ratios"]
+    lines = [f"Safety on the {r['model']} model; {machine_line(r['machine'])}. One session, in-process, "
+             f"{r['frames']} frames per arm in {r['blocks']} alternating blocks (the rounds of the intervals). "
+             f"The stages that ran are counted in each arm's frames.", "",
+             "| warm frame | stages that ran | p50 | p95 |", "|---|---|---|---|"]
+    for arm, label in rows.items():
+        summary = r[keys[arm]]
+        lines.append(f"| {label} | {_stages_ran(r['ran'][arm], summary['n'])} | {summary['p50_ms']} ms | "
+                     f"{summary['p95_ms']} ms |")
+    lines += ["",
+              f"- whole safety path, prompt fixed (moderation's verdict cached): **{r['overhead'] * 100:+.1f}%** on "
+              f"the warm frame's median, on/off {_interval(ratios['on_over_off'])}",
+              f"- whole safety path, a new prompt every frame (moderation uncached): "
+              f"{r['overhead_new_prompts'] * 100:+.1f}%, on/off {_interval(ratios['on_new_over_off_new'])}",
+              f"- typing with safety on, against a fixed prompt with safety on: "
+              f"{_interval(ratios['on_new_over_on'])}; against a fixed prompt with safety off: "
+              f"{_interval(ratios['on_new_over_off'])}",
+              "- per-frame stage timings with safety on (median), prompt fixed: "
+              + ", ".join(f"{k} {v} ms" for k, v in r["stages_in_frame"].items())
+              + "; a new prompt every frame: "
+              + ", ".join(f"{k} {v} ms" for k, v in r["stages_in_frame_new_prompts"].items()), "",
              "| stage alone | p50 | p95 |", "|---|---|---|"]
     lines += [f"| {c['stage']} | {c['p50_ms']} ms | {c['p95_ms']} ms |" for c in r["costs"]]
     lines += ["", "| watermark: bit accuracy after | none | JPEG q75 | half size and back | 10% crop |",
