@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from livegen.config import ModelConfig, Settings
-from livegen.engine import Engine, EngineBusy
+from livegen.engine import Engine, EngineBusy, image_runner
 from livegen.models.base import BatchSpec
 from livegen.protocol import Frame, Generate
 
@@ -100,10 +100,11 @@ async def test_newer_input_supersedes_the_waiting_one(engine):
     assert superseded["18"] == "19"
 
 
-async def test_sessions_with_the_same_settings_share_a_batch(tiny_sd):
-    """The window is as long as a session counts as active (1 s; past what settings accept, so set
-    without validation), so the batch waits for all three active sessions however the inputs are
-    spread in time, and leaves as soon as they are in: arrival times cannot split it."""
+async def test_sessions_with_the_same_settings_share_a_batch(tiny_sd, monkeypatch):
+    """A long window (1 s; past what settings accept, so set without validation), and the sessions
+    counted as active however long their priming took: the batch waits for all three, and leaves as
+    soon as they are in, so arrival times cannot split it."""
+    monkeypatch.setattr(image_runner, "ACTIVE_WINDOW_S", 60.0)
     engine = Engine(settings_for(tiny_sd).model_copy(update={"batch_wait_ms": 1000}))
     await engine.start()
     try:

@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from livegen.client import AsyncClient, Client, GenerationError
+from livegen.engine import image_runner
 from livegen.protocol import decode_server_message, encode, Generate
 from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
@@ -66,11 +67,11 @@ def test_root_serves_the_playground_and_its_assets(server):
     assert httpx.get(server.url + "/v1").json()["playground"] == "/"
 
 
-async def test_two_sessions_share_one_forward_pass(tiny_sd):
-    """A batching window as long as a session counts as active (1 s; past what settings accept,
-    so set without validation): the runner holds the first input until the other active session's
-    arrives, so how far apart the two land does not decide the batch (with the usual 50 ms window,
-    a slow machine could split them)."""
+async def test_two_sessions_share_one_forward_pass(tiny_sd, monkeypatch):
+    """A long batching window (1 s; past what settings accept, so set without validation), and both
+    sessions counted as active however long their priming took: the runner holds the first input
+    until the other session's arrives, so how far apart the two land does not decide the batch."""
+    monkeypatch.setattr(image_runner, "ACTIVE_WINDOW_S", 60.0)
     live = BackgroundServer(server_settings(tiny_sd).model_copy(update={"batch_wait_ms": 1000}))
     try:
         async with AsyncClient(live.ws_url) as a, AsyncClient(live.ws_url) as b:
