@@ -115,7 +115,7 @@ class Access:
             raise self._deny("forbidden", "tokens are minted with an API key, not with another token")
         return self.tokens.mint(grant.subject, request)
 
-    def playground_token(self, client: str | None, host: str | None, origin: str | None,
+    def playground_token(self, client: str, host: str | None, origin: str | None,
                          forwarded: bool) -> Minted:
         """A token for the playground this server serves, to a browser on this machine only."""
         if not self.required:

@@ -24,7 +24,7 @@ from livegen.access.tokens import Minted, TokenRequest
 from livegen.engine import Engine, EngineBusy
 from livegen.engine.images import MEDIA_TYPES
 from livegen.protocol import Blocked, Error, Frame, Generate, ProtocolError, decode_map, json_schema, parse_generate
-from livegen.server.guard import PLAYGROUND_HEADERS, admit, denial, forwarded, http_grant
+from livegen.server.guard import PLAYGROUND_HEADERS, admit, client_address, denial, forwarded, http_grant
 from livegen.server.websocket import router as websocket_router
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def create_app(engine: Engine) -> FastAPI:
     async def playground_token(request: Request) -> Response:
         """The playground's token: only for a page this server served to a browser on this machine;
         `token` is null when the server asks for no credential."""
-        minted = access.playground_token(request.client.host if request.client else None, request.headers.get("host"),
+        minted = access.playground_token(client_address(request), request.headers.get("host"),
                                          request.headers.get("origin"), forwarded(request))
         return JSONResponse(minted.model_dump())
 
