@@ -194,7 +194,8 @@ class InProcess(System):
 
 
 class Direct(System):
-    """diffusers as its users call it; tuned: channels-last and a traced UNet, public means only."""
+    """diffusers as its users call it; tuned: channels-last, a traced UNet and the text encoder in
+    onnxruntime (livegen's own on the CPU, models/onnx_text.py), public means only."""
 
     def __init__(self, config: ModelConfig, tuned: bool):
         self.config, self.tuned = config, tuned
@@ -203,12 +204,14 @@ class Direct(System):
         import torch
 
         from livegen.bench.naive import _load
+        from livegen.models.onnx_text import OnnxTextEncoder
 
         self.pipe = _load(Path(self.config.source))
         if self.tuned:
             self.pipe.unet.to(memory_format=torch.channels_last)
             self.pipe.vae.to(memory_format=torch.channels_last)
             self.pipe.unet = TracedUNet(self.pipe.unet)
+            self.text = OnnxTextEncoder(self.pipe.text_encoder, torch.get_num_threads())
         # The cached row: the prompt encoded once, its prompt_embeds passed to every call. Without
         # no_grad they would require grad, and TorchScript would specialize a second graph for them.
         with torch.no_grad():
@@ -218,11 +221,17 @@ class Direct(System):
                      "width": width, "height": height}
         self.settings = {"call": f"pipe(prompt or prompt_embeds, {', '.join(f'{k}={v}' for k, v in self.call.items())})",
                          "channels_last": self.tuned, "unet": "torch.jit.trace" if self.tuned else "eager",
+                         "text_encoder": "onnxruntime" if self.tuned else "eager",
                          "encode": f"JPEG quality {JPEG_QUALITY}"}
         await super().start()
 
     def image(self, prompt: str, **kwargs) -> Image.Image:
         embeds = self.cached.get(prompt)
+        if embeds is None and self.tuned:  # what encode_prompt does, every token attended, by onnxruntime
+            tokenizer = self.pipe.tokenizer
+            ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids
+            embeds = self.text(ids, ids.new_ones(ids.shape))
         text = {"prompt": prompt} if embeds is None else {"prompt_embeds": embeds}
         return self.pipe(**text, **self.call, **kwargs).images[0]
 
@@ -438,7 +447,7 @@ def run(config: ModelConfig, rounds: int, block: int, output: Path, peer_python:
         ready = {name: worker.wait_ready() for name, worker in workers.items()}
         samples = {key: Rounds(f"{label}, {'cached prompt' if mode == 'cached' else 'new prompt'}")
                    for key, _, mode, label in rows}
-        order, stages = [], []
+        order, stages = [], {"livegen": [], "livegen_new_prompt": []}
         with Progress() as progress:
             task = progress.add_task("warm: interleaved rounds", total=rounds)
             for r in range(rounds):
@@ -450,7 +459,7 @@ def run(config: ModelConfig, rounds: int, block: int, output: Path, peer_python:
                         workers[name].ask(cmd="frames", prompts=[PROMPT])
                     answer = workers[name].ask(cmd="frames", prompts=[PROMPT] * block if mode == "cached" else fresh)
                     samples[key].rounds.append(answer["ms"])
-                    stages += answer.get("stages", []) if key == "livegen" else []
+                    stages.get(key, []).extend(answer.get("stages", []))
                 progress.advance(task)
         pictures = {name: workers[name].picture(PROMPT, CHECK_SEED)
                     for name in ("engine", "direct", "direct_tuned", "streamdiffusion") if name in workers}
@@ -485,7 +494,8 @@ def run(config: ModelConfig, rounds: int, block: int, output: Path, peer_python:
         "systems": systems, "order": order, "new_over_cached": ratio_interval(samples["livegen_new_prompt"],
                                                                               samples["livegen"]),
         "rounds_ms": {key: s.rounds for key, s in samples.items()},
-        "server_stages_p50_ms": stage_medians(stages),
+        "server_stages_p50_ms": {"cached": stage_medians(stages["livegen"]),
+                                 "new": stage_medians(stages["livegen_new_prompt"])},
         "pictures": {"prompt": PROMPT, "seed": CHECK_SEED, "checks": checks},
     }
     save(results, markdown(results), output)
@@ -518,12 +528,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {s['label']} | {mode} | "
                      f"{s['p50_ms']} | {s['p95_ms']} | {s['fps']} | {interval(s['over_livegen'])} |")
     new = r["new_over_cached"]
-    stages = ", ".join(f"{k.removesuffix('_ms')} {v}" for k, v in r["server_stages_p50_ms"].items())
+    stages = {mode: ", ".join(f"{k.removesuffix('_ms')} {v}" for k, v in medians.items())
+              for mode, medians in r["server_stages_p50_ms"].items()}
     slow = r["systems"].get("serverless")
     lines += ["", f"The naive teacher (50 steps) and serverless rows ran after the rounds, {slow['n']} frames each: "
                   "too slow to interleave." if slow else "The naive teacher and serverless rows: not run (quick mode).",
               f"livegen over WebSocket, a new prompt against the cached prompt: {interval(new)}.",
-              f"Server stages of livegen's cached frames, p50 ms: {stages}.", "",
+              f"Server stages of livegen's cached frames, p50 ms: {stages['cached']}.",
+              f"Server stages of livegen's new-prompt frames, p50 ms: {stages['new']}.", "",
               f"Pixel checks, prompt \"{r['pictures']['prompt']}\", seed {r['pictures']['seed']} (livegen's "
               "engine with the watermark off, which changes pixels on purpose):", "",
               "| livegen against | max abs difference | mean abs difference | PSNR dB |", "|---|---|---|---|"]

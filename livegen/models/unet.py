@@ -8,7 +8,6 @@ classifier-free guidance only when guidance > 1.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import cached_property
 
@@ -19,17 +18,6 @@ from livegen.models.pipeline import DiffusersGenerator
 
 CFG_GUIDANCE = 2.0  # any guidance above 1 turns classifier-free guidance on, which the warm-up must see
 MINILM_WIDTH = 384  # all-MiniLM-L6-v2's hidden size: the encoder moderation reads
-
-
-class _LastHidden(torch.nn.Module):
-    """The text encoder's forward as a function of tensors only, which tracing needs."""
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(ids, attention_mask=mask, return_dict=False)[0]
 
 
 class StableDiffusionGenerator(DiffusersGenerator):
@@ -46,33 +34,28 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if not self.reads_sentences:
             embeds, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
-        # One forward, two rows: the pipeline's reading (every token attended, padding included,
-        # as diffusers' encode_prompt runs a BertModel) and a sentence's (padding masked, mean-pooled:
-        # what moderation compares). On the CPU a batch of two costs far less than two forwards.
+        # Two readings of the same tokens. The pipeline's: every token attended, padding included,
+        # as diffusers' encode_prompt runs a BertModel. A sentence's, what moderation compares: the
+        # real tokens alone (the same as masking the padding), mean-pooled, unit length.
         tokens = self.pipe.tokenizer([prompt], padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").to(self.device)
-        ids = tokens.input_ids.repeat(2, 1)
-        mask = torch.cat([torch.ones_like(tokens.attention_mask), tokens.attention_mask])
-        hidden = self.text_forward(ids, mask).float()
-        real = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden[1:] * real).sum(1) / real.sum(1).clamp(min=1)
+                                     truncation=True, return_tensors="pt")
+        ids = tokens.input_ids.to(self.device)
+        hidden = self.text_forward(ids, torch.ones_like(ids))
+        words = ids[:, : int(tokens.attention_mask.sum())]
+        pooled = self.text_forward(words, torch.ones_like(words)).float().mean(1)
         sentence = torch.nn.functional.normalize(pooled, dim=-1)[0].cpu().numpy()
-        return PromptEmbedding({"prompt_embeds": hidden[:1].to(self.dtype)}, sentence=sentence)
+        return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)
 
     def text_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder's last hidden states; a TorchScript trace of it after `trace()`."""
+        """The text encoder's last hidden states; onnxruntime's after `trace()` (models/onnx_text.py)."""
         return self.pipe.text_encoder(ids, attention_mask=mask)[0]
 
     def trace(self) -> None:
         super().trace()
         if self.reads_sentences:
-            length = self.pipe.tokenizer.model_max_length
-            example = (torch.zeros(2, length, dtype=torch.long, device=self.device),
-                       torch.ones(2, length, dtype=torch.long, device=self.device))
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                traced = torch.jit.trace(_LastHidden(self.pipe.text_encoder), example, check_trace=False)
-            self.text_forward = traced  # type: ignore[method-assign]
+            from livegen.models.onnx_text import OnnxTextEncoder
+
+            self.text_forward = OnnxTextEncoder(self.pipe.text_encoder, torch.get_num_threads())  # type: ignore[method-assign]
 
     @cached_property
     def empty_prompt(self) -> PromptEmbedding:
