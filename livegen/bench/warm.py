@@ -411,8 +411,8 @@ ROWS = [
     ("livegen_engine_new_prompt", "engine", "new", "livegen engine, in-process"),
     ("direct", "direct", "cached", "direct diffusers call, precomputed prompt_embeds"),
     ("direct_new_prompt", "direct", "new", "direct diffusers call, `pipe(prompt)`"),
-    ("direct_tuned", "direct_tuned", "cached", "direct call tuned (channels-last, traced UNet)"),
-    ("direct_tuned_new_prompt", "direct_tuned", "new", "direct call tuned (channels-last, traced UNet)"),
+    ("direct_tuned", "direct_tuned", "cached", "direct call tuned (channels-last, traced UNet, onnxruntime text encoder)"),
+    ("direct_tuned_new_prompt", "direct_tuned", "new", "direct call tuned (channels-last, traced UNet, onnxruntime text encoder)"),
     ("naive_student", "naive_student", "new", "naive server, student 1 step warm, HTTP per frame"),
 ]
 PEER_ROWS = [("streamdiffusion", "streamdiffusion", "cached", "StreamDiffusion `txt2img()`"),
