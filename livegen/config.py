@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Family = Literal["auto", "turbo", "lcm", "tcd", "flux"]
@@ -129,6 +129,31 @@ def embedded_model() -> ModelConfig:
     return ModelConfig(source=str(EMBEDDED_MODEL), name="emoji", sizes=[(IMAGE_SIZE, IMAGE_SIZE)], guidance=GUIDANCE)
 
 
+class RayConfig(BaseModel):
+    """Replicas on Ray Serve: `livegen serve --ray`, `livegen ray config` (docs/deploying.md)."""
+
+    address: str | None = Field(default=None, description="A Ray cluster to join (`auto`, `ray://...`); "
+                                                          "a local one is started if absent.")
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept warm. 0 lets Serve scale to zero, "
+                                                          "which brings back the cold start.")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas the autoscaler starts.")
+    target_sessions: float = Field(default=16, gt=0, description="Open sessions per replica the autoscaler "
+                                                                 "aims for (Serve's target_ongoing_requests).")
+    cpus: float = Field(default=1, ge=0, description="CPUs each replica reserves.")
+    gpus: float = Field(default=0, ge=0, description="GPUs each replica reserves; a fraction shares one.")
+    health_check_period_s: float = Field(default=5, gt=0)
+    graceful_shutdown_s: float = Field(default=20, gt=0, description="How long Serve waits for a stopped "
+                                                                     "replica's sessions before killing it.")
+    drain_poll_s: float = Field(default=0.25, gt=0, description="How often a replica asks Serve whether it "
+                                                                "is being stopped, to drain its sessions.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RayConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        return self
+
+
 class Settings(BaseSettings):
     """Server settings. Every field is also a LIVEGEN_<NAME> environment variable."""
 
@@ -146,6 +171,7 @@ class Settings(BaseSettings):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
 
     access: AccessConfig = Field(default_factory=AccessConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     max_batch: int = Field(default=8, ge=1, le=64, description="Most inputs in one forward pass.")
     batch_wait_ms: float = Field(

@@ -104,7 +104,10 @@ def _error_responses() -> dict[int, dict]:
             for status, names in sorted(codes.items())}
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
+    """`start_engine=False`: the caller has started the engine (a Ray Serve replica warms it before
+    Ray routes anything to it); the app still stops it when it shuts down."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Load and warm in the background: /livez answers at once, /readyz once warm.
@@ -114,9 +117,10 @@ def create_app(engine: Engine) -> FastAPI:
             except Exception:
                 log.exception("start-up failed; /readyz will report it")
 
-        starting = asyncio.create_task(start())
+        starting = asyncio.create_task(start()) if start_engine else None
         yield
-        starting.cancel()
+        if starting is not None:
+            starting.cancel()
         await engine.stop()
 
     app = FastAPI(title="livegen", version=__version__, lifespan=lifespan,
