@@ -88,6 +88,38 @@ def _quiet_libraries() -> None:
     quiet_libraries()
 
 
+ReplicasOption = Annotated[int | None, typer.Option(help="Ray: replicas kept warm (default 1).")]
+MaxReplicasOption = Annotated[int | None, typer.Option(
+    help="Ray: most replicas; above --replicas, Serve autoscales on open sessions.")]
+ReplicaCpusOption = Annotated[float | None, typer.Option(help="Ray: CPUs per replica (default 1).")]
+ReplicaGpusOption = Annotated[float | None, typer.Option(help="Ray: GPUs per replica, a fraction to share one.")]
+
+
+def _ray_config(settings: Settings, replicas: int | None, max_replicas: int | None, cpus: float | None,
+                gpus: float | None, address: str | None = None):
+    from pydantic import ValidationError
+
+    from livegen.config import RayConfig
+
+    given = dict(min_replicas=replicas, cpus=cpus, gpus=gpus, address=address,
+                 max_replicas=max_replicas if max_replicas is not None else replicas)
+    try:
+        return RayConfig.model_validate({**settings.ray.model_dump(), **{k: v for k, v in given.items()
+                                                                         if v is not None}})
+    except ValidationError as exc:
+        typer.echo(f"livegen: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _rayserve():
+    try:
+        from livegen.rayserve import application
+    except ImportError as exc:
+        typer.echo(f"livegen: Ray Serve is not installed ({exc}): pip install 'livegen[ray]'", err=True)
+        raise typer.Exit(2) from exc
+    return application
+
+
 @app.command()
 def serve(
     model: ModelOption = None,
@@ -122,6 +154,13 @@ def serve(
         help="An origin whose pages may open sessions, besides this server's own and loopback; repeatable.")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option(
         help="An origin allowed cross-origin HTTP calls (CORS); repeatable; none if absent.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run as replicas on Ray Serve (pip install livegen[ray]; "
+                                                    "docs/deploying.md).")] = False,
+    replicas: ReplicasOption = None,
+    max_replicas: MaxReplicasOption = None,
+    replica_cpus: ReplicaCpusOption = None,
+    replica_gpus: ReplicaGpusOption = None,
+    ray_address: Annotated[str | None, typer.Option(help="A Ray cluster to join; a local one if absent.")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
@@ -141,6 +180,10 @@ def serve(
     _check_models(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _quiet_libraries()
+    if ray:
+        settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus, ray_address)
+        _rayserve().run(settings)
+        return
     from livegen.engine import Engine
     from livegen.server.app import create_app
     from livegen.server.draining import DrainingServer
@@ -268,6 +311,38 @@ async def _generate_in_process(settings: Settings, request: object):
     if isinstance(outcome, Error):
         raise GenerationError(outcome)
     return outcome
+
+
+ray_app = typer.Typer(help="Ray Serve: replicas across machines and GPUs (docs/deploying.md).", no_args_is_help=True)
+app.add_typer(ray_app, name="ray")
+
+
+@ray_app.command("config")
+def ray_config(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="YAML file; standard output if absent.")] = None,
+    model: ModelOption = None,
+    size: SizeOption = None,
+    host: Annotated[str | None, typer.Option(help="Where Serve's proxies listen (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    replicas: ReplicasOption = None,
+    max_replicas: MaxReplicasOption = None,
+    replica_cpus: ReplicaCpusOption = None,
+    replica_gpus: ReplicaGpusOption = None,
+) -> None:
+    """A `serve deploy` config (also a RayService's serveConfigV2) for these settings and LIVEGEN_* ones."""
+    settings = _settings(model, size, "auto", "auto", "auto", False, None, None, host=host, port=port)
+    settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus)
+    _check_access(settings)
+    _check_models(settings)
+    rayserve = _rayserve()
+    import yaml
+
+    text = yaml.safe_dump(rayserve.serve_config(settings), sort_keys=False)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}: serve deploy {output}")
 
 
 keys_app = typer.Typer(help="Signing keys for the Content Credentials on exported images.", no_args_is_help=True)
@@ -621,6 +696,18 @@ def bench_load(model: ModelPathOption = None, size: BenchSizeOption = None,
     config = _bench_model(model, size)
     run(config, 0.5 if quick else seconds, output, _peer(config, peers, quick))
     _show(output, "load")
+
+
+@bench_app.command("ray")
+def bench_ray(model: ModelPathOption = None, size: BenchSizeOption = None,
+              seconds: Annotated[float, typer.Option(help="Measured seconds per row.")] = 10.0,
+              quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """Ray Serve against the plain server: the proxy's cost at 1-32 sessions, 1 and 2 replicas, a drain."""
+    from livegen.bench.scaleout import run
+
+    _quiet_libraries()
+    run(_bench_model(model, size), 1.0 if quick else seconds, output, quick)
+    _show(output, "ray")
 
 
 @bench_app.command("speech")

@@ -8,23 +8,31 @@ import contextlib
 import io
 import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import ray
+import yaml
 from PIL import Image
 from ray import serve
 
+from typer.testing import CliRunner
+
+from livegen.cli import app
 from livegen.client import AsyncClient
 from livegen.config import Settings, embedded_model
+from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
+from livegen.models.loader import resolve_source
 from livegen.protocol import Frame
-from livegen.rayserve.application import DEPLOYMENT, application, serve_config
+from livegen.rayserve.application import APP, DEPLOYMENT, deployment_options, serve_config
+from livegen.rayserve.application import deploy as apply
 from livegen.rayserve.replica import replica_settings
 from livegen.safety import watermark
 from livegen.safety.provenance import ProvenanceError, load_provenance
 
-APP = "livegen"
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -34,8 +42,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def settings(keys, replicas: int) -> Settings:
-    base = Settings(models=[embedded_model()], speech=None, max_batch=4, batch_wait_ms=20)
+def settings(keys, replicas: int, port: int = 8000) -> Settings:
+    base = Settings(models=[embedded_model()], speech=None, max_batch=4, batch_wait_ms=20, port=port)
     return base.model_copy(update={
         "safety": base.safety.model_copy(update={"keys": keys}),
         "ray": base.ray.model_copy(update={"min_replicas": replicas, "max_replicas": replicas, "drain_poll_s": 0.1,
@@ -43,18 +51,32 @@ def settings(keys, replicas: int) -> Settings:
     })
 
 
-def deploy(keys, replicas: int) -> None:
-    serve.run(application(settings(keys, replicas)), name=APP, route_prefix="/")
-
-
 def replicas() -> list[dict]:
     details = serve.context._get_global_client().get_serve_details()
     return details["applications"][APP]["deployments"][DEPLOYMENT]["replicas"]
 
 
-def scaled_to(keys, count: int) -> None:
+@dataclass
+class Cluster:
+    keys: Path
+    port: int
+    metrics: str
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def deploy(self, replicas: int) -> None:
+        apply(settings(self.keys, replicas, self.port))
+
+
+def scaled_to(cluster: Cluster, count: int) -> None:
     """Redeploy with `count` replicas and wait until the others are gone, not just stopping."""
-    deploy(keys, count)
+    cluster.deploy(count)
     deadline = time.monotonic() + 60
     while [r["state"] for r in replicas()] != ["RUNNING"] * count:
         assert time.monotonic() < deadline, replicas()
@@ -72,11 +94,12 @@ def tag(frame: Frame) -> int:
 def cluster(tmp_path_factory):
     keys = tmp_path_factory.mktemp("ray-keys")
     load_provenance(keys)  # one chain for every replica, made once here
-    port = free_port()
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    port, metrics_port = free_port(), free_port()
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(keys, 2)
-    yield keys, f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    cluster = Cluster(keys, port, f"http://127.0.0.1:{metrics_port}/metrics")
+    cluster.deploy(2)
+    yield cluster
     serve.shutdown()
     ray.shutdown()
 
@@ -121,7 +144,7 @@ async def streaming(url: str, sessions: int, during) -> list[Stream]:
 
 
 async def test_sessions_spread_over_two_warm_replicas_with_their_own_tags(cluster):
-    _, url, http = cluster
+    url, http = cluster.url, cluster.http
     assert [r["state"] for r in replicas()] == ["RUNNING", "RUNNING"]
     assert httpx.get(f"{http}/readyz").status_code == 200
     async with contextlib.AsyncExitStack() as stack:
@@ -132,8 +155,24 @@ async def test_sessions_spread_over_two_warm_replicas_with_their_own_tags(cluste
     assert len({tag(f) for f in frames}) == 2  # both replicas served, each with its own watermark tag
 
 
+async def test_each_replica_s_metrics_are_scraped_from_ray_with_its_replica_tag(cluster):
+    url, metrics = cluster.url, cluster.metrics
+    async with AsyncClient(url) as client:
+        await client.generate("a smiling cat", format="png")
+    deadline = time.monotonic() + 90
+    while True:
+        frames = [line for line in httpx.get(metrics).text.splitlines() if line.startswith("ray_livegen_frames_total{")]
+        if frames or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert frames, "no livegen metrics in Ray's export"
+    running = {r["replica_id"] for r in replicas()}
+    assert all('replica="' in line for line in frames)
+    assert {line.split('replica="')[1].split('"')[0].split("#")[-1] for line in frames} <= running
+
+
 async def test_latest_wins_and_micro_batching_hold_per_replica(cluster):
-    _, url, _ = cluster
+    url = cluster.url
     async with AsyncClient(url) as client:
         ids = [await client.send("a smiling cat", seed=i, format="png") for i in range(12)]
         outcomes = {}
@@ -148,11 +187,11 @@ async def test_latest_wins_and_micro_batching_hold_per_replica(cluster):
 
 
 async def test_a_drained_replica_moves_its_sessions_and_a_new_one_is_warm_first(cluster):
-    keys, url, _ = cluster
+    url = cluster.url
     started = time.monotonic()
-    streams = await streaming(url, 6, lambda: scaled_to(keys, 1))
+    streams = await streaming(url, 6, lambda: scaled_to(cluster, 1))
     # Drained, not killed: Serve would have waited out graceful_shutdown_s (30 s) for the open sockets.
-    assert time.monotonic() - started < settings(keys, 1).ray.graceful_shutdown_s
+    assert time.monotonic() - started < settings(cluster.keys, 1).ray.graceful_shutdown_s
     last = {tag(s.frames[-1]) for s in streams}
     assert len(last) == 1  # every session ends on the replica that stayed
     moved = [s for s in streams if tag(s.frames[0]) not in last]
@@ -166,12 +205,12 @@ async def test_a_drained_replica_moves_its_sessions_and_a_new_one_is_warm_first(
                 await client.generate("a smiling cat", format="png")
                 ready.append(client.hello.ready)
 
-    await asyncio.gather(asyncio.to_thread(scaled_to, keys, 2), open_sessions())
+    await asyncio.gather(asyncio.to_thread(scaled_to, cluster, 2), open_sessions())
     assert ready and all(ready)
 
 
 async def test_a_killed_replica_s_sessions_reconnect_to_the_other(cluster):
-    _, url, _ = cluster
+    url = cluster.url
     assert len(replicas()) == 2
 
     def kill_one() -> None:
@@ -197,4 +236,27 @@ def test_serve_config_names_the_builder_and_round_trips_the_settings(tmp_path):
     config = serve_config(s)
     app = config["applications"][0]
     assert app["import_path"] == "livegen.rayserve.application:build"
-    assert Settings.model_validate(app["args"]) == s
+    assert app["args"]["models"][0]["source"] == EMBEDDED_SOURCE  # not this machine's path to it
+    assert "min_replicas" not in app["args"]["ray"]  # scaling is the deployment's: a rescale keeps replicas
+    assert app["deployments"] == [deployment_options(s)]
+    read = Settings.model_validate(app["args"])
+    assert read.model_copy(update={"models": s.models, "ray": s.ray}) == s
+    assert resolve_source(read.models[0].source) == EMBEDDED_MODEL
+
+
+def test_ray_config_command_writes_a_serve_config(tmp_path):
+    output = tmp_path / "serve.yaml"
+    result = CliRunner().invoke(app, ["ray", "config", "-o", str(output), "--replicas", "2", "--max-replicas", "4"])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(output.read_text())
+    options = config["applications"][0]["deployments"][0]
+    assert options["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 16}
+    bad = CliRunner().invoke(app, ["ray", "config", "--replicas", "3", "--max-replicas", "2"])
+    assert bad.exit_code == 2 and "exceeds max_replicas" in bad.output
+
+
+def test_scale_to_zero_is_allowed_with_a_warning(tmp_path, caplog):
+    s = settings(tmp_path, 1)
+    s.ray = s.ray.model_copy(update={"min_replicas": 0, "max_replicas": 2})
+    assert deployment_options(s)["autoscaling_config"]["min_replicas"] == 0
+    assert "cold start" in caplog.text

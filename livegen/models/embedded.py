@@ -14,6 +14,7 @@ from typing import Any
 from livegen.models.base import ModelError
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "emoji"
+EMBEDDED_SOURCE = "livegen:emoji"  # the shipped folder wherever livegen is installed (for configs other machines read)
 TEXT_TOKENS = 32  # prompts are padded to this many tokens (SD pads CLIP to 77 the same way)
 IMAGE_SIZE = 64
 GUIDANCE = 3.0  # the student's guidance embedding default; the teacher is evaluated at the same scale

@@ -28,7 +28,7 @@ from huggingface_hub import snapshot_download
 
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
-from livegen.models.embedded import pipeline_components
+from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE, pipeline_components
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
 from livegen.models.unet import StableDiffusionGenerator, StableDiffusionXLGenerator
@@ -48,7 +48,9 @@ HOW_TO_GET = (
 
 
 def resolve_source(source: str) -> Path:
-    """A local folder, or a repo id found in the local Hugging Face cache; else a clear error."""
+    """A local folder, the embedded model, or a repo id in the local Hugging Face cache; else a clear error."""
+    if source == EMBEDDED_SOURCE:
+        return EMBEDDED_MODEL
     path = Path(source).expanduser()
     if path.is_dir():
         return path

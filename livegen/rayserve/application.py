@@ -1,22 +1,30 @@
 """The Serve application for a livegen Settings: replicas, resources, autoscaling on open sessions.
 
-`application(settings)` is what `livegen serve --ray` runs; `build(args)` is the import path a
-`serve deploy` config names, and `serve_config(settings)` writes that config.
+`serve_config(settings)` is the `serve deploy` config for a Settings: its import path names
+`build(args)`. `livegen serve --ray` applies it to a local or named cluster with `deploy`.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 
 from livegen.config import Settings
+from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.rayserve.replica import LivegenReplica
+from livegen.safety.provenance import load_provenance
 
 log = logging.getLogger(__name__)
 
+APP = "livegen"
 DEPLOYMENT = "livegen"
 HTTP_HEADROOM = 16  # requests beside the sessions a replica takes: health, tokens, one-shot generate
 
@@ -41,9 +49,14 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Deployment options, not the replica's concern: left out of its arguments, so that changing them
+# rescales the replicas Serve has instead of replacing every one (a new version of the arguments).
+SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "cpus", "gpus"}}
+
+
 def application(settings: Settings) -> Application:
     return serve.deployment(LivegenReplica).options(**deployment_options(settings)).bind(
-        settings.model_dump(mode="json"))
+        settings.model_dump(mode="json", exclude=SCALING))
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -52,14 +65,60 @@ def build(args: dict[str, Any]) -> Application:
 
 
 def serve_config(settings: Settings) -> dict[str, Any]:
-    """A `serve deploy` / RayService config running these settings (docs/deploying.md)."""
+    """A `serve deploy` / RayService config running these settings (docs/deploying.md).
+
+    The replicas' arguments leave out the scaling options, which go in the deployment's section:
+    Serve then applies a change of replica count to the replicas it has, where a change of
+    arguments replaces every one. The embedded model is named as such, not by this machine's path
+    to it; every other path must exist on every node.
+    """
+    args = settings.model_dump(mode="json", exclude=SCALING)
+    for model in args["models"]:
+        if Path(model["source"]) == EMBEDDED_MODEL:
+            model["source"] = EMBEDDED_SOURCE
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": settings.host, "port": settings.port},
         "applications": [{
-            "name": "livegen",
+            "name": APP,
             "route_prefix": "/",
             "import_path": f"{__name__}:build",
-            "args": settings.model_dump(mode="json"),
+            "args": args,
+            "deployments": [deployment_options(settings)],
         }],
     }
+
+
+def deploy(settings: Settings, timeout_s: float = 600) -> None:
+    """Apply `serve_config(settings)` to the running Serve instance, as `serve deploy` does, and
+    return once the application runs: every replica warm."""
+    from ray.serve.schema import ServeDeploySchema
+
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema.model_validate(serve_config(settings)))
+    deadline = time.monotonic() + timeout_s
+    while (status := serve.status().applications.get(APP)) is None or status.status != "RUNNING":
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"livegen on Ray Serve failed to deploy: {status.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"livegen on Ray Serve not running after {timeout_s:g} s: {status}")
+        time.sleep(0.1)
+
+
+def run(settings: Settings) -> None:
+    """`livegen serve --ray`: deploy on a Ray cluster (a local one if none is named), serve until
+    SIGINT or SIGTERM, then delete the application, which drains every replica's sessions."""
+    load_provenance(settings.safety.keys)  # the chain every replica signs with, made here if there is none
+    ray.init(address=settings.ray.address)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    deploy(settings)
+    replicas = settings.ray.min_replicas if settings.ray.min_replicas == settings.ray.max_replicas else \
+        f"{settings.ray.min_replicas}-{settings.ray.max_replicas}"
+    print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} replicas, warm); "
+          "Ctrl+C drains the sessions and stops", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.delete(APP)
+    serve.shutdown()
+    ray.shutdown()

@@ -22,6 +22,7 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 from livegen.config import Settings
 from livegen.engine import Engine
+from livegen.rayserve.metrics import PERIOD_S, RayMirror
 from livegen.safety.provenance import ProvenanceError, SigningKeys
 from livegen.server.app import create_app
 
@@ -59,6 +60,7 @@ class LivegenReplica:
         self.engine = Engine(self.settings)
         await self.engine.start()
         self._watch = asyncio.create_task(self._drain_when_stopped(), name="drain-when-stopped")
+        self._mirror = asyncio.create_task(self._mirror_metrics(), name="mirror-metrics")
         log.info("replica %s warm (watermark server id %s)", self.replica, self.settings.safety.server_id)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -82,7 +84,14 @@ class LivegenReplica:
                 log.warning("replica %s could not ask the controller whether it is stopping", self.replica,
                             exc_info=True)
 
+    async def _mirror_metrics(self) -> None:
+        mirror = RayMirror(self.engine.metrics.registry)
+        while True:
+            mirror.copy()
+            await asyncio.sleep(PERIOD_S)
+
     async def __del__(self) -> None:
-        self._watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watch
+        for task in (self._watch, self._mirror):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,156 @@
+"""`livegen bench ray`: what Ray Serve costs and gives, against the plain server, in one run.
+
+1. Proxy cost: the plain `livegen serve` (its own process) and one Ray Serve replica behind Serve's
+   proxy, the same settings, side by side; 1, 8 and 32 sessions in a closed loop, the two
+   interleaved in rounds on the same connections (livegen/bench/load.py's windows). Frame p50 and
+   p99 for each, the p50 added by the proxy, and the p99 ratio with a bootstrap interval.
+2. Replicas: frames/s at 8 sessions with 1 replica, then with 2 (a redeploy between, so these two
+   are not interleaved). On this 2-core machine both replicas share the same cores.
+3. Drain: sessions streaming over 2 replicas while Serve scales to 1; for each session that was on
+   the stopped replica, the gap between its last frame there and its first on the other (the
+   client reconnects and resends on its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from livegen.bench.load import interleaved
+from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
+from livegen.client import AsyncClient
+from livegen.config import ModelConfig, Settings
+from livegen.safety import watermark
+from livegen.safety.provenance import load_provenance
+from livegen.server.background import ServeProcess, free_port
+
+SESSIONS, QUICK_SESSIONS = (1, 8, 32), (1, 4)
+ROUNDS, QUICK_ROUNDS = 5, 2
+PLAIN, PROXIED = "plain livegen serve", "Ray Serve, 1 replica, through its proxy"
+REPLICA_SESSIONS = 8
+DRAIN_SESSIONS = 6
+
+
+def tag(image: bytes) -> int | None:
+    """Which replica drew a PNG frame: the server tag in its watermark."""
+    payload = watermark.read(np.array(Image.open(io.BytesIO(image)).convert("RGB"))).payload
+    return None if payload is None else payload.server
+
+
+async def moves(url: str, sessions: int, drain) -> list[float]:
+    """Stream `sessions` sessions, run `drain()` in a thread, and return for each session that changed
+    replica the gap in seconds between its last frame on the old one and its first on the new one."""
+    stop = asyncio.Event()
+
+    async def stream(k: int) -> list[tuple[float, int | None]]:
+        frames = []
+        async with AsyncClient(url) as client:
+            while not stop.is_set():
+                frame = await client.generate(f"a smiling cat, number {k}", seed=len(frames), format="png")
+                frames.append((time.monotonic(), tag(frame.image)))
+        return frames
+
+    tasks = [asyncio.create_task(stream(k)) for k in range(sessions)]
+    await asyncio.sleep(2)
+    await asyncio.to_thread(drain)
+    await asyncio.sleep(3)
+    stop.set()
+    gaps = []
+    for frames in await asyncio.gather(*tasks):
+        change = next((i for i in range(1, len(frames)) if frames[i][1] != frames[i - 1][1]), None)
+        if change is not None:
+            gaps.append(frames[change][0] - frames[change - 1][0])
+    return gaps
+
+
+def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) -> dict:
+    import ray
+    from ray import serve
+
+    from livegen.rayserve.application import APP, deploy as apply
+
+    sessions_list, rounds = (QUICK_SESSIONS, QUICK_ROUNDS) if quick else (SESSIONS, ROUNDS)
+    window_s = seconds / rounds
+    base = Settings(models=[config], speech=None)
+    load_provenance(base.safety.keys)
+    port = free_port()
+
+    def deploy(replicas: int) -> None:
+        ray_config = base.ray.model_copy(update={"min_replicas": replicas, "max_replicas": replicas,
+                                                 "cpus": 1, "drain_poll_s": 0.1})
+        apply(base.model_copy(update={"ray": ray_config, "port": port}))
+
+    def replica_states() -> list[str]:
+        details = serve.context._get_global_client().get_serve_details()
+        return [r["state"] for d in details["applications"][APP]["deployments"].values() for r in d["replicas"]]
+
+    def scale_to(replicas: int) -> None:
+        deploy(replicas)
+        while replica_states() != ["RUNNING"] * replicas:
+            time.sleep(0.05)
+
+    width, height = config.sizes[0]
+    plain = ServeProcess(free_port(), ["--model", config.source, "--size", f"{width}x{height}", "--no-speech"])
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        deploy(1)
+        proxied = f"ws://127.0.0.1:{port}"
+        rows = []
+        for sessions in sessions_list:
+            windows = asyncio.run(interleaved({PLAIN: plain.ws_url, PROXIED: proxied}, sessions, rounds, window_s))
+            p99 = {arm: Rounds(arm, [[float(np.percentile(w["ms"], 99))] for w in arm_windows])
+                   for arm, arm_windows in windows.items()}
+            summary = {arm: Series(arm, [ms for w in arm_windows for ms in w["ms"]]).summary()
+                       for arm, arm_windows in windows.items()}
+            rows.append({"sessions": sessions, "latency": summary,
+                         "frames_per_s": {arm: round(sum(w["frames"] for w in ws) / sum(w["elapsed_s"] for w in ws), 1)
+                                          for arm, ws in windows.items()},
+                         "added_p50_ms": round(summary[PROXIED]["p50_ms"] - summary[PLAIN]["p50_ms"], 2),
+                         "p99_ratio": ratio_interval(p99[PROXIED], p99[PLAIN])})
+        plain.kill()
+        replicas = {}
+        for count in (1, 2):
+            scale_to(count)
+            windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
+            replicas[str(count)] = round(sum(w["frames"] for w in windows) / sum(w["elapsed_s"] for w in windows), 1)
+        gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
+    finally:
+        plain.kill()
+        serve.shutdown()
+        ray.shutdown()
+    results = {**header("ray"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
+               "ray": ray.__version__, "rounds": rounds, "window_s": round(window_s, 4), "rows": rows,
+               "replicas_frames_per_s": replicas, "replica_sessions": REPLICA_SESSIONS,
+               "drain": {"sessions": DRAIN_SESSIONS, "moved": len(gaps), "gaps_s": [round(g, 3) for g in gaps],
+                         "median_s": round(statistics.median(gaps), 3) if gaps else None,
+                         "max_s": round(max(gaps), 3) if gaps else None}}
+    save(results, markdown(results), output)
+    return results
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, Ray {r['ray']}; {machine_line(r['machine'])}. Closed loop, "
+             f"the plain server and Serve's proxy interleaved in {r['rounds']} rounds of {r['window_s']} s windows "
+             "on the same connections; the p99 ratio's 95% interval is over rounds.", "",
+             "| sessions | plain p50 / p99 ms | Ray Serve p50 / p99 ms | p50 added ms | p99 ratio (95% interval) | "
+             "frames/s plain / Ray |", "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        plain, proxied = row["latency"][PLAIN], row["latency"][PROXIED]
+        ratio = row["p99_ratio"]
+        lines.append(f"| {row['sessions']} | {plain['p50_ms']} / {plain['p99_ms']} | {proxied['p50_ms']} / "
+                     f"{proxied['p99_ms']} | {row['added_p50_ms']} | {ratio['ratio']}x ({ratio['low']}-{ratio['high']}) | "
+                     f"{row['frames_per_s'][PLAIN]} / {row['frames_per_s'][PROXIED]} |")
+    drain = r["drain"]
+    lines += ["", f"Frames/s at {r['replica_sessions']} sessions: 1 replica {r['replicas_frames_per_s']['1']}, "
+                  f"2 replicas {r['replicas_frames_per_s']['2']} (a redeploy between: not interleaved).",
+              f"Drain: {drain['moved']} of {drain['sessions']} streaming sessions were on the stopped replica; "
+              f"from their last frame there to their first on the other: median {drain['median_s']} s, "
+              f"longest {drain['max_s']} s."]
+    return "\n".join(lines) + "\n"
