@@ -26,12 +26,12 @@ from livegen.client import AsyncClient
 from livegen.config import Settings, embedded_model
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.models.loader import resolve_source
-from livegen.protocol import Frame
+from livegen.protocol import Exported, Frame
 from livegen.rayserve.application import APP, DEPLOYMENT, deployment_options, serve_config
 from livegen.rayserve.application import deploy as apply
 from livegen.rayserve.replica import replica_settings
 from livegen.safety import watermark
-from livegen.safety.provenance import ProvenanceError, load_provenance
+from livegen.safety.provenance import ProvenanceError, load_provenance, read_manifest
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -110,6 +110,7 @@ class Stream:
     def __init__(self, url: str, index: int):
         self.url, self.index, self.frames, self.times = url, index, [], []
         self.stop = asyncio.Event()
+        self.exported: Exported | None = None
 
     async def run(self) -> None:
         async with AsyncClient(self.url) as client:
@@ -119,6 +120,7 @@ class Stream:
                 self.frames.append(frame)
                 self.times.append(time.monotonic())
                 n += 1
+            self.exported = await client.export(self.frames[-1].id)  # on the replica the session ends on
 
 
 async def streaming(url: str, sessions: int, during) -> list[Stream]:
@@ -196,6 +198,9 @@ async def test_a_drained_replica_moves_its_sessions_and_a_new_one_is_warm_first(
     assert len(last) == 1  # every session ends on the replica that stayed
     moved = [s for s in streams if tag(s.frames[0]) not in last]
     assert moved  # and some started on the one that was drained, and kept generating without user code
+    for s in moved:  # a moved session's new frames export, signed with the chain every replica shares
+        report = read_manifest(s.exported.image, "image/png", cluster.keys / "root.pem")
+        assert report.valid and report.trusted
     # Scaling back up: a replica still warming takes no session (each one below says ready).
     ready = []
 
