@@ -137,6 +137,10 @@ def serve(
     speech: Annotated[bool, typer.Option(help="Serve the speech model beside the image models.")] = True,
     policy: Annotated[Path | None, typer.Option(help="Moderation policy (TOML); livegen's own if absent.")] = None,
     moderation: Annotated[bool, typer.Option(help="Check prompts against the policy before compute.")] = True,
+    speech_policy: Annotated[Path | None, typer.Option(
+        help="Spoken replies' policy (TOML); livegen's own if absent.")] = None,
+    speech_moderation: Annotated[bool, typer.Option(
+        help="Check each phrase of a spoken reply against the speech policy before synthesis.")] = True,
     output_checker: Annotated[str | None, typer.Option(
         help="Safety checker folder or cached repo id, or module:factory.")] = None,
     watermark: Annotated[bool, typer.Option(help="An invisible watermark on every frame.")] = True,
@@ -170,9 +174,10 @@ def serve(
                          deadline_s=deadline_seconds, loop_stall_seconds=loop_stall_seconds)
     if not speech:
         settings.speech = None
-    safety = {"policy": policy, "output_checker": output_checker, "keys": keys}
+    safety = {"policy": policy, "output_checker": output_checker, "keys": keys, "speech_policy": speech_policy}
     settings.safety = settings.safety.model_copy(update={
-        "moderation": moderation, "watermark": watermark, **{k: v for k, v in safety.items() if v is not None}})
+        "moderation": moderation, "speech_moderation": speech_moderation, "watermark": watermark,
+        **{k: v for k, v in safety.items() if v is not None}})
     access = {"keys_file": api_keys, "allowed_origins": allowed_origin, "cors_origins": cors_origin}
     settings.access = settings.access.model_copy(update={
         "insecure": insecure or settings.access.insecure, **{k: v for k, v in access.items() if v}})

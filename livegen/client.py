@@ -266,6 +266,8 @@ class Speech:
             return True
         if isinstance(outcome, Cancelled):
             raise GenerationError(Error(id=outcome.id, code="cancelled", message=f"by {outcome.by}"))
+        if isinstance(outcome, Blocked):  # the audio before the blocked phrase is in `chunks`
+            raise GenerationError(Error(id=outcome.id, code="blocked", message=f"{outcome.stage}: {outcome.message}"))
         raise GenerationError(outcome)  # type: ignore[arg-type]
 
 

@@ -72,6 +72,10 @@ class SafetyConfig(BaseModel):
                                     description="Similarity that blocks a prompt; the policy's if absent.")
     output_checker: str | None = Field(
         default=None, description="Safety checker folder or HF-cache repo id, or module:factory; none if absent.")
+    speech_moderation: bool = Field(default=True, description="Check each phrase of a spoken reply against the "
+                                                               "speech policy before it is synthesized.")
+    speech_policy: Path | None = Field(default=None, description="Spoken replies' policy (TOML); livegen's own "
+                                                                 "if absent.")
     watermark: bool = Field(default=True, description="An invisible watermark on every frame.")
     server_id: str = Field(default_factory=socket.gethostname, description="Named (as a tag) in every watermark.")
     keys: Path = Field(default=Path("~/.local/share/livegen/keys").expanduser(),

@@ -198,11 +198,12 @@ class Skipped(Message):
 
 class Blocked(Message):
     """Safety stopped this input: its prompt broke the moderation policy, or its frame failed the
-    output check. No frame of it was sent."""
+    output check (no frame of it was sent); or a phrase of this utterance broke the speech policy
+    (stage `speech`: nothing of that phrase or after it is spoken; the audio already sent stays)."""
 
     type: Literal["blocked"] = "blocked"
     id: str
-    stage: Literal["prompt", "output"]
+    stage: Literal["prompt", "output", "speech"]
     category: str
     message: str
 

@@ -73,7 +73,8 @@ async def stream(url: str, text: str) -> dict:
         speech = await client.say(text, on_audio=heard)
     audio_s = sum(d for _, d in arrivals)
     return {"ttfa_ms": arrivals[0][0] * 1000, "underruns": playback(arrivals), "audio_s": audio_s,
-            "rtf": speech.end.timings["synth_ms"] / 1000 / audio_s}
+            "rtf": speech.end.timings["synth_ms"] / 1000 / audio_s,
+            "moderation_ms": speech.end.timings["moderation_ms"]}
 
 
 def similarity(reference: np.ndarray, audio: np.ndarray) -> float:
@@ -190,7 +191,9 @@ def run(rounds: int, output: Path, quick: bool = False) -> dict:
                "ttfa": alone["ttfa"], "three_sentences": three.summary(), "whole_reply": baseline.summary(),
                "three_sentence_speedup": round(statistics.median(baseline.ms) / statistics.median(three.ms), 2),
                "underruns": alone["underruns"],
-               "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3), "rows": rows,
+               "rtf_median": round(statistics.median(r["rtf"] for r in rows), 3),
+               "moderation": Series("speech policy checks per reply", [r["moderation_ms"] for r in rows]).summary(),
+               "rows": rows,
                "beside_images": beside_images, "fidelity": voice}
     save(results, markdown(results), output)
     return results
@@ -209,6 +212,8 @@ def markdown(r: dict) -> str:
         f"- streaming speed-up on the three-sentence reply: **{r['three_sentence_speedup']}x**",
         f"- underruns with a {r['playout_delay_s'] * 1000:.0f} ms jitter buffer: **{r['underruns']}**",
         f"- real-time factor (synthesis / audio), median: {r['rtf_median']}",
+        f"- reply moderation (the speech policy checked phrase by phrase before synthesis, inside the TTFA "
+        f"above), per reply, all its phrases: p50 {r['moderation']['p50_ms']} ms, p95 {r['moderation']['p95_ms']} ms",
         f"- each reply's first sentence against itself said whole (log-spectral similarity along the best "
         f"alignment, 1 = the same sound; median of {r['fidelity']['sentences']}): its first word or two, then "
         f"the rest **{r['fidelity']['first_piece_then_rest']}**; in pieces at every word end "

@@ -103,7 +103,9 @@ class Engine:
         """What /readyz says about the checks every input and frame passes."""
         stages = next((r.safety.describe() for r in self.runners.values() if r.safety), {})
         signer = self.provenance.keys.cert_chain if self.provenance else None
-        return {**stages, "content_credentials": str(signer) if signer else None}
+        speech = self.speech.moderator if self.speech else None
+        return {**stages, "speech_moderation": speech.policy.source if speech else None,
+                "content_credentials": str(signer) if signer else None}
 
     async def _start_speech(self) -> None:
         """Speech is on by default, but a machine without espeak-ng still serves images: unless

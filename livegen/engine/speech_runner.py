@@ -31,7 +31,9 @@ from livegen.engine.task import Owner, Slot, Task
 from livegen.engine.workers import Workers
 from livegen.models.base import ModelError
 from livegen.models.speech import CLAUSE_END, CONTEXT_FRAMES, Phrase, SpeechError
-from livegen.protocol import Audio, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd, SpeechInfo
+from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
+                              SpeechInfo)
+from livegen.safety.moderation import SPEECH_POLICY, Moderator, Policy, Verdict, minilm_embedder
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ def first_piece_end(phrase: Phrase) -> int:
                 phrase.frames)
 
 
+class PhraseBlocked(Exception):
+    """(worker thread) The next phrase breaks the speech policy: none of it is synthesized."""
+
+    def __init__(self, verdict: Verdict):
+        super().__init__(verdict.reason)
+        self.verdict = verdict
+
+
 @dataclass(eq=False, kw_only=True)
 class Utterance(Task):
     voice: str
@@ -65,6 +75,7 @@ class Utterance(Task):
     seq: int = 0
     samples: int = 0
     synth_ms: float = 0.0
+    moderation_ms: float = 0.0  # the speech policy's checks of its phrases, all together
     first_audio_at: float | None = None
     synthesizing: bool = False  # a piece of it is with the worker thread
     stopped: bool = False
@@ -90,6 +101,7 @@ class SpeechRunner(Runner):
         self.metrics = metrics
         self.workers = workers  # phonemes of arriving text are checked there, off the event loop
         self.model = None
+        self.moderator: Moderator | None = None
         self.piece_s = 0.0  # decoding cost: per piece
         self.frame_s = 0.0  # and per frame decoded, context included, measured at warm-up
         self.voices: list[str] = []
@@ -119,6 +131,10 @@ class SpeechRunner(Runner):
         self.default_voice = self.config.default_voice or self.voices[0]
         if self.default_voice not in self.voices:
             raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
+        if self.settings.safety.speech_moderation:
+            self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY),
+                                       minilm_embedder())
+            self.moderator.check("Ready when you are, let's begin.")
         self.model.warm_up(self.default_voice)
         slowest = self._measure_speed()
         log.info("speech model warm in %.1fs", time.perf_counter() - started)
@@ -300,6 +316,7 @@ class SpeechRunner(Runner):
             phrase_text, left = self._next_phrase(text, final)
             if phrase_text is None:
                 return None, left
+            self._moderate(utterance, phrase_text)
             phonemes = self.model.phonemize(phrase_text, self.config.language)
             utterance.phrase = self.model.prepare(phonemes, utterance.voice, utterance.speed)
         phrase = utterance.phrase
@@ -307,6 +324,16 @@ class SpeechRunner(Runner):
         if phrase.done:
             utterance.phrase = None
         return audio, left
+
+    def _moderate(self, utterance: Utterance, phrase: str) -> None:
+        """(worker thread) Check a phrase against the speech policy before any of it is synthesized."""
+        if self.moderator is None:
+            return
+        started = time.perf_counter()
+        verdict = self.moderator.check(phrase)
+        utterance.moderation_ms += (time.perf_counter() - started) * 1000
+        if verdict.blocked:
+            raise PhraseBlocked(verdict)
 
     def _schedule(self, utterance: Utterance) -> None:
         """Queue it for the worker if a piece of it may be ready to decode; finish it if nothing is left."""
@@ -340,6 +367,13 @@ class SpeechRunner(Runner):
                 self._end(utterance, timeout_error(utterance, timeout))
                 self.drain("not_ready", "speech is recovering from a stalled computation; send again later")
                 await self.recover()
+                continue
+            except PhraseBlocked as blocked:  # what was spoken before it stays spoken
+                category = blocked.verdict.category or "policy"
+                self.metrics.blocked.labels("speech", category).inc()
+                self._end(utterance, Blocked(id=utterance.id, stage="speech", category=category,
+                                             message=f"a phrase of the reply breaks the speech policy ({category}: "
+                                                     f"{blocked.verdict.reason}); it and the rest were not spoken"))
                 continue
             except (ProtocolError, SpeechError) as error:  # text that reached the model and cannot be spoken
                 self._end(utterance, Error(id=utterance.id, code=error.code, message=str(error)))
@@ -383,4 +417,5 @@ class SpeechRunner(Runner):
         self._end(utterance, SpeechEnd(
             id=utterance.id, chunks=utterance.seq, samples=utterance.samples, sample_rate=self.model.sample_rate,
             timings={"ttfa_ms": round(ttfa * 1000, 3), "synth_ms": round(utterance.synth_ms, 3),
+                     "moderation_ms": round(utterance.moderation_ms, 3),
                      "total_ms": round((now - utterance.received_at) * 1000, 3)}))

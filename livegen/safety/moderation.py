@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.toml"
+SPEECH_POLICY = Path(__file__).resolve().parent / "speech_policy.toml"  # what a voice must not say
 VERDICT_CACHE_SIZE = 1024
 
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
