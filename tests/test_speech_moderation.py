@@ -32,9 +32,14 @@ def test_the_speech_policy_blocks_harmful_replies(moderator: Moderator, item: di
     assert verdict.blocked and verdict.category == item["category"], verdict
 
 
-def test_medical_legal_and_everyday_replies_pass(moderator: Moderator):
+def test_medical_legal_and_everyday_replies_pass_with_a_margin(moderator: Moderator):
     # A crisis line, a dose, a safety warning about bleach and ammonia: a voice agent must say these.
     assert [reply for reply in REPLIES["allowed"] if moderator.check(reply).blocked] == []
+    policy, embed = Policy.load(SPEECH_POLICY), minilm_embedder()
+    for category in policy.categories:
+        threshold = category.threshold or policy.threshold
+        closest = (embed(REPLIES["allowed"]) @ embed(list(category.descriptions)).T).max()
+        assert closest <= threshold - 0.1, (category.name, closest)
 
 
 @pytest.fixture(scope="module")

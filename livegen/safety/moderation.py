@@ -38,13 +38,15 @@ VERDICT_CACHE_SIZE = 1024
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
 
 
-def sentence_embedder(tokenizer, encoder, device: torch.device | str = "cpu") -> TextEmbedder:
-    """MiniLM's sentence vectors: the last hidden states averaged over the real tokens, unit length."""
+def sentence_embedder(tokenizer, encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      device: torch.device | str = "cpu") -> TextEmbedder:
+    """MiniLM's sentence vectors: `encoder(ids, mask)`'s last hidden states averaged over the real
+    tokens, unit length."""
 
     @torch.inference_mode()
     def embed(texts: list[str]) -> np.ndarray:
         tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
-        hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+        hidden = encoder(tokens.input_ids, tokens.attention_mask).float()
         mask = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
@@ -54,10 +56,13 @@ def sentence_embedder(tokenizer, encoder, device: torch.device | str = "cpu") ->
 
 @lru_cache(maxsize=1)
 def minilm_embedder() -> TextEmbedder:
-    """A MiniLM of moderation's own, shared by the runners whose model has another text encoder."""
+    """A MiniLM of moderation's own, shared by the runners whose model has another text encoder and
+    by reply moderation. In onnxruntime on one thread: called between pieces of speech, a torch
+    forward took 23-48 ms against 10 ms alone, slowed by Kokoro's spinning onnxruntime threads."""
     from livegen.models.embedded import load_text_encoder, load_tokenizer
+    from livegen.models.onnx_text import OnnxTextEncoder
 
-    return sentence_embedder(load_tokenizer(), load_text_encoder().eval())
+    return sentence_embedder(load_tokenizer(), OnnxTextEncoder(load_text_encoder().eval(), threads=1))
 
 
 class PolicyError(ValueError):
