@@ -19,10 +19,11 @@ SIZES = [(64, 64), (128, 128)]
 
 @pytest.fixture(scope="session", autouse=True)
 def signing_keys(tmp_path_factory: pytest.TempPathFactory):
-    """Servers under test make their development signing chain here, and read API keys from here (none
-    unless a test makes some), not from the user's home."""
+    """Servers under test make their development signing chain here, read API keys from here (none
+    unless a test makes some) and keep their caches here, not in the user's home."""
     directory = tmp_path_factory.mktemp("keys")
-    names = {"LIVEGEN_SAFETY__KEYS": str(directory), "LIVEGEN_ACCESS__KEYS_FILE": str(directory / "api-keys.json")}
+    names = {"LIVEGEN_SAFETY__KEYS": str(directory), "LIVEGEN_ACCESS__KEYS_FILE": str(directory / "api-keys.json"),
+             "LIVEGEN_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}
     previous = {name: os.environ.get(name) for name in names}
     os.environ.update(names)
     yield directory

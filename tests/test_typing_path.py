@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from livegen.config import SafetyConfig, embedded_model
+from livegen.models import onnx_text
 from livegen.models.loader import load_generator
 from livegen.protocol import Generate
 from livegen.safety.moderation import minilm_embedder
@@ -55,3 +56,20 @@ def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(generator, 
         assert blocked is not None and blocked.stage == "prompt"  # the shared vector still moderates
     finally:
         generator.text_forward = forward
+
+
+def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path))
+    exports = []
+    export = onnx_text._export
+    monkeypatch.setattr(onnx_text, "_export", lambda encoder: exports.append(1) or export(encoder))
+    ids = torch.randint(1000, 5000, (1, 12))
+    first = onnx_text.OnnxTextEncoder(generator.pipe.text_encoder, 1)(ids, torch.ones_like(ids))
+    assert len(exports) == 1
+    onnx_text.OnnxTextEncoder(generator.pipe.text_encoder, 1)  # the same weights: read from the cache
+    assert len(exports) == 1
+    [kept] = (tmp_path / "onnx").iterdir()
+    kept.write_bytes(b"not an onnx graph")
+    again = onnx_text.OnnxTextEncoder(generator.pipe.text_encoder, 1)(ids, torch.ones_like(ids))
+    assert len(exports) == 2 and kept.read_bytes() != b"not an onnx graph"
+    torch.testing.assert_close(again, first)
