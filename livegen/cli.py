@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from livegen.config import DType, Device, Family, ModelConfig, Settings
-from livegen.protocol import ProtocolError, Speak
+from livegen.protocol import Export, Exported, ProtocolError, Speak
 
 app = typer.Typer(help="livegen: real-time generation server.", no_args_is_help=True, add_completion=False)
 
@@ -268,12 +268,13 @@ def say(
     try:
         with Client(url) as client:
             speech = client.say(text, voice=voice, speed=speed)
+            signed = client.export(speech.id)  # the WAV with the server's Content Credentials
     except (GenerationError, ConnectionLost) as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(1) from exc
-    speech.save(output)
+    output.write_bytes(signed.image)
     typer.echo(f"{output}: {len(speech.pcm) // 2 / speech.sample_rate:.2f} s in {len(speech.chunks)} chunks, "
-               f"first audio after {speech.end.timings['ttfa_ms']:.0f} ms")
+               f"first audio after {speech.end.timings['ttfa_ms']:.0f} ms; signed Content Credentials")
 
 
 async def _say_in_process(text: str, output: Path, voice: str | None, speed: float) -> None:
@@ -282,22 +283,25 @@ async def _say_in_process(text: str, output: Path, voice: str | None, speed: flo
 
     _quiet_libraries()
     engine = Engine(Settings(models=[], speech=Settings().speech))
-    await engine.speech.start()  # type: ignore[union-attr]
-    engine.supervisor.watch(engine.speech)  # type: ignore[arg-type]
+    await engine.start()
     session = engine.open_session()
     try:
         await engine.submit(session, Speak(id="say", text=text, voice=voice, speed=speed))
         speech = Speech("say")
         while not speech.take(await session.next_outcome(), None):
             pass
+        await engine.submit(session, Export(id="say"))  # the WAV with Content Credentials
+        signed = await session.next_outcome()
+        if not isinstance(signed, Exported):
+            raise GenerationError(signed)  # type: ignore[arg-type]
     except (ProtocolError, GenerationError) as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         await engine.stop()
-    speech.save(output)
-    typer.echo(f"{output}: {len(speech.pcm) // 2 / speech.sample_rate:.2f} s, "
-               f"first audio after {speech.end.timings['ttfa_ms']:.0f} ms")  # type: ignore[union-attr]
+    output.write_bytes(signed.image)
+    typer.echo(f"{output}: {len(speech.pcm) // 2 / speech.sample_rate:.2f} s, first audio after "
+               f"{speech.end.timings['ttfa_ms']:.0f} ms; signed Content Credentials")  # type: ignore[union-attr]
 
 
 async def _generate_in_process(settings: Settings, request: object):

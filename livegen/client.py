@@ -40,7 +40,6 @@ import itertools
 import logging
 import threading
 import time
-import wave
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +74,7 @@ from livegen.protocol import (
     SpeechEnd,
     Superseded,
     decode_server_message,
+    wav_file,
     encode,
 )
 
@@ -245,12 +245,8 @@ class Speech:
         return b"".join(chunk.pcm for chunk in self.chunks)
 
     def save(self, path: str | Path) -> None:
-        """Write a 16-bit mono WAV file."""
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(self.sample_rate)
-            out.writeframes(self.pcm)
+        """Write a 16-bit mono WAV file (unsigned: `export` the utterance for one with Content Credentials)."""
+        Path(path).write_bytes(wav_file(self.pcm, self.sample_rate))
 
     def take(self, outcome: Outcome, on_audio: Callable[[Audio], None] | None) -> bool:
         """Add one outcome for this utterance; True once it ended. Errors and cancels raise."""

@@ -8,8 +8,10 @@ as base64 strings.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import reprlib
+import wave
 from typing import Annotated, Any, Literal
 
 import msgpack
@@ -209,13 +211,14 @@ class Blocked(Message):
 
 
 class Exported(Message):
-    """Frame `id` with a C2PA manifest embedded: created by livegen, trainedAlgorithmicMedia, and
-    the model, steps, seed and a hash of the prompt, signed with the server's key."""
+    """Frame or utterance `id` as a file with a C2PA manifest embedded: created by livegen,
+    trainedAlgorithmicMedia, and what made it (for a frame the model, steps, seed and a hash of the
+    prompt; for speech the model and the audio's length), signed with the server's key."""
 
     type: Literal["exported"] = "exported"
     id: str
-    image: WireBytes
-    format: ImageFormat
+    image: WireBytes = Field(description="The file: an image, or for an utterance a WAV file.")
+    format: ImageFormat | Literal["wav"]
 
 
 class Audio(Message):
@@ -226,6 +229,17 @@ class Audio(Message):
     seq: int
     sample_rate: int
     pcm: WireBytes
+
+
+def wav_file(pcm: bytes, sample_rate: int) -> bytes:
+    """`audio` chunks' PCM, joined, as a 16-bit mono WAV file."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
 
 
 class SpeechEnd(Message):

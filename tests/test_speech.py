@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 import wave
@@ -22,6 +23,7 @@ from livegen.engine.session import Session
 from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, MIN_PIECE_FRAMES, Utterance
 from livegen.models.speech import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
+from livegen.safety.provenance import read_manifest
 from livegen.server.background import BackgroundServer
 from tests.conftest import server_settings
 
@@ -225,7 +227,7 @@ async def test_image_and_speech_runners_take_turns_on_the_cpu(speech_server, mon
     assert not overlaps
 
 
-def test_sync_client_and_cli_write_wav_files(speech_server, tmp_path):
+def test_sync_client_and_cli_write_wav_files(speech_server, tmp_path, signing_keys):
     with Client(speech_server.url) as client:
         speech = client.say("One, two, three.")
         with pytest.raises(GenerationError, match="unknown_voice"):
@@ -238,6 +240,32 @@ def test_sync_client_and_cli_write_wav_files(speech_server, tmp_path):
         with wave.open(str(tmp_path / name)) as wav:
             assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
             assert wav.getnframes() > 0.5 * 24000
+    assert not read_manifest((tmp_path / "sync.wav").read_bytes(), "audio/wav").present  # saved as streamed
+    assert read_manifest((tmp_path / "cli.wav").read_bytes(), "audio/wav", signing_keys / "root.pem").trusted
+
+
+def test_say_in_process_writes_a_signed_wav(tmp_path, signing_keys):
+    result = CliRunner().invoke(app, ["say", "One, two, three.", "-o", str(tmp_path / "here.wav")])
+    assert result.exit_code == 0, result.output
+    report = read_manifest((tmp_path / "here.wav").read_bytes(), "audio/wav", signing_keys / "root.pem")
+    assert report.valid and report.trusted and report.generation["seconds"] > 0.5
+
+
+async def test_an_utterance_exports_as_a_wav_with_content_credentials(speech_server, signing_keys):
+    async with AsyncClient(speech_server.ws_url) as client:
+        speech = await client.say("One, two, three.")
+        exported = await client.export(speech.id)
+        with pytest.raises(GenerationError, match="unknown_frame"):
+            await client.export("never-said")
+    assert exported.format == "wav"
+    with wave.open(io.BytesIO(exported.image)) as wav:
+        assert wav.getframerate() == speech.sample_rate
+        assert wav.readframes(wav.getnframes()) == speech.pcm  # the audio as it was streamed, signed
+    report = read_manifest(exported.image, "audio/wav", signing_keys / "root.pem")
+    assert report.valid and report.trusted
+    assert report.actions[0]["action"] == "c2pa.created"
+    assert report.actions[0]["digitalSourceType"].endswith("trainedAlgorithmicMedia")
+    assert report.generation["seconds"] == pytest.approx(len(speech.pcm) / 2 / speech.sample_rate, abs=0.001)
 
 
 def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tmp_path):

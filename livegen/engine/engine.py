@@ -19,13 +19,14 @@ from livegen.engine.image_runner import ImageRunner, ImageTask
 from livegen.engine.images import MEDIA_TYPES
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import Runner, incident, internal_error
-from livegen.engine.session import EXPORTABLE_FRAMES, Session
+from livegen.engine.session import EXPORTABLE_FRAMES, EXPORTABLE_UTTERANCES, Session
 from livegen.engine.speech_runner import SpeechRunner
 from livegen.engine.supervisor import Supervisor
 from livegen.engine.watchdog import LoopWatchdog
 from livegen.engine.workers import Workers
 from livegen.models.base import ModelError
-from livegen.protocol import ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError, Speak
+from livegen.protocol import (ClientRequest, Export, Exported, Frame, Generate, ModelInfo, Outcome, ProtocolError, Speak,
+                              SpeechEnd, wav_file)
 from livegen.safety.provenance import Provenance, generation_record, load_provenance
 
 log = logging.getLogger(__name__)
@@ -238,12 +239,25 @@ class Engine:
         return await self.workers.run(self.provenance.sign, frame.image, MEDIA_TYPES[frame.format], generation)
 
     async def _export(self, session: Session, request: Export) -> None:
+        if request.id in session.spoken:
+            session.send(Exported(id=request.id, image=await self._speech_credentials(*session.spoken[request.id]),
+                                  format="wav"))
+            return
         if request.id not in session.recent:
             raise ProtocolError("unknown_frame", f"no frame {request.id!r} among this session's last "
-                                f"{EXPORTABLE_FRAMES}", request.id)
+                                f"{EXPORTABLE_FRAMES}, nor an utterance among its last {EXPORTABLE_UTTERANCES}",
+                                request.id)
         frame, task = session.recent[request.id]
         image = await self.credentials(frame, task)  # type: ignore[arg-type]
         session.send(Exported(id=frame.id, image=image, format=frame.format))
+
+    async def _speech_credentials(self, end: SpeechEnd, pcm: bytes) -> bytes:
+        """An utterance's audio as a WAV file with signed Content Credentials."""
+        assert self.provenance is not None, "signing keys load at start"
+        info = self.speech.info() if self.speech else None
+        generation = {"model": info.name if info else None, "sample_rate": end.sample_rate,
+                      "seconds": round(len(pcm) / 2 / end.sample_rate, 3)}
+        return await self.workers.run(self.provenance.sign, wav_file(pcm, end.sample_rate), "audio/wav", generation)
 
     async def generate(self, request: Generate) -> Outcome:
         """One input, one outcome, on a session of its own (HTTP, CLI); a frame comes signed."""

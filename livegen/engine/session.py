@@ -8,13 +8,14 @@ import secrets
 from collections import OrderedDict
 
 from livegen.engine.task import Task
-from livegen.protocol import MAX_SEED, Error, Frame, Outcome, Superseded
+from livegen.protocol import MAX_SEED, Audio, Error, Frame, Outcome, SpeechEnd, Superseded
 
 log = logging.getLogger(__name__)
 
 # Outcomes not yet taken by the sender before the session stops reading new inputs.
 OUTBOX_LIMIT = 64
 EXPORTABLE_FRAMES = 8  # the session's latest frames that `export` can still sign
+EXPORTABLE_UTTERANCES = 2  # and its latest spoken replies
 
 
 class Session:
@@ -39,6 +40,8 @@ class Session:
         self.running: Task | None = None
         self.last_framed: Task | None = None  # the input of the latest frame: the similarity filter's reference
         self.recent: OrderedDict[str, tuple[Frame, Task]] = OrderedDict()  # frame id -> frame, its input
+        self.spoken: OrderedDict[str, tuple[SpeechEnd, bytes]] = OrderedDict()  # utterance id -> its end, PCM
+        self._speaking: dict[Task, list[bytes]] = {}  # the PCM sent so far of utterances still speaking
         self._owed: dict[Task, None] = {}  # accepted, not yet finally answered; in order of arrival
         self._outbox: asyncio.Queue[tuple[Outcome, Task | None]] = asyncio.Queue()
         self._room = asyncio.Event()
@@ -62,12 +65,23 @@ class Session:
         if task not in self._owed:
             log.debug("dropped %s for %r: already answered", outcome.type, task.id)
             return False
+        if isinstance(outcome, Audio):
+            self._speaking.setdefault(task, []).append(outcome.pcm)
         if final:
             del self._owed[task]
             if isinstance(outcome, Frame):
                 self._remember(outcome, task)
+            pcm = b"".join(self._speaking.pop(task, []))
+            if isinstance(outcome, SpeechEnd):
+                self._keep_spoken(outcome, pcm)
         self._put(outcome, task if final else None)
         return True
+
+    def _keep_spoken(self, end: SpeechEnd, pcm: bytes) -> None:
+        self.spoken[end.id] = (end, pcm)
+        self.spoken.move_to_end(end.id)
+        while len(self.spoken) > EXPORTABLE_UTTERANCES:
+            self.spoken.popitem(last=False)
 
     def send(self, outcome: Outcome) -> None:
         """An answer to a message that was never accepted as an input: an error, an export."""
@@ -147,4 +161,6 @@ class Session:
         self.last_framed = None
         self._owed.clear()
         self.recent.clear()
+        self.spoken.clear()
+        self._speaking.clear()
         self._room.set()

@@ -200,11 +200,11 @@ class Provenance:
         self.keys = keys
         self._signing = threading.Lock()
 
-    def sign(self, image: bytes, mime_type: str, generation: dict) -> bytes:
-        """Return the image with an embedded, signed C2PA manifest.
+    def sign(self, media: bytes, mime_type: str, generation: dict) -> bytes:
+        """Return the image (or WAV audio) with an embedded, signed C2PA manifest.
 
         `generation` is a flat dict of strings, numbers, booleans and None (model, steps, seed, guidance,
-        size such as "512x512", prompt_sha256): c2pa stores a list of numbers as a byte string, which
+        size such as "512x512", prompt_sha256; for speech the model, sample rate, seconds): c2pa stores a list of numbers as a byte string, which
         would not read back as written, so lists are refused.
         """
         for key, value in generation.items():
@@ -224,9 +224,9 @@ class Provenance:
         try:
             with self._signing:
                 builder = c2pa.Builder(manifest, context=self._context)
-                builder.sign(self._signer, mime_type, io.BytesIO(image), signed)
+                builder.sign(self._signer, mime_type, io.BytesIO(media), signed)
         except c2pa.C2paError as exc:
-            raise ProvenanceError(f"cannot sign this {mime_type} image: {exc}") from exc
+            raise ProvenanceError(f"cannot sign this {mime_type} file: {exc}") from exc
         return signed.getvalue()
 
 
