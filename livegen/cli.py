@@ -423,12 +423,12 @@ def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The id `list` sh
 
 @app.command()
 def verify(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An image livegen made.")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An image or WAV file livegen made.")],
     root: Annotated[Path | None, typer.Option(
         help="Root certificate to trust; the server's development root if absent.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
 ) -> None:
-    """Report an image's watermark payload and its C2PA manifest, and whether the manifest validates.
+    """Report an image's watermark payload and a file's C2PA manifest, and whether the manifest validates.
 
     Exit status: 0, or 1 when a manifest is present but fails validation (the image was changed).
     """
@@ -442,19 +442,21 @@ def verify(
     from livegen.safety.provenance import ProvenanceError, read_manifest
 
     data = file.read_bytes()
+    audio = data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            mime_type = Image.MIME[image.format]
-            pixels = np.asarray(image.convert("RGB"))
+        if audio:  # speech carries no watermark yet: only its Content Credentials are read
+            mime_type, mark = "audio/wav", {"scheme": None, "detected": False, "payload": None}
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                mime_type = Image.MIME[image.format]
+                reading = watermark.read(np.asarray(image.convert("RGB")))
+            mark = {"scheme": reading.scheme, "detected": reading.detected,
+                    "payload": dataclasses.asdict(reading.payload) if reading.payload else None}
         manifest = read_manifest(data, mime_type, root or _default_root())
     except (UnidentifiedImageError, KeyError, ProvenanceError) as exc:
         typer.echo(f"livegen: cannot verify {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    reading = watermark.read(pixels)
-    report = {"file": str(file), "watermark": {
-        "scheme": reading.scheme, "detected": reading.detected,
-        "payload": dataclasses.asdict(reading.payload) if reading.payload else None},
-        "content_credentials": dataclasses.asdict(manifest)}
+    report = {"file": str(file), "watermark": mark, "content_credentials": dataclasses.asdict(manifest)}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -471,7 +473,9 @@ def _default_root() -> Path | None:
 def _verify_text(report: dict) -> str:
     mark, c2pa = report["watermark"], report["content_credentials"]
     lines = [report["file"]]
-    if mark["detected"]:
+    if mark["scheme"] is None:
+        lines.append("  watermark: none (livegen does not mark audio yet)")
+    elif mark["detected"]:
         payload = mark["payload"]
         lines.append(f"  watermark ({mark['scheme']}): server tag {payload['server']:#06x}, frame {payload['counter']}")
     else:

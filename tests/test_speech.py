@@ -249,6 +249,9 @@ def test_say_in_process_writes_a_signed_wav(tmp_path, signing_keys):
     assert result.exit_code == 0, result.output
     report = read_manifest((tmp_path / "here.wav").read_bytes(), "audio/wav", signing_keys / "root.pem")
     assert report.valid and report.trusted and report.generation["seconds"] > 0.5
+    verified = CliRunner().invoke(app, ["verify", str(tmp_path / "here.wav"), "--root", str(signing_keys / "root.pem")])
+    assert verified.exit_code == 0, verified.output
+    assert "valid, trusted" in verified.output and "does not mark audio yet" in verified.output
 
 
 async def test_an_utterance_exports_as_a_wav_with_content_credentials(speech_server, signing_keys):
