@@ -27,7 +27,7 @@ from livegen.config import Settings, embedded_model
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.models.loader import resolve_source
 from livegen.protocol import Exported, Frame
-from livegen.rayserve.application import APP, DEPLOYMENT, deployment_options, serve_config
+from livegen.rayserve.application import deployment_options, replicas, serve_config
 from livegen.rayserve.application import deploy as apply
 from livegen.rayserve.replica import replica_settings
 from livegen.safety import watermark
@@ -49,11 +49,6 @@ def settings(keys, replicas: int, port: int = 8000) -> Settings:
         "ray": base.ray.model_copy(update={"min_replicas": replicas, "max_replicas": replicas, "drain_poll_s": 0.1,
                                            "graceful_shutdown_s": 30}),
     })
-
-
-def replicas() -> list[dict]:
-    details = serve.context._get_global_client().get_serve_details()
-    return details["applications"][APP]["deployments"][DEPLOYMENT]["replicas"]
 
 
 @dataclass

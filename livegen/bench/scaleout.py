@@ -43,6 +43,11 @@ def tag(image: bytes) -> int | None:
     return None if payload is None else payload.server
 
 
+def frames_per_s(windows: list[dict]) -> float:
+    """Frames over elapsed time, all of a row's windows together."""
+    return round(sum(w["frames"] for w in windows) / sum(w["elapsed_s"] for w in windows), 1)
+
+
 async def moves(url: str, sessions: int, drain) -> list[float]:
     """Stream `sessions` sessions, run `drain()` in a thread, and return for each session that changed
     replica the gap in seconds between its last frame on the old one and its first on the new one."""
@@ -73,7 +78,8 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     import ray
     from ray import serve
 
-    from livegen.rayserve.application import APP, deploy as apply
+    from livegen.rayserve.application import deploy as apply
+    from livegen.rayserve.application import replicas
 
     sessions_list, rounds = (QUICK_SESSIONS, QUICK_ROUNDS) if quick else (SESSIONS, ROUNDS)
     window_s = seconds / rounds
@@ -81,18 +87,14 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     load_provenance(base.safety.keys)
     port = free_port()
 
-    def deploy(replicas: int) -> None:
-        ray_config = base.ray.model_copy(update={"min_replicas": replicas, "max_replicas": replicas,
+    def deploy(count: int) -> None:
+        ray_config = base.ray.model_copy(update={"min_replicas": count, "max_replicas": count,
                                                  "cpus": 1, "drain_poll_s": 0.1})
         apply(base.model_copy(update={"ray": ray_config, "port": port}))
 
-    def replica_states() -> list[str]:
-        details = serve.context._get_global_client().get_serve_details()
-        return [r["state"] for d in details["applications"][APP]["deployments"].values() for r in d["replicas"]]
-
-    def scale_to(replicas: int) -> None:
-        deploy(replicas)
-        while replica_states() != ["RUNNING"] * replicas:
+    def scale_to(count: int) -> None:
+        deploy(count)
+        while [r["state"] for r in replicas()] != ["RUNNING"] * count:
             time.sleep(0.05)
 
     width, height = config.sizes[0]
@@ -110,16 +112,15 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
             summary = {arm: Series(arm, [ms for w in arm_windows for ms in w["ms"]]).summary()
                        for arm, arm_windows in windows.items()}
             rows.append({"sessions": sessions, "latency": summary,
-                         "frames_per_s": {arm: round(sum(w["frames"] for w in ws) / sum(w["elapsed_s"] for w in ws), 1)
-                                          for arm, ws in windows.items()},
+                         "frames_per_s": {arm: frames_per_s(ws) for arm, ws in windows.items()},
                          "added_p50_ms": round(summary[PROXIED]["p50_ms"] - summary[PLAIN]["p50_ms"], 2),
                          "p99_ratio": ratio_interval(p99[PROXIED], p99[PLAIN])})
         plain.kill()
-        replicas = {}
+        replica_fps = {}
         for count in (1, 2):
             scale_to(count)
             windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
-            replicas[str(count)] = round(sum(w["frames"] for w in windows) / sum(w["elapsed_s"] for w in windows), 1)
+            replica_fps[str(count)] = frames_per_s(windows)
         gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
     finally:
         plain.kill()
@@ -127,7 +128,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         ray.shutdown()
     results = {**header("ray"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "ray": ray.__version__, "rounds": rounds, "window_s": round(window_s, 4), "rows": rows,
-               "replicas_frames_per_s": replicas, "replica_sessions": REPLICA_SESSIONS,
+               "replicas_frames_per_s": replica_fps, "replica_sessions": REPLICA_SESSIONS,
                "drain": {"sessions": DRAIN_SESSIONS, "moved": len(gaps), "gaps_s": [round(g, 3) for g in gaps],
                          "median_s": round(statistics.median(gaps), 3) if gaps else None,
                          "max_s": round(max(gaps), 3) if gaps else None}}

@@ -104,8 +104,8 @@ class Engine:
         """What /readyz says about the checks every input and frame passes."""
         stages = next((r.safety.describe() for r in self.runners.values() if r.safety), {})
         signer = self.provenance.keys.cert_chain if self.provenance else None
-        speech = self.speech.moderator if self.speech else None
-        return {**stages, "speech_moderation": speech.policy.source if speech else None,
+        moderator = self.speech.moderator if self.speech else None
+        return {**stages, "speech_moderation": moderator.policy.source if moderator else None,
                 "content_credentials": str(signer) if signer else None}
 
     async def _start_speech(self) -> None:

@@ -18,6 +18,14 @@ EXPORTABLE_FRAMES = 8  # the session's latest frames that `export` can still sig
 EXPORTABLE_UTTERANCES = 2  # and its latest spoken replies
 
 
+def _keep(kept: OrderedDict, key: str, value: object, limit: int) -> None:
+    """Keep `value` as the newest of at most `limit`, the oldest dropped."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > limit:
+        kept.popitem(last=False)
+
+
 class Session:
     """Owes every accepted input exactly one outcome, and answers them all through `answer`.
 
@@ -71,17 +79,11 @@ class Session:
             del self._owed[task]
             if isinstance(outcome, Frame):
                 self._remember(outcome, task)
-            pcm = b"".join(self._speaking.pop(task, []))
+            chunks = self._speaking.pop(task, [])
             if isinstance(outcome, SpeechEnd):
-                self._keep_spoken(outcome, pcm)
+                _keep(self.spoken, outcome.id, (outcome, b"".join(chunks)), EXPORTABLE_UTTERANCES)
         self._put(outcome, task if final else None)
         return True
-
-    def _keep_spoken(self, end: SpeechEnd, pcm: bytes) -> None:
-        self.spoken[end.id] = (end, pcm)
-        self.spoken.move_to_end(end.id)
-        while len(self.spoken) > EXPORTABLE_UTTERANCES:
-            self.spoken.popitem(last=False)
 
     def send(self, outcome: Outcome) -> None:
         """An answer to a message that was never accepted as an input: an error, an export."""
@@ -118,10 +120,7 @@ class Session:
     def _remember(self, frame: Frame, task: Task) -> None:
         """Keep a frame, with the input that made it, for `export` and the similarity filter."""
         self.last_framed = task
-        self.recent[frame.id] = (frame, task)
-        self.recent.move_to_end(frame.id)
-        while len(self.recent) > EXPORTABLE_FRAMES:
-            self.recent.popitem(last=False)
+        _keep(self.recent, frame.id, (frame, task), EXPORTABLE_FRAMES)
 
     # ------------------------------------------------------------------ the outbox
 

@@ -54,14 +54,11 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
 SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "cpus", "gpus"}}
 
 
-def application(settings: Settings) -> Application:
-    return serve.deployment(LivegenReplica).options(**deployment_options(settings)).bind(
-        settings.model_dump(mode="json", exclude=SCALING))
-
-
 def build(args: dict[str, Any]) -> Application:
-    """The builder a Serve config's `import_path` names: `args` are livegen Settings as JSON."""
-    return application(Settings.model_validate(args))
+    """The builder a Serve config's `import_path` names: `args` are livegen Settings as JSON, without
+    the scaling options (the config's deployment section sets those)."""
+    options = deployment_options(Settings.model_validate(args))
+    return serve.deployment(LivegenReplica).options(**options).bind(args)
 
 
 def serve_config(settings: Settings) -> dict[str, Any]:
@@ -102,6 +99,12 @@ def deploy(settings: Settings, timeout_s: float = 600) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"livegen on Ray Serve not running after {timeout_s:g} s: {status}")
         time.sleep(0.1)
+
+
+def replicas() -> list[dict[str, Any]]:
+    """The deployment's replicas as Serve's controller reports them: id, state, actor name, ..."""
+    details = serve.context._get_global_client().get_serve_details()
+    return details["applications"][APP]["deployments"][DEPLOYMENT]["replicas"]
 
 
 def run(settings: Settings) -> None:

@@ -19,6 +19,7 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve.context import ReplicaContext
 
 from livegen.config import Settings
 from livegen.engine import Engine
@@ -41,21 +42,20 @@ def replica_settings(settings: Settings, replica: str) -> Settings:
     return settings.model_copy(update={"safety": safety})
 
 
-async def stopping(replica: str) -> bool:
+async def stopping(context: ReplicaContext) -> bool:
     """Whether Serve's controller is stopping this replica (scale-down, redeploy, delete)."""
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     details = await controller.get_serve_instance_details.remote()
-    for application in details.get("applications", {}).values():
-        for deployment in application.get("deployments", {}).values():
-            for state in (r.get("state") for r in deployment.get("replicas", []) if r.get("replica_id") == replica):
-                return state == "STOPPING"
-    return False
+    deployment = details["applications"][context.app_name]["deployments"][context.deployment]
+    return any(r["replica_id"] == context.replica_id.unique_id and r["state"] == "STOPPING"
+               for r in deployment["replicas"])
 
 
 @serve.ingress()
 class LivegenReplica:
     async def __init__(self, settings: dict):
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.context = serve.get_replica_context()
+        self.replica = self.context.replica_id.unique_id
         self.settings = replica_settings(Settings.model_validate(settings), self.replica)
         self.engine = Engine(self.settings)
         await self.engine.start()
@@ -68,8 +68,9 @@ class LivegenReplica:
 
     async def check_health(self) -> None:
         """Serve restarts a replica whose check fails: a model that died or stalled. A drain is not a failure."""
-        reasons = {name: why for name, why in self.engine.unready_reasons().items() if not self.engine.draining}
-        if reasons:
+        if self.engine.draining:
+            return
+        if reasons := self.engine.unready_reasons():
             raise RuntimeError(f"livegen replica {self.replica} is not ready: {reasons}")
 
     async def _drain_when_stopped(self) -> None:
@@ -77,7 +78,7 @@ class LivegenReplica:
         while not self.engine.draining:
             await asyncio.sleep(period)
             try:
-                if await stopping(self.replica):
+                if await stopping(self.context):
                     log.info("replica %s is being stopped: draining", self.replica)
                     await self.engine.drain(self.settings.drain_seconds)
             except Exception:  # the controller restarting, say; ask again next period
