@@ -555,6 +555,21 @@ _stage_command("sharpen", "Sharpen the student against a discriminator (adversar
 _stage_command("classifier", "Train the classifier whose features `livegen eval` measures in.")
 
 
+@train_app.command("adopt-autoencoder")
+def train_adopt_autoencoder(
+    folder: Annotated[Path, typer.Argument(help="A trained AutoencoderTiny folder, e.g. livegen/weights/emoji/vae.")],
+    workdir: WorkdirOption = WORKDIR,
+    device: TrainDeviceOption = "auto",
+) -> None:
+    """Use a trained autoencoder for the autoencoder and decoder stages instead of training them."""
+    from livegen.training import autoencoder
+
+    _quiet_libraries()
+    autoencoder.adopt(workdir, folder, device)
+    typer.echo(f"{folder}: adopted as {workdir / 'autoencoder'} and {workdir / 'decoder'}; reconstruction PSNR "
+               f"{autoencoder.stage_psnr(workdir, 'decoder'):.1f} dB")
+
+
 @train_app.command("export")
 def train_export(
     workdir: WorkdirOption = WORKDIR,

@@ -113,11 +113,15 @@ def test_plain_diffusers_runs_the_same_weights():
     assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and image.std() > 0.08
 
 
-def test_training_embeddings_equal_the_pipelines_prompt_embeddings():
+def test_training_embeddings_equal_the_pipelines_and_a_forward_over_the_real_tokens():
     pipe = StableDiffusionPipeline.from_pretrained(EMBEDDED_MODEL, text_encoder=load_text_encoder())
-    ours = PromptEncoder()(["a kitty", "flag of Japan"])
+    real, padded = PromptEncoder()(["a kitty", "flag of Japan"])
     theirs, _ = pipe.encode_prompt(["a kitty", "flag of Japan"], "cpu", 1, False)
-    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(padded, theirs, atol=1e-5)
+    ids = pipe.tokenizer("flag of Japan", return_tensors="pt").input_ids
+    alone = pipe.text_encoder(ids)[0][0]
+    assert torch.allclose(real[1, : len(alone)], alone, atol=1e-5)
+    assert not real[1, len(alone) :].any() and real.shape == padded.shape
 
 
 def test_server_serves_the_embedded_model_by_default():

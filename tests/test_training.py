@@ -12,16 +12,17 @@ import emoji
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
 from typer.testing import CliRunner
 
 from livegen.cli import app
-from livegen.models.embedded import EMBEDDED_MODEL, pipeline_components
+from livegen.models.embedded import EMBEDDED_MODEL, pipeline_components, reads_real_tokens
 from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, teacher
 from livegen.training.classifier import EmojiClassifier, augment
-from livegen.training.dataset import EmojiDataset, build, describe, render
+from livegen.training.dataset import EmojiDataset, build, cldr_annotations, describe, enrich, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
 from livegen.training.recipe import SHARPEN, STUDENT, AutoencoderRecipe, UNetRecipe
+from livegen.training.text import CaptionEmbeddings
 
 TINY_UNET = UNetRecipe(
     block_out_channels=(32, 64),
@@ -58,6 +59,33 @@ def test_captions_name_skin_tone_hair_and_flags():
     assert any("man with red hair" in c for c in red_hair.captions)
     japan = describe("🇯🇵", emoji.EMOJI_DATA["🇯🇵"])
     assert "flag of Japan" in japan.captions[0] and "Japan flag" in japan.captions
+
+
+def test_extra_captions_say_what_people_type_from_cldr_keywords_and_word_variations():
+    annotations = cldr_annotations()
+    bee = enrich(describe("🐝", emoji.EMOJI_DATA["🐝"]), annotations["🐝"])
+    assert bee.name == "honeybee" and "insect" in bee.extra and "a bee" in bee.extra
+    house = enrich(describe("🏠", emoji.EMOJI_DATA["🏠"]), annotations["🏠"])
+    assert "home" in house.extra and any(e.endswith("houses") for e in house.extra)
+    assert not set(house.extra) & set(house.captions) and house.training_captions[: len(house.captions)] == house.captions
+    assert enrich(describe("🏠", emoji.EMOJI_DATA["🏠"]), annotations["🏠"]) == house  # the same on every build
+    dark = enrich(describe("👍🏿", emoji.EMOJI_DATA["👍🏿"]), annotations["👍🏿"])
+    assert "thumbs up" in dark.extra and not any(e.endswith("skin tone") and "thumb" not in e for e in dark.extra)
+
+
+def test_caption_embeddings_condition_each_image_one_way_with_its_empty_prompt():
+    real, padded = torch.randn(6, 4, 3), torch.randn(6, 4, 3)
+    captions = CaptionEmbeddings(real.half(), padded.half(), torch.tensor([0, 0, 1, 1, 2, 2]),
+                                 torch.full((4, 3), 1.0).half(), torch.full((4, 3), 2.0).half())
+    images = torch.tensor([0, 1, 2] * 20)
+    for share, source, empty_value in ((0.0, real, 1.0), (1.0, padded, 2.0)):
+        text, empty = captions.sample(images, torch.Generator().manual_seed(0), share)
+        assert all(any(torch.equal(row, s.half().float()) for s in source) for row in text)
+        assert (empty == empty_value).all()
+    text, empty = captions.sample(images, torch.Generator().manual_seed(0), 0.5)
+    padded_rows = (empty == 2.0).all(dim=(1, 2))
+    assert 0 < padded_rows.sum() < len(images)
+    assert all(any(torch.equal(row, s.half().float()) for s in padded) for row in text[padded_rows])
 
 
 def test_dataset_builder_renders_every_emoji_with_its_captions(dataset):
@@ -113,6 +141,19 @@ def test_one_autoencoder_step_lowers_its_loss(dataset):
     assert after < before
 
 
+def test_a_trained_autoencoder_is_adopted_for_both_stages(dataset, tmp_path):
+    EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
+    result = CliRunner().invoke(app, ["train", "adopt-autoencoder", str(EMBEDDED_MODEL / "vae"), "--workdir",
+                                      str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    shipped = AutoencoderTiny.from_pretrained(EMBEDDED_MODEL / "vae").float()
+    for stage in ("autoencoder", "decoder"):
+        adopted = autoencoder.load(tmp_path, stage)
+        assert all(torch.equal(a, b) for a, b in zip(shipped.parameters(), adopted.parameters()))
+        assert adopted.config.scaling_factor == shipped.config.scaling_factor
+    assert torch.load(tmp_path / "latents.pt").shape == (16, 8, 8, 8)
+
+
 def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_runs(dataset, tmp_path):
     EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
     for stage in ("autoencoder", "decoder"):
@@ -138,6 +179,7 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
     sharpened = UNet2DConditionModel.from_pretrained(tmp_path / "sharpen" / "unet")
     exported = UNet2DConditionModel.from_pretrained(output / "unet")
     assert all(torch.equal(a.half(), b) for a, b in zip(sharpened.parameters(), exported.parameters()))
+    assert reads_real_tokens(output) and not reads_real_tokens(EMBEDDED_MODEL)
     pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
     image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
@@ -152,6 +194,10 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     no_paraphrases.write_text("[]")
     all_prompts = evaluate.eval_prompts
     monkeypatch.setattr(evaluate, "eval_prompts", lambda data: all_prompts(data, no_paraphrases, 24))
+    natural = tmp_path / "natural.json"  # one prompt a caption equals, one no caption does
+    natural.write_text(json.dumps([{"prompt": dataset.records[0].captions[0], "emoji": [dataset.records[0].char]},
+                                   {"prompt": "qzx nobody typed this", "emoji": [dataset.records[1].char]}]))
+    monkeypatch.setattr(evaluate, "NATURAL", natural)
     EmojiDataset(dataset.images[:64], dataset.records[:64]).save(tmp_path)
     classifier.train(tmp_path, steps=1, device="cpu", progress=False, vae_folder=EMBEDDED_MODEL / "vae")
     docs_grid = Path(__file__).resolve().parent.parent / "docs" / "model-grid.png"
@@ -161,7 +207,8 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
                                                          ("student", 1), ("student", 2), ("student", 4)]
-    assert rows[0]["top1"] == 1.0 and all(0 <= r["top1"] <= 1 for r in rows)
+    assert rows[0]["top1"] == rows[0]["natural_top1"] == rows[0]["natural_unseen_top1"] == 1.0
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("top1", "natural_top1", "natural_unseen_top1"))
     assert (tmp_path / "model-grid.png").is_file()
     assert (docs_grid.stat().st_mtime_ns if docs_grid.exists() else None) == before
 
@@ -187,7 +234,7 @@ def test_one_distillation_step_lowers_the_consistency_loss():
     student = distill.student_from(teacher_unet)
     target = distill.student_from(teacher_unet).requires_grad_(False)
     solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
-    latents, text, empty = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384), torch.zeros(6, 384)
+    latents, text, empty = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384), torch.zeros(8, 6, 384)
     before, after = fixed_batch_improves(
         lambda g: distill.consistency_loss(student, target, teacher_unet, solver, latents, text, empty, g),
         student.parameters(),

@@ -16,6 +16,10 @@ from livegen.models.base import ModelError
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "emoji"
 EMBEDDED_SOURCE = "livegen:emoji"  # the shipped folder wherever livegen is installed (for configs other machines read)
 TEXT_TOKENS = 32  # prompts are padded to this many tokens (SD pads CLIP to 77 the same way)
+# A folder with this file was trained on its prompts' real tokens: MiniLM over the prompt's own
+# tokens, zeros after them up to TEXT_TOKENS (`real_token_embeds`). One short forward then gives
+# the picture's conditioning and moderation's sentence vector. diffusers ignores the file.
+CONDITIONING_FILE = "livegen.json"
 IMAGE_SIZE = 64
 GUIDANCE = 3.0  # the student's guidance embedding default; the teacher is evaluated at the same scale
 
@@ -42,6 +46,27 @@ def load_tokenizer():
     from transformers import BertTokenizer
 
     return BertTokenizer.from_pretrained(minilm_path(), model_max_length=TEXT_TOKENS)
+
+
+def reads_real_tokens(path: Path) -> bool:
+    file = path / CONDITIONING_FILE
+    return file.is_file() and json.loads(file.read_text()).get("prompt_tokens") == "real"
+
+
+def mark_real_tokens(path: Path) -> None:
+    (path / CONDITIONING_FILE).write_text(json.dumps({"prompt_tokens": "real"}) + "\n")
+
+
+def real_token_embeds(tokenizer, text_encoder, prompts: list[str]):
+    """MiniLM's states of each prompt's own tokens, zeros after them: N x TEXT_TOKENS x width.
+    Masked attention gives each real token exactly its state in a forward over the real tokens alone."""
+    import torch
+
+    tokens = tokenizer(prompts, padding="max_length", max_length=TEXT_TOKENS, truncation=True,
+                       return_tensors="pt").to(text_encoder.device)
+    with torch.no_grad():
+        states = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+    return states * tokens.attention_mask.unsqueeze(-1).to(states.dtype)
 
 
 def pipeline_components(path: Path, dtype: Any = None) -> dict[str, Any]:

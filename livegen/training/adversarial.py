@@ -25,7 +25,7 @@ from torch import nn
 
 from livegen.models.loader import pick_device
 from livegen.training import autoencoder, distill, loop, teacher
-from livegen.training.recipe import SEED, SHARPEN, STUDENT, SharpenRecipe
+from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, SHARPEN, STUDENT, SharpenRecipe
 from livegen.training.text import embed_captions
 
 @functools.cache
@@ -128,7 +128,7 @@ def train(
 
     def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
         index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
-        text = captions.sample(index, generator).to(dev)
+        text = captions.sample(index, generator, PLAIN_PROMPT_SHARE)[0].to(dev)
         real = latents[index].to(dev)
         fake = student_sample(student, solver, real, text, generator, recipe)
         fake_pictures = decode(vae, fake)

@@ -94,6 +94,17 @@ def finish(vae: AutoencoderTiny, images: torch.Tensor, workdir: Path, device: to
     torch.save(latents, workdir / "latents.pt")
 
 
+def adopt(workdir: Path, folder: Path, device: str = "auto") -> AutoencoderTiny:
+    """Take a trained autoencoder (a shipped model's `vae`) as both stages, so that new UNets learn
+    the latent space its decoder already reads, without training one again."""
+    dev = pick_device(device)
+    vae = AutoencoderTiny.from_pretrained(folder).float().eval().to(dev)
+    torch.save(encode_all(vae, EmojiDataset.load(workdir).tensor(), dev), workdir / "latents.pt")
+    for stage in ("autoencoder", "decoder"):  # its latent scale as it is: what its UNet was trained with
+        vae.cpu().save_pretrained(workdir / stage / "model")
+    return vae
+
+
 def load(workdir: Path, stage: str = "autoencoder") -> AutoencoderTiny:
     """The autoencoder as the `autoencoder` stage or (with a sharper decoder) the `decoder` stage left it."""
     return AutoencoderTiny.from_pretrained(workdir / stage / "model").eval()

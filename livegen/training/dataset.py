@@ -1,13 +1,19 @@
-"""The emoji dataset: Noto Color Emoji rendered with Pillow, captioned from the `emoji` package.
+"""The emoji dataset: Noto Color Emoji rendered with Pillow, captioned from the `emoji` package
+and enriched from Unicode CLDR's English emoji annotations.
 
 Built by code into a work folder, never committed: `images.npy` (N x S x S x 3, uint8) and
-`emoji.json` (per image: the emoji, its name and its caption phrases).
+`emoji.json` (per image: the emoji, its name, its caption phrases and the extra phrases).
+`captions` are the names and aliases (the evaluation's caption split draws from them);
+`extra` adds what people type for the same picture: CLDR's short name and keywords ("bee" for
+the honeybee, "house" and "home"), plurals, adjectives, framings and a misspelling.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,11 @@ SKIN_TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
 HAIR = re.compile(r"\b(man|woman|person) (red|curly|white|blond) hair\b")
 BALD = re.compile(r"\b(man|woman|person) bald\b")
 TEMPLATES = ("{name}", "{name} emoji", "an emoji of {article} {name}", "{article} {name} icon")
+# Debian's unicode-cldr-core: the CLDR short names and keywords of every emoji (derived: skin tones)
+CLDR_ANNOTATIONS = tuple(Path("/usr/share/unicode/cldr/common") / f / "en.xml" for f in ("annotations", "annotationsDerived"))
+FRAMINGS = ("{a_name}", "a picture of {a_name}", "{name} drawing", "draw {a_name}", "cartoon {name}")
+ADJECTIVES = ("cute", "little", "big", "small", "happy", "simple", "colorful", "tiny", "shiny", "cool")
+COUNTS = ("two", "three", "some", "many")
 
 
 class DatasetError(RuntimeError):
@@ -34,6 +45,11 @@ class EmojiRecord:
     char: str
     name: str
     captions: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+
+    @property
+    def training_captions(self) -> tuple[str, ...]:
+        return self.captions + self.extra
 
 
 def _load_font() -> ImageFont.FreeTypeFont:
@@ -105,6 +121,65 @@ def describe(char: str, data: dict) -> EmojiRecord:
     return EmojiRecord(char, name, tuple(seen))
 
 
+def cldr_annotations() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Emoji (without variation selectors) -> (CLDR short name, keywords), English."""
+    missing = [f for f in CLDR_ANNOTATIONS if not f.is_file()]
+    if missing:
+        raise DatasetError(f"{missing[0]} is missing: install Debian's unicode-cldr-core (apt-get install unicode-cldr-core)")
+    names: dict[str, str] = {}
+    keywords: dict[str, tuple[str, ...]] = {}
+    for path in CLDR_ANNOTATIONS:
+        for node in ElementTree.parse(path).getroot().iter("annotation"):
+            char, text = node.get("cp", "").replace("\ufe0f", ""), (node.text or "").strip()
+            if node.get("type") == "tts":
+                names[char] = text
+            else:
+                keywords[char] = tuple(k.strip() for k in text.split("|") if k.strip())
+    return {char: (name, keywords.get(char, ())) for char, name in names.items()}
+
+
+def _misspell(word: str, rng: random.Random) -> str:
+    """One typing slip: a letter dropped, doubled or swapped with the next."""
+    i = rng.randrange(1, len(word) - 1)
+    slip = rng.choice(("drop", "double", "swap"))
+    if slip == "drop":
+        return word[:i] + word[i + 1 :]
+    if slip == "double":
+        return word[:i] + word[i] + word[i:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
+
+
+def enrich(record: EmojiRecord, annotation: tuple[str, tuple[str, ...]] | None) -> EmojiRecord:
+    """Extra phrases for the same picture: CLDR's short name and keywords, each said with an article,
+    then word-level variations of the names (plural, adjective, framing, a misspelling)."""
+    import inflect
+
+    words = inflect.engine()
+    rng = random.Random(record.char)  # the same phrases on every build
+    short, keywords = annotation or (record.name, ())
+    if ":" in short:  # "flag: Japan", "thumbs up: dark skin tone": the record's name says it better
+        short = record.name
+    names = list(dict.fromkeys([record.name, short]))
+    extra = []
+    for keyword in keywords:
+        if "skin tone" not in keyword:  # a tone alone names no picture
+            extra.append(keyword)
+            if keyword.isalpha() and rng.random() < 0.5:  # most keywords are nouns: "a bee", "a home"
+                extra.append(words.a(keyword))
+    for name in names:
+        extra.append(rng.choice(FRAMINGS).format(name=name, a_name=words.a(name)))
+        if re.fullmatch(r"[a-z]+( [a-z]+)?", name) and not name.endswith("ing"):
+            extra.append(f"{rng.choice(COUNTS)} {words.plural_noun(name)}")
+            extra.append(words.a(f"{rng.choice(ADJECTIVES)} {name}"))
+    long_words = [w for w in short.split() if len(w) >= 4 and w.isalpha()]
+    if long_words:
+        word = rng.choice(long_words)
+        extra.append(words.a(short.replace(word, _misspell(word, rng), 1)))
+    seen = set(record.captions)
+    return EmojiRecord(record.char, record.name, record.captions,
+                       tuple(e for e in dict.fromkeys(extra) if e not in seen))
+
+
 def emoji_table() -> list[tuple[str, dict]]:
     import emoji
 
@@ -121,13 +196,14 @@ def build(workdir: Path, size: int = 64, progress: bool = True) -> int:
     from tqdm import tqdm
 
     font = _load_font()
+    annotations = cldr_annotations()
     images, records = [], []
     for char, data in tqdm(emoji_table(), desc="render emoji", disable=not progress):
         image = render(char, size, font)
         if image is None:
             continue
         images.append(np.asarray(image))
-        records.append(describe(char, data))
+        records.append(enrich(describe(char, data), annotations.get(char.replace("\ufe0f", ""))))
     EmojiDataset(np.stack(images), records).save(workdir)
     return len(records)
 
@@ -142,7 +218,7 @@ class EmojiDataset:
         if not (workdir / "images.npy").is_file():
             raise DatasetError(f"no dataset in {workdir}: run `livegen train data --workdir {workdir}` first")
         records = [
-            EmojiRecord(r["char"], r["name"], tuple(r["captions"]))
+            EmojiRecord(r["char"], r["name"], tuple(r["captions"]), tuple(r.get("extra", ())))
             for r in json.loads((workdir / "emoji.json").read_text())
         ]
         return cls(np.load(workdir / "images.npy"), records)
@@ -150,7 +226,8 @@ class EmojiDataset:
     def save(self, workdir: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         np.save(workdir / "images.npy", self.images)
-        records = [{"char": r.char, "name": r.name, "captions": list(r.captions)} for r in self.records]
+        records = [{"char": r.char, "name": r.name, "captions": list(r.captions), "extra": list(r.extra)}
+                   for r in self.records]
         (workdir / "emoji.json").write_text(json.dumps(records, ensure_ascii=False, indent=0))
 
     def __len__(self) -> int:

@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 
 from livegen.models.loader import pick_device
 from livegen.training import loop, teacher
-from livegen.training.recipe import SEED, STUDENT, StudentRecipe
+from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, STUDENT, StudentRecipe
 from livegen.training.text import CaptionEmbeddings, embed_captions
 
 SIGMA_DATA = 0.5
@@ -126,7 +126,7 @@ def consistency_loss(
     prediction = predict_clean(student, solver, noisy, t, text, w_embedding)
 
     with torch.no_grad():
-        both = teacher_unet(noisy.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([text, empty.expand_as(text)])).sample
+        both = teacher_unet(noisy.repeat(2, 1, 1, 1), t.repeat(2), torch.cat([text, empty])).sample
         x0_text, eps_text = solver.split(both[:batch], noisy, t)
         x0_empty, eps_empty = solver.split(both[batch:], noisy, t)
         w4 = w.view(-1, 1, 1, 1)
@@ -169,7 +169,6 @@ def train(
     dev = pick_device(device)
     latents = teacher.scaled_latents(workdir)
     captions: CaptionEmbeddings = embed_captions(workdir, progress=progress)
-    empty = captions.empty.float().to(dev)
     teacher_unet = teacher.load(workdir).to(dev).requires_grad_(False)
     solver = Solver(teacher.noise_schedule().alphas_cumprod, recipe.solver_steps)
 
@@ -183,7 +182,7 @@ def train(
 
     def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
         index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
-        text = captions.sample(index, generator).to(dev)
+        text, empty = (x.to(dev) for x in captions.sample(index, generator, PLAIN_PROMPT_SHARE))
         batch = latents[index].to(dev)
         consistency = consistency_loss(student, target, teacher_unet, solver, batch, text, empty, generator, recipe)
         data = one_step_loss(student, solver, batch, text, generator, recipe)

@@ -3,8 +3,10 @@ look like real emoji? Measured for the teacher at many step counts and the stude
 
 - Prompt accuracy: each generated image is matched to its nearest real emoji (cosine similarity
   in the classifier's feature space); top-1 / top-5 count a hit when an acceptable emoji is
-  among the nearest 1 / 5. Prompts: captions of a fixed random sample of the dataset, plus
-  hand-written paraphrases (livegen/training/paraphrases.json) that name no caption verbatim.
+  among the nearest 1 / 5. Two splits: captions of a fixed random sample of the dataset plus
+  hand-written paraphrases (livegen/training/paraphrases.json); and the natural-prompt split
+  (natural_prompts.json: everyday prompts written apart from the captions), also scored on
+  the prompts no training caption equals ("unseen").
 - KID (Binkowski et al. 2018): unbiased squared MMD with the cubic polynomial kernel between
   generated and real features, averaged over random subsets.
 
@@ -29,12 +31,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, pipeline_components
+from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, pipeline_components, reads_real_tokens, real_token_embeds
 from livegen.training import classifier, dataset
 from livegen.training.dataset import EmojiDataset
 from livegen.training.recipe import SEED
 
 PARAPHRASES = Path(__file__).resolve().parent / "paraphrases.json"
+NATURAL = Path(__file__).resolve().parent / "natural_prompts.json"
 CAPTION_PROMPTS = 300
 SETTINGS = (("teacher", 1), ("teacher", 2), ("teacher", 4), ("teacher", 8), ("teacher", 25), ("teacher", 50),
             ("student", 1), ("student", 2), ("student", 4))  # fmt: skip
@@ -55,6 +58,9 @@ class Row:
     top1: float
     top5: float
     kid: float
+    natural_top1: float
+    natural_top5: float
+    natural_unseen_top1: float
 
 
 def eval_prompts(dataset: EmojiDataset, paraphrases: Path = PARAPHRASES, count: int = CAPTION_PROMPTS) -> list[Prompt]:
@@ -63,7 +69,14 @@ def eval_prompts(dataset: EmojiDataset, paraphrases: Path = PARAPHRASES, count: 
     twins = dataset.same_picture()
     picked = rng.choice(len(dataset), size=min(count, len(dataset)), replace=False)
     prompts = [Prompt(str(rng.choice(dataset.records[i].captions)), twins[i]) for i in picked]
-    for item in json.loads(paraphrases.read_text()):
+    return prompts + listed_prompts(dataset, paraphrases)
+
+
+def listed_prompts(dataset: EmojiDataset, path: Path) -> list[Prompt]:
+    """A file's prompts with the emoji each counts as right (and any identical render)."""
+    twins = dataset.same_picture()
+    prompts = []
+    for item in json.loads(path.read_text()):
         wanted = {j for char in item["emoji"] for j in twins[dataset.index_of(char)]}
         prompts.append(Prompt(item["prompt"], tuple(sorted(wanted))))
     return prompts
@@ -105,13 +118,19 @@ def load_pipeline(path: Path):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, guidance: float, batch: int = 128) -> torch.Tensor:
-    """One image per prompt in [-1, 1]; image i always starts from the noise of seed SEED + i."""
+def generate(pipe, prompts: list[str], steps: int, guidance: float, real_tokens: bool, batch: int = 128) -> torch.Tensor:
+    """One image per prompt in [-1, 1]; image i always starts from the noise of seed SEED + i.
+    `real_tokens`: conditioned as livegen serves such a model (embedded.real_token_embeds), else
+    as `pipe(prompt)` does."""
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         generators = [torch.Generator().manual_seed(SEED + start + i) for i in range(len(chunk))]
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pt")
+        text: dict = {"prompt": chunk}
+        if real_tokens:
+            embeds = real_token_embeds(pipe.tokenizer, pipe.text_encoder, chunk + [""])
+            text = {"prompt_embeds": embeds[:-1], "negative_prompt_embeds": embeds[-1:].expand(len(chunk), -1, -1)}
+        out = pipe(**text, num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pt")
         images.append(out.images * 2 - 1)
     return torch.cat(images)
 
@@ -152,28 +171,37 @@ def evaluate(
     written to `output` (workdir/eval.json if absent) and the picture grid to `grid` if given."""
     data = EmojiDataset.load(workdir)
     prompts = eval_prompts(data)
-    texts = [p.text for p in prompts]
+    natural = listed_prompts(data, NATURAL)
+    texts = [p.text for p in prompts + natural]
     model = classifier.load(workdir)
     real = model.embed(data.tensor())
-    pipelines = {"student": load_pipeline(student)}
-    if (workdir / "teacher" / "pipeline" / "model_index.json").is_file():
-        pipelines["teacher"] = load_pipeline(workdir / "teacher" / "pipeline")
-    targets = [p.targets for p in prompts]
+    folders = {"student": student, "teacher": workdir / "teacher" / "pipeline"}
+    pipelines = {name: load_pipeline(f) for name, f in folders.items() if (f / "model_index.json").is_file()}
+    real_tokens = {name: reads_real_tokens(folders[name]) for name in pipelines}
+    seen = {c.lower() for record in data.records for c in record.training_captions}
+    unseen = [i for i, p in enumerate(natural) if p.text.lower() not in seen]
 
     def score(name: str, steps: int | None, images: torch.Tensor) -> Row:
-        features = model.embed(images)
-        return Row(name, steps, *retrieval_accuracy(features, real, targets), kid(features, real))
+        features = model.embed(images[: len(prompts)])
+        natural_features = model.embed(images[len(prompts) :])
+        top1, top5 = retrieval_accuracy(natural_features, real, [p.targets for p in natural])
+        unseen_top1, _ = retrieval_accuracy(natural_features[unseen], real, [natural[i].targets for i in unseen])
+        return Row(name, steps, *retrieval_accuracy(features, real, [p.targets for p in prompts]),
+                   kid(features, real), top1, top5, unseen_top1)
 
     # What the metrics say about the real emoji asked for, and about noise: the scale's two ends.
-    rows = [score("real images", None, data.tensor()[[t[0] for t in targets]])]
-    noise = torch.rand((len(prompts), 3, data.size, data.size), generator=torch.Generator().manual_seed(SEED))
+    rows = [score("real images", None, data.tensor()[[p.targets[0] for p in prompts + natural]])]
+    noise = torch.rand((len(texts), 3, data.size, data.size), generator=torch.Generator().manual_seed(SEED))
     rows.append(score("uniform noise", None, noise * 2 - 1))
     columns = {}
-    settings = [(name, steps) for name, steps in SETTINGS if name in pipelines]
-    for name, steps in tqdm(settings, desc="evaluate", disable=not progress):
+    settings = [(name, steps, real_tokens[name]) for name, steps in SETTINGS if name in pipelines]
+    if real_tokens["student"]:  # the same weights through `pipe(prompt)`, as plain diffusers calls them
+        settings.append(("student", 1, False))
+    for name, steps, tokens in tqdm(settings, desc="evaluate", disable=not progress):
         pipe = pipelines[name]
-        rows.append(score(name, steps, generate(pipe, texts, steps, guidance)))
-        columns[f"{name} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance)
+        label = name if tokens == real_tokens[name] else f"{name}, pipe(prompt)"
+        rows.append(score(label, steps, generate(pipe, texts, steps, guidance, tokens)))
+        columns[f"{label} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance, tokens)
     if grid is not None:
         grid.parent.mkdir(parents=True, exist_ok=True)
         save_grid(columns, grid)
@@ -184,6 +212,8 @@ def evaluate(
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| model | steps | top-1 | top-5 | KID |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid:.3g} |" for r in rows]
+    lines = ["| model | steps | top-1 | top-5 | KID | natural top-1 | natural top-5 | natural unseen top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid:.3g} | {r.natural_top1:.1%} | "
+              f"{r.natural_top5:.1%} | {r.natural_unseen_top1:.1%} |" for r in rows]
     return "\n".join(lines)

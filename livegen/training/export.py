@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
-from livegen.models.embedded import load_text_encoder, load_tokenizer, minilm_path
+from livegen.models.embedded import load_text_encoder, load_tokenizer, mark_real_tokens, minilm_path
 from livegen.training import adversarial, autoencoder, distill, teacher
 
 
@@ -41,6 +41,7 @@ def save(pipe: StableDiffusionPipeline, folder: Path) -> None:
     pipe.save_pretrained(staging)
     shutil.rmtree(staging / "text_encoder")
     shutil.copy(minilm_path() / "vocab.txt", staging / "tokenizer")  # what older transformers' BertTokenizer reads
+    mark_real_tokens(staging)  # trained mostly on real tokens (training.text); padded prompts work too
     staging.chmod(0o755)
     if folder.exists():
         shutil.rmtree(folder)

@@ -13,6 +13,9 @@ from livegen.models.embedded import IMAGE_SIZE
 
 LATENT_CHANNELS = 8
 SEED = 1234
+# Share of training prompts conditioned as plain diffusers' `pipe(prompt)` does (padded, pads attended);
+# the rest as livegen serves them (real tokens, zeros after). Both calls must draw the prompt.
+PLAIN_PROMPT_SHARE = 0.25
 
 
 @dataclass(frozen=True)

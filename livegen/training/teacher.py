@@ -16,7 +16,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 
 from livegen.models.loader import pick_device
 from livegen.training import autoencoder, loop
-from livegen.training.recipe import SEED, TEACHER, TeacherRecipe
+from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, TEACHER, TeacherRecipe
 from livegen.training.text import CaptionEmbeddings, embed_captions
 
 MIN_SNR_GAMMA = 5.0
@@ -65,9 +65,9 @@ def diffusion_loss(
 def conditioning(
     captions: CaptionEmbeddings, index: torch.Tensor, dropout: float, generator: torch.Generator
 ) -> torch.Tensor:
-    text = captions.sample(index, generator)
+    text, empty = captions.sample(index, generator, PLAIN_PROMPT_SHARE)
     drop = torch.rand(len(index), generator=generator) < dropout
-    text[drop] = captions.empty.float()
+    text[drop] = empty[drop]
     return text
 
 
