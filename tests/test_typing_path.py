@@ -5,14 +5,16 @@ through onnxruntime on the CPU (issue 21)."""
 from __future__ import annotations
 
 import itertools
+import shutil
 from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
 
-from livegen.config import SafetyConfig, embedded_model
+from livegen.config import ModelConfig, SafetyConfig, embedded_model
 from livegen.models import onnx_text
+from livegen.models.embedded import EMBEDDED_MODEL, mark_real_tokens, real_token_embeds
 from livegen.models.loader import load_generator
 from livegen.protocol import Generate
 from livegen.safety.moderation import minilm_embedder
@@ -51,7 +53,7 @@ def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(generator, 
         encode("a blue whale in a teacup")  # what the runner's generation asks next: moderation made it
         assert encode.cache_info().misses == misses
         real = len(generator.pipe.tokenizer("a blue whale in a teacup").input_ids)
-        assert calls == [torch.Size([1, generator.pipe.tokenizer.model_max_length]), torch.Size([1, real])]
+        assert calls == [torch.Size([1, real]), torch.Size([1, generator.pipe.tokenizer.model_max_length])]
         blocked = stages.moderate(Generate(id="2", prompt="a mutilated body covered in blood"))
         assert blocked is not None and blocked.stage == "prompt"  # the shared vector still moderates
     finally:
@@ -73,3 +75,21 @@ def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp
     again = onnx_text.OnnxTextEncoder(generator.pipe.text_encoder, 1)(ids, torch.ones_like(ids))
     assert len(exports) == 2 and kept.read_bytes() != b"not an onnx graph"
     torch.testing.assert_close(again, first)
+
+
+def test_a_model_trained_on_real_tokens_is_conditioned_by_the_one_short_forward(tmp_path):
+    folder = tmp_path / "emoji"
+    shutil.copytree(EMBEDDED_MODEL, folder)
+    mark_real_tokens(folder)
+    generator = load_generator(ModelConfig(source=str(folder), sizes=[(64, 64)]))
+    assert generator.real_tokens
+    calls = []
+    forward = generator.text_forward
+    generator.text_forward = lambda ids, mask: calls.append(ids.shape) or forward(ids, mask)
+    for prompt in PROMPTS:
+        calls.clear()
+        embedding = generator.encode_prompt(prompt)
+        assert calls == [torch.Size([1, len(generator.pipe.tokenizer(prompt, truncation=True).input_ids)])]
+        expected = real_token_embeds(generator.pipe.tokenizer, generator.pipe.text_encoder, [prompt])
+        torch.testing.assert_close(embedding.tensors["prompt_embeds"], expected.to(generator.dtype), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(embedding.sentence, minilm_embedder()([prompt])[0], atol=1e-5)

@@ -28,7 +28,7 @@ from huggingface_hub import snapshot_download
 
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
-from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE, pipeline_components
+from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE, pipeline_components, reads_real_tokens
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
 from livegen.models.unet import StableDiffusionGenerator, StableDiffusionXLGenerator
@@ -154,6 +154,8 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     )
     log.info("loaded %s (%s) from %s on %s/%s", description.name, family, path, device, description.dtype)
     generator = _generator_class(pipe, family)(pipe, description, device, dtype)
+    if isinstance(generator, StableDiffusionGenerator):
+        generator.real_tokens = reads_real_tokens(path)
     if config.compile:
         generator.compile()
     elif device.type == "cpu":

@@ -21,6 +21,8 @@ MINILM_WIDTH = 384  # all-MiniLM-L6-v2's hidden size: the encoder moderation rea
 
 
 class StableDiffusionGenerator(DiffusersGenerator):
+    real_tokens = False  # conditioned on the prompt's real tokens, zeros after (models/embedded.py); set by the loader
+
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         return (self.pipe.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
 
@@ -34,16 +36,21 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if not self.reads_sentences:
             embeds, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
-        # Two readings of the same tokens. The pipeline's: every token attended, padding included,
-        # as diffusers' encode_prompt runs a BertModel. A sentence's, what moderation compares: the
-        # real tokens alone (the same as masking the padding), mean-pooled, unit length.
+        # Moderation's sentence vector: the real tokens alone (the same as masking the padding),
+        # mean-pooled, unit length. A model trained on real tokens takes the same states as its
+        # conditioning, zeros after: one short forward. Otherwise the pipeline's own reading, every
+        # token attended, padding included, as diffusers' encode_prompt runs a BertModel.
         tokens = self.pipe.tokenizer([prompt], padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt")
         ids = tokens.input_ids.to(self.device)
-        hidden = self.text_forward(ids, torch.ones_like(ids))
         words = ids[:, : int(tokens.attention_mask.sum())]
-        pooled = self.text_forward(words, torch.ones_like(words)).float().mean(1)
-        sentence = torch.nn.functional.normalize(pooled, dim=-1)[0].cpu().numpy()
+        states = self.text_forward(words, torch.ones_like(words))
+        sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
+        if self.real_tokens:
+            hidden = torch.zeros((1, ids.shape[1], states.shape[-1]), dtype=states.dtype, device=states.device)
+            hidden[:, : words.shape[1]] = states
+        else:
+            hidden = self.text_forward(ids, torch.ones_like(ids))
         return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)
 
     def text_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
