@@ -1,7 +1,8 @@
 """The StreamDiffusion peer (livegen/bench/streamdiffusion*.py) on a tiny model of the embedded layout.
 
 StreamDiffusion 0.1.1 needs three adaptations to run livegen's embedded model (8 latent channels,
-v-prediction, the guidance embedding as `timestep_cond`). If any of them were wrong, its picture
+v-prediction, the guidance embedding as `timestep_cond`), and a fourth for a model trained on its
+prompts' real tokens. If any of them were wrong, its picture
 for a seed would differ from livegen's: this compares the two, decoded pixel for pixel.
 
 The peer runs in its own virtual environment (diffusers 0.24). The test builds it with
@@ -30,7 +31,7 @@ from livegen.bench.streamdiffusion import PeerError, PeerProcess, ensure_venv
 from livegen.bench.suite import PEER_VENV
 from livegen.config import ModelConfig
 from livegen.models.base import BatchSpec
-from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, load_text_encoder
+from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, load_text_encoder, mark_real_tokens
 from livegen.models.loader import load_generator
 
 SIZE = 64
@@ -151,6 +152,24 @@ def test_streamdiffusion_draws_livegens_picture_for_a_seed(tiny_embedded: Path):
             peer.ask(cmd="nonsense")
         assert len(peer.ask(cmd="frames", prompts=["a red apple"])["ms"]) == 1
     assert peer.process is None
+
+
+def test_streamdiffusion_reads_a_real_token_models_prompt_as_livegen_does(tiny_embedded: Path, tmp_path: Path):
+    """The fourth adaptation: a folder marked as trained on real tokens (livegen.json)."""
+    python = peer_venv()
+    marked = tmp_path / "tiny-real-tokens"
+    shutil.copytree(tiny_embedded, marked)
+    mark_real_tokens(marked)
+    config = dict(name="tiny", sizes=[(SIZE, SIZE)], guidance=GUIDANCE)
+    generator = load_generator(ModelConfig(source=str(marked), **config))
+    padded = load_generator(ModelConfig(source=str(tiny_embedded), **config))
+    assert generator.real_tokens and not padded.real_tokens
+    with PeerProcess(python, marked, SIZE, SIZE, seed=0) as peer:
+        for prompt, seed in [("a red apple", 0), ("a blue car", 7)]:
+            ours = livegen_picture(generator, prompt, seed)
+            assert np.abs(pixels(peer.picture(prompt, seed)).astype(int) - ours.astype(int)).max() <= TOLERANCE
+            # Without the adaptation the peer would read the prompt padded: another picture.
+            assert np.abs(livegen_picture(padded, prompt, seed).astype(int) - ours.astype(int)).max() > TOLERANCE
 
 
 def test_guidance_embedding_matters_on_the_tiny_model(tiny_embedded: Path):

@@ -32,7 +32,8 @@ repository; the pip package ships only streamdiffusion/pipeline.py):
 - prepare() seeds its generator with the wrapper's default seed 2 unless --seed says otherwise.
 
 StreamDiffusion 0.1.1 assumes SD 1.5/2.1-style models. Three things in it do not fit livegen's
-emoji model; the `Stream` subclass below changes them, each at no measurable compute cost:
+emoji model; the `Stream` subclass below changes them, each at no measurable compute cost
+(and a fourth for a model folder marked as trained on real tokens, `real_token_prompts`):
 - it hard-codes 4 latent channels (this VAE has 8): noise is drawn with the UNet's channels;
 - its consistency step assumes epsilon prediction (this model predicts v): x0 is taken from v;
 - it calls the UNet without `timestep_cond`, so the guidance embedding would be skipped: the
@@ -106,7 +107,35 @@ def load_pipeline(model: Path, minilm: Path | None):
         safety_checker=None, feature_extractor=None, requires_safety_checker=False, **extra,
     )
     pipe.set_progress_bar_config(disable=True)
+    real_token_prompts(pipe, model)
     return pipe
+
+
+def real_token_prompts(pipe, model: Path) -> None:
+    """A livegen model folder whose livegen.json says "prompt_tokens": "real" was trained on MiniLM's
+    states of the prompt's own tokens with zeros after (livegen/models/embedded.py): StreamDiffusion
+    calls `pipe.encode_prompt`, so that is where the prompt is read the same way (one forward, no
+    more compute than the padded reading)."""
+    marker = model / "livegen.json"
+    if not marker.is_file() or json.loads(marker.read_text()).get("prompt_tokens") != "real":
+        return
+
+    def read(texts: list[str], device) -> torch.Tensor:
+        tokens = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = tokens.attention_mask.to(device)
+        return pipe.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0] * mask.unsqueeze(-1)
+
+    @torch.no_grad()
+    def encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None, **_):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        embeds = read(prompts, device).repeat_interleave(num_images_per_prompt, 0)
+        if not do_classifier_free_guidance:
+            return embeds, None
+        negative = read([negative_prompt or ""] * len(prompts), device).repeat_interleave(num_images_per_prompt, 0)
+        return embeds, negative
+
+    pipe.encode_prompt = encode_prompt
 
 
 def guidance_embedding(pipe, guidance: float) -> torch.Tensor:
