@@ -144,6 +144,8 @@ def serve(
     output_checker: Annotated[str | None, typer.Option(
         help="Safety checker folder or cached repo id, or module:factory.")] = None,
     watermark: Annotated[bool, typer.Option(help="An invisible watermark on every frame.")] = True,
+    audio_watermark: Annotated[bool, typer.Option(
+        help="An inaudible watermark on every chunk of speech (server tag, utterance counter).")] = True,
     keys: Annotated[Path | None, typer.Option(help="Folder of the Content Credentials signing chain.")] = None,
     drain_seconds: Annotated[float | None, typer.Option(
         help="On SIGTERM, how long running work may take to finish before sockets close (default 10).")] = None,
@@ -177,6 +179,7 @@ def serve(
     safety = {"policy": policy, "output_checker": output_checker, "keys": keys, "speech_policy": speech_policy}
     settings.safety = settings.safety.model_copy(update={
         "moderation": moderation, "speech_moderation": speech_moderation, "watermark": watermark,
+        "audio_watermark": audio_watermark,
         **{k: v for k, v in safety.items() if v is not None}})
     access = {"keys_file": api_keys, "allowed_origins": allowed_origin, "cors_origins": cors_origin}
     settings.access = settings.access.model_copy(update={
@@ -423,12 +426,14 @@ def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The id `list` sh
 
 @app.command()
 def verify(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An image or WAV file livegen made.")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="An image or audio file (WAV, MP3, FLAC, Ogg) livegen made.")],
     root: Annotated[Path | None, typer.Option(
         help="Root certificate to trust; the server's development root if absent.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
 ) -> None:
-    """Report an image's watermark payload and a file's C2PA manifest, and whether the manifest validates.
+    """Report the watermark's payload (an image's, or speech's) and a file's C2PA manifest, and whether the
+    manifest validates.
 
     Exit status: 0, or 1 when a manifest is present but fails validation (the image was changed).
     """
@@ -438,22 +443,28 @@ def verify(
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from livegen.safety import watermark
-    from livegen.safety.provenance import ProvenanceError, read_manifest
+    import soundfile
+
+    from livegen.safety import audio_watermark, watermark
+    from livegen.safety.provenance import ManifestReport, ProvenanceError, read_manifest
 
     data = file.read_bytes()
-    audio = data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     try:
-        if audio:  # speech carries no watermark yet: only its Content Credentials are read
-            mime_type, mark = "audio/wav", {"scheme": None, "detected": False, "payload": None}
-        else:
+        try:
             with Image.open(io.BytesIO(data)) as image:
                 mime_type = Image.MIME[image.format]
                 reading = watermark.read(np.asarray(image.convert("RGB")))
-            mark = {"scheme": reading.scheme, "detected": reading.detected,
-                    "payload": dataclasses.asdict(reading.payload) if reading.payload else None}
-        manifest = read_manifest(data, mime_type, root or _default_root())
-    except (UnidentifiedImageError, KeyError, ProvenanceError) as exc:
+        except UnidentifiedImageError:  # then audio, or neither
+            samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+            mime_type = AUDIO_MIME.get(soundfile.info(io.BytesIO(data)).format)
+            reading = audio_watermark.read(samples, rate)
+        mark = {"scheme": reading.scheme, "detected": reading.detected,
+                "payload": dataclasses.asdict(reading.payload) if reading.payload else None}
+        if isinstance(reading, audio_watermark.AudioReading):
+            mark |= {"present": reading.present, "score": round(reading.score, 1), "seconds": round(reading.seconds, 2)}
+        manifest = (read_manifest(data, mime_type, root or _default_root()) if mime_type
+                    else ManifestReport(present=False))  # a container C2PA does not cover (Ogg)
+    except (soundfile.LibsndfileError, KeyError, ProvenanceError) as exc:
         typer.echo(f"livegen: cannot verify {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
     report = {"file": str(file), "watermark": mark, "content_credentials": dataclasses.asdict(manifest)}
@@ -465,6 +476,9 @@ def verify(
         raise typer.Exit(1)
 
 
+AUDIO_MIME = {"WAV": "audio/wav", "MP3": "audio/mpeg", "FLAC": "audio/flac"}  # what C2PA reads, by soundfile format
+
+
 def _default_root() -> Path | None:
     root = Settings().safety.keys / "root.pem"
     return root if root.is_file() else None
@@ -473,11 +487,14 @@ def _default_root() -> Path | None:
 def _verify_text(report: dict) -> str:
     mark, c2pa = report["watermark"], report["content_credentials"]
     lines = [report["file"]]
-    if mark["scheme"] is None:
-        lines.append("  watermark: none (livegen does not mark audio yet)")
-    elif mark["detected"]:
+    counted = "utterance" if "present" in mark else "frame"
+    if mark["detected"]:
         payload = mark["payload"]
-        lines.append(f"  watermark ({mark['scheme']}): server tag {payload['server']:#06x}, frame {payload['counter']}")
+        lines.append(f"  watermark ({mark['scheme']}): server tag {payload['server']:#06x}, "
+                     f"{counted} {payload['counter']}")
+    elif mark.get("present"):
+        lines.append(f"  watermark ({mark['scheme']}): present, but its payload could not be read "
+                     f"({mark['seconds']} s read: too short or too damaged)")
     else:
         lines.append(f"  watermark ({mark['scheme']}): none found")
     if not c2pa["present"]:

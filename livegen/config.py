@@ -77,7 +77,10 @@ class SafetyConfig(BaseModel):
     speech_policy: Path | None = Field(default=None, description="Spoken replies' policy (TOML); livegen's own "
                                                                  "if absent.")
     watermark: bool = Field(default=True, description="An invisible watermark on every frame.")
-    server_id: str = Field(default_factory=socket.gethostname, description="Named (as a tag) in every watermark.")
+    audio_watermark: bool = Field(default=True, description="An inaudible watermark on every chunk of speech: "
+                                                            "the server tag and an utterance counter.")
+    server_id: str = Field(default_factory=socket.gethostname, description="Named (as a tag) in every watermark, "
+                                                                           "of frames and of speech.")
     keys: Path = Field(default=Path("~/.local/share/livegen/keys").expanduser(),
                        description="Signing chain, key and root for Content Credentials; "
                                    "a development chain is made there if it is empty.")

@@ -11,6 +11,7 @@ import wave
 import httpx
 import numpy as np
 import pytest
+import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -23,7 +24,9 @@ from livegen.engine.session import Session
 from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, MIN_PIECE_FRAMES, Utterance
 from livegen.models.speech import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
+from livegen.safety import audio_watermark
 from livegen.safety.provenance import read_manifest
+from livegen.safety.watermark import server_tag
 from livegen.server.background import BackgroundServer
 from tests.conftest import server_settings
 
@@ -251,7 +254,7 @@ def test_say_in_process_writes_a_signed_wav(tmp_path, signing_keys):
     assert report.valid and report.trusted and report.generation["seconds"] > 0.5
     verified = CliRunner().invoke(app, ["verify", str(tmp_path / "here.wav"), "--root", str(signing_keys / "root.pem")])
     assert verified.exit_code == 0, verified.output
-    assert "valid, trusted" in verified.output and "does not mark audio yet" in verified.output
+    assert "valid, trusted" in verified.output and "watermark (livegen-audio): server tag 0x" in verified.output
 
 
 async def test_an_utterance_exports_as_a_wav_with_content_credentials(speech_server, signing_keys):
@@ -319,3 +322,66 @@ def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
     assert little == (words[-1] if words else first + MIN_PIECE_FRAMES)
     phrase, plenty = piece_end(60.0, decoded=first)
     assert plenty == phrase.frames
+
+
+# --- the audio watermark (livegen/safety/audio_watermark.py; tests/test_audio_watermark.py for the scheme)
+
+LONG_REPLY = ("Your table for two is booked for seven thirty tonight. You will get a confirmation by text "
+              "about an hour before, and you can reply to change the time.")
+
+
+@pytest.fixture(scope="module")
+def saved_reply(speech_server, tmp_path_factory):
+    """A reply streamed by the server, saved as it arrived (16-bit WAV, unsigned)."""
+    path = tmp_path_factory.mktemp("reply") / "reply.wav"
+    with Client(speech_server.url) as client:
+        client.say(LONG_REPLY).save(path)
+    return path
+
+
+async def test_each_streamed_reply_carries_the_server_tag_and_the_next_utterance_number(speech_server):
+    tag = server_tag(speech_server.engine.settings.safety.server_id)
+    async with AsyncClient(speech_server.ws_url) as first, AsyncClient(speech_server.ws_url) as second:
+        replies = [await first.say("One, two, three, four, five, six."),
+                   await second.say("Seven, eight, nine, ten, eleven."),
+                   await first.say("Twelve, thirteen, fourteen, fifteen.")]
+    payloads = [audio_watermark.read(samples(reply.chunks) / 32768, reply.sample_rate).payload for reply in replies]
+    assert all(payload is not None and payload.server == tag for payload in payloads), payloads
+    assert [p.counter - payloads[0].counter for p in payloads] == [0, 1, 2]  # one number per utterance, server-wide
+    assert all(reply.end.timings["watermark_ms"] > 0 for reply in replies)  # its cost, reported per utterance
+    assert httpx.get(speech_server.url + "/readyz").json()["safety"]["audio_watermark"] is True
+
+
+@pytest.mark.parametrize("attack", audio_watermark.ATTACKS)
+def test_a_saved_reply_reads_after_resampling_lossy_codecs_and_cuts_at_random_points(speech_server, saved_reply,
+                                                                                       attack):
+    audio, rate = soundfile.read(saved_reply, dtype="float32")
+    payload = audio_watermark.read(audio, rate).payload
+    assert payload is not None and payload.server == server_tag(speech_server.engine.settings.safety.server_id)
+    changed, changed_rate = audio_watermark.attack(audio, rate, attack)
+    assert audio_watermark.read(changed, changed_rate).payload == payload
+    length = int(2.5 * changed_rate)  # a few seconds cut anywhere: across chunks, phrases and the mark's period
+    for start in np.random.default_rng(len(attack)).integers(0, len(changed) - length, 4):
+        assert audio_watermark.read(changed[start:start + length], changed_rate).payload == payload, start
+
+
+def test_livegen_verify_reads_a_marked_reply_and_says_when_none_is_found(speech_server, saved_reply, tmp_path,
+                                                                          monkeypatch):
+    payload = audio_watermark.read(*soundfile.read(saved_reply)).payload
+    marked = CliRunner().invoke(app, ["verify", str(saved_reply)])
+    assert marked.exit_code == 0, marked.output
+    assert f"watermark (livegen-audio): server tag {payload.server:#06x}, utterance {payload.counter}" in marked.output
+
+    monkeypatch.setattr(speech_server.engine.speech, "watermarker", None)  # what --no-audio-watermark leaves
+    with Client(speech_server.url) as client:
+        plain = client.say(LONG_REPLY)
+    assert "watermark_ms" in plain.end.timings and plain.end.timings["watermark_ms"] == 0
+    plain.save(tmp_path / "plain.wav")
+    unmarked = CliRunner().invoke(app, ["verify", str(tmp_path / "plain.wav")])
+    assert unmarked.exit_code == 0, unmarked.output
+    assert "watermark (livegen-audio): none found" in unmarked.output
+    audio = samples(plain.chunks) / 32768
+    length = 2 * plain.sample_rate
+    cuts = np.stack([audio[start:start + length]
+                     for start in np.random.default_rng(0).integers(0, len(audio) - length, 50)])
+    assert not any(reading.present for reading in audio_watermark.read_batch(cuts, plain.sample_rate))

@@ -106,6 +106,7 @@ class Engine:
         signer = self.provenance.keys.cert_chain if self.provenance else None
         moderator = self.speech.moderator if self.speech else None
         return {**stages, "speech_moderation": moderator.policy.source if moderator else None,
+                "audio_watermark": bool(self.speech and self.speech.watermarker),
                 "content_credentials": str(signer) if signer else None}
 
     async def _start_speech(self) -> None:

@@ -16,6 +16,7 @@ follows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ from livegen.models.base import ModelError
 from livegen.models.speech import CLAUSE_END, CONTEXT_FRAMES, Phrase, SpeechError
 from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
                               SpeechInfo)
+from livegen.safety.audio_watermark import AudioWatermarker, UtteranceMark
 from livegen.safety.moderation import SPEECH_POLICY, Moderator, Policy, Verdict, minilm_embedder
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Utterance(Task):
     samples: int = 0
     synth_ms: float = 0.0
     moderation_ms: float = 0.0  # the speech policy's checks of its phrases, all together
+    mark: UtteranceMark | None = None  # its audio watermark, carried from chunk to chunk
+    watermark_ms: float = 0.0  # marking its chunks, all together
     first_audio_at: float | None = None
     synthesizing: bool = False  # a piece of it is with the worker thread
     stopped: bool = False
@@ -110,6 +114,8 @@ class SpeechRunner(Runner):
         self._queue: deque[Utterance] = deque()  # utterances with pieces to decode, in turn
         self._wake = asyncio.Event()
         self._in_hand: Utterance | None = None
+        self.watermarker: AudioWatermarker | None = None
+        self._utterance_numbers = itertools.count()  # the audio watermark's counter, across sessions
 
     @property
     def on_cpu(self) -> bool:
@@ -135,6 +141,8 @@ class SpeechRunner(Runner):
             self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY),
                                        minilm_embedder())
             self.moderator.check("Ready when you are, let's begin.")
+        if self.settings.safety.audio_watermark:
+            self.watermarker = AudioWatermarker(self.settings.safety.server_id, self.model.sample_rate)
         self.model.warm_up(self.default_voice)
         slowest = self._measure_speed()
         log.info("speech model warm in %.1fs", time.perf_counter() - started)
@@ -232,6 +240,10 @@ class SpeechRunner(Runner):
                 self._stop(playing, by=request.id)
             self._current[session] = target
             session.accept(target)
+            if self.watermarker is not None:  # each utterance spoken gets the next number
+                started = time.perf_counter()
+                target.mark = self.watermarker.utterance(next(self._utterance_numbers))
+                target.watermark_ms += (time.perf_counter() - started) * 1000
         target.text += request.text  # the runner may have cut phrases from its head meanwhile
         target.final, target.chars = request.final, target.chars + len(request.text)
         if not (target.synthesizing or target in self._queue):  # else the runner looks again after it
@@ -398,18 +410,24 @@ class SpeechRunner(Runner):
             self._schedule(utterance)  # its next piece, after the other sessions' turns
 
     def _send(self, utterance: Utterance, audio: np.ndarray) -> None:
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+        """A decoded piece goes out as CHUNK_MS chunks, each watermarked as it leaves."""
         step = self.model.sample_rate * CHUNK_MS // 1000
-        if utterance.first_audio_at is None and len(pcm):
+        if utterance.first_audio_at is None and len(audio):
             utterance.first_audio_at = time.perf_counter()
             self.metrics.speech_ttfa.observe(utterance.first_audio_at - utterance.received_at)
-        for begin in range(0, len(pcm), step):
+        for begin in range(0, len(audio), step):
+            chunk = audio[begin:begin + step]
+            if utterance.mark is not None:
+                started = time.perf_counter()
+                chunk = utterance.mark.mark(chunk)
+                utterance.watermark_ms += (time.perf_counter() - started) * 1000
+            pcm = (np.clip(chunk, -1.0, 1.0) * 32767).astype("<i2")
             utterance.owner.answer(utterance, Audio(id=utterance.id, seq=utterance.seq,
-                                                    sample_rate=self.model.sample_rate,
-                                                    pcm=pcm[begin:begin + step].tobytes()), final=False)
+                                                    sample_rate=self.model.sample_rate, pcm=pcm.tobytes()),
+                                   final=False)
             utterance.seq += 1
-        utterance.samples += len(pcm)
-        self.metrics.speech_seconds.inc(len(pcm) / self.model.sample_rate)
+        utterance.samples += len(audio)
+        self.metrics.speech_seconds.inc(len(audio) / self.model.sample_rate)
 
     def _finish(self, utterance: Utterance) -> None:
         now = time.perf_counter()
@@ -418,4 +436,5 @@ class SpeechRunner(Runner):
             id=utterance.id, chunks=utterance.seq, samples=utterance.samples, sample_rate=self.model.sample_rate,
             timings={"ttfa_ms": round(ttfa * 1000, 3), "synth_ms": round(utterance.synth_ms, 3),
                      "moderation_ms": round(utterance.moderation_ms, 3),
+                     "watermark_ms": round(utterance.watermark_ms, 3),
                      "total_ms": round((now - utterance.received_at) * 1000, 3)}))
