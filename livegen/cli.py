@@ -766,6 +766,21 @@ def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is s
     _show(output, "speech")
 
 
+@bench_app.command("audio-watermark")
+def bench_audio_watermark(
+    quick: QuickOption = False, output: OutputOption = RESULTS,
+    perth: Annotated[Path | None, typer.Option(
+        help="Also measure Resemble AI's Perth in this virtual environment (made there if missing).")] = None,
+) -> None:
+    """The speech watermark: its cost per chunk beside synthesis, segmental SNR, the payload after resampling,
+    MP3, Opus and cuts, false positives; Perth beside it with --perth."""
+    from livegen.bench.audio_watermark import run
+
+    _quiet_libraries()
+    run(output, quick, perth)
+    _show(output, "audio-watermark")
+
+
 @bench_app.command("safety")
 def bench_safety(model: ModelPathOption = None, size: BenchSizeOption = None,
                  frames: Annotated[int, typer.Option(help="Warm frames with safety on, and as many off.")] = 120,

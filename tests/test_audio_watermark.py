@@ -4,13 +4,17 @@ replies carry it: tests/test_speech.py.)"""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from typer.testing import CliRunner
 
-from livegen.bench.audio_watermark import noise, speech_like
+from livegen.bench.audio_watermark import CUTS_S, noise, speech_like
+from livegen.cli import app
 from livegen.safety import audio_watermark as aw
 from livegen.safety.watermark import Payload, server_tag
 
@@ -154,3 +158,20 @@ def test_other_model_rates_mark_and_read(rate):
 def test_a_rate_the_mark_does_not_fit_is_refused_at_load(rate):
     with pytest.raises(ValueError, match=f"{rate} Hz"):
         aw.AudioWatermarker("server", rate)
+
+
+def test_the_bench_measures_cost_loudness_robustness_and_false_positives(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "audio-watermark", "--quick", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "audio-watermark.json").read_text())
+    stream, share = r["stream"], r["stream"]["share_of_synthesis"]
+    assert stream["replies"] == stream["watermark_ms_per_reply"]["n"] == 4  # two long replies, two short
+    # over all replies the share is a weighted mean of each reply's, so it cannot pass the worst one
+    assert 0 < share["watermark_alone"] < share["all_replies"] <= share["worst_reply"]
+    assert r["chunk_ms"]["n"] > 4 * 5 and r["utterance_setup_ms"]["n"] == 4
+    for rows in r["robustness"].values():
+        assert rows["whole"]["reads"] == 2 and all(rows[str(cut)]["reads"] == 2 * r["cuts_per_reply"] for cut in CUTS_S)
+        assert all(0 <= row["payload_rate"] <= 1 and row["wrong_payloads"] == 0 for row in rows.values())
+    assert set(r["robustness"]) == set(r["short_replies"]) == set(aw.ATTACKS)
+    assert all(kind["segments"] == 100 and kind["present"] == 0 for kind in r["false_positives"].values())
+    assert r["segmental_snr_db"]["min"] > 20 and r["perth"] is None
