@@ -766,6 +766,16 @@ def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is s
     _show(output, "speech")
 
 
+@bench_app.command("voices")
+def bench_voices(quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
+    """English voices compared: word error rate (pocketsphinx), real-time factor, first audio, size."""
+    from livegen.bench.voices import run
+
+    _quiet_libraries()
+    run(output, quick)
+    _show(output, "voices")
+
+
 @bench_app.command("audio-watermark")
 def bench_audio_watermark(
     quick: QuickOption = False, output: OutputOption = RESULTS,

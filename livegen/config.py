@@ -54,12 +54,16 @@ class ModelConfig(BaseModel):
 
 
 class SpeechConfig(BaseModel):
-    """The speech model the server keeps warm beside the image models."""
+    """The speech models the server keeps warm beside the image models: an English voice (Piper) and
+    Kokoro with its voices; text with kana goes to Kokoro's first voice, other text to `default_voice`."""
 
+    english_voice: str | None = Field(default=None, description="Piper voice .onnx (its .onnx.json beside it) for "
+                                                                "English text; the shipped en_US-joe-medium if absent.")
     model: str | None = Field(default=None, description="Kokoro ONNX file; the shipped Kokoro-82M int8 if absent.")
     voices: str | None = Field(default=None, description="Kokoro voices file (.bin/.npz) for `model`.")
-    default_voice: str | None = Field(default=None, description="The model's first voice if absent.")
-    language: str = Field(default="en-us", description="espeak-ng language for the phonemes.")
+    default_voice: str | None = Field(default=None, description="Voice for text without kana, from either model; "
+                                                                "the English voice if absent.")
+    language: str = Field(default="en-us", description="espeak-ng language of text without kana.")
     max_text_chars: int = Field(default=4000, ge=1, description="Longest utterance, all its pieces together.")
 
 

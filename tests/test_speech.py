@@ -21,8 +21,8 @@ from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.config import SpeechConfig
 from livegen.engine.session import Session
-from livegen.engine.speech_runner import FIRST_PIECE_FRAMES, MIN_PIECE_FRAMES, Utterance
-from livegen.models.speech import Phrase
+from livegen.engine.speech_runner import FIRST_PIECE_S, MIN_PIECE_S, Utterance
+from livegen.models.voice import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.safety import audio_watermark
 from livegen.safety.provenance import read_manifest
@@ -51,10 +51,23 @@ async def outcomes_until(client: AsyncClient, done, timeout: float = 30) -> list
     return got
 
 
-async def test_hello_names_the_speech_model(speech_server):
+async def test_hello_names_the_speech_models_and_every_voice(speech_server):
     async with AsyncClient(speech_server.ws_url) as client:
         speech = client.hello.speech
-    assert speech.sample_rate == 24000 and speech.default_voice in speech.voices
+    assert speech.sample_rate == 24000 and speech.name == "en_US-joe-medium, kokoro-82m-int8"
+    assert speech.default_voice == "en_US-joe-medium"
+    assert speech.voices == ["en_US-joe-medium", "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+
+
+async def test_each_text_gets_its_languages_voice_and_a_named_voice_of_either_model_speaks(speech_server):
+    async with AsyncClient(speech_server.ws_url) as client:
+        japanese = await client.say("こんにちは、今日はいい天気ですね。")  # kana: Kokoro's Japanese voice
+        accented = await client.say("Good morning.", voice="jm_kumo")  # English text, a Japanese voice named
+        await client.speak("こんにちは。", id="wrong", voice="en_US-joe-medium")
+        error = await asyncio.wait_for(client.receive(), 10)
+    for speech in (japanese, accented):
+        assert speech.end.samples > 0.5 * speech.sample_rate and speech.sample_rate == 24000
+    assert (error.type, error.id, error.code) == ("error", "wrong", "unsupported_characters")
 
 
 async def test_a_sentence_streams_in_order_with_a_final_marker(speech_server):
@@ -297,16 +310,16 @@ def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
 
     def utterance(ahead_s: float | None, text: str = "Sure, I can help with that. It takes a minute.",
                   final: bool = True) -> Utterance:
-        spoken = Utterance(id="u", owner=Session(), runner=runner, voice=runner.default_voice, speed=1.0,
-                           received_at=time.perf_counter(), text=text, final=final)
+        spoken = Utterance(id="u", owner=Session(), runner=runner, voice=runner.default_voice, language="en-us",
+                           speed=1.0, received_at=time.perf_counter(), text=text, final=final)
         if ahead_s is not None:
             spoken.first_audio_at, spoken.samples = time.perf_counter(), int(ahead_s * rate)
         return spoken
 
-    assert runner._next_phrase("Sure, I can help with that. It takes a minute.", True) == (
+    assert runner._next_phrase(utterance(None), "Sure, I can help with that. It takes a minute.", True) == (
         "Sure, I can help with that.", "It takes a minute.")
-    assert runner._next_phrase("Sure, I can help with", False) == ("Sure", "I can help with")  # comma dropped
-    assert runner._next_phrase("Okay, done", False) == (None, "Okay, done")  # a scrap: wait for the rest
+    assert runner._next_phrase(utterance(None), "Sure, I can help with", False) == ("Sure", "I can help with")
+    assert runner._next_phrase(utterance(None), "Okay, done", False) == (None, "Okay, done")  # a scrap: wait
 
     phonemes = runner.model.phonemize("Your table for two is ready at seven.")
 
@@ -316,10 +329,12 @@ def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
         return phrase, runner._piece_end(utterance(ahead_s), phrase)
 
     phrase, first = piece_end(None)
-    assert first == next(end for end in phrase.word_ends if end >= phrase.lead + FIRST_PIECE_FRAMES) < phrase.frames
+    least = round(MIN_PIECE_S / phrase.frame_s)
+    assert first == next(end for end in phrase.word_ends
+                         if end >= phrase.lead + FIRST_PIECE_S / phrase.frame_s) < phrase.frames
     phrase, little = piece_end(0.05, decoded=first)  # the fewest frames worth a piece: at a word end if one fits
-    words = [end for end in phrase.word_ends if first < end <= first + MIN_PIECE_FRAMES]
-    assert little == (words[-1] if words else first + MIN_PIECE_FRAMES)
+    words = [end for end in phrase.word_ends if first < end <= first + least]
+    assert little == (words[-1] if words else first + least)
     phrase, plenty = piece_end(60.0, decoded=first)
     assert plenty == phrase.frames
 

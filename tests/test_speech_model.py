@@ -13,6 +13,7 @@ import pytest
 from livegen.models import speech
 from livegen.models.base import ModelError
 from livegen.models.speech import FRAME, MAX_TOKENS, SAMPLE_RATE, SpeechError, SpeechModel
+from livegen.models.voice import trim
 
 SENTENCE = "The weather is lovely today, so we will walk along the river after lunch."
 
@@ -71,7 +72,7 @@ def test_a_phrase_decodes_in_pieces_at_word_ends_and_whole_as_the_uncut_model(mo
     tokens = np.array([[0, *(model.vocab[c] for c in phonemes), 0]], dtype=np.int64)
     style = model.voices["jf_alpha"][len(phonemes) - 1][None, :]
     (audio,) = uncut.run(None, {"tokens": tokens, "style": style, "speed": np.array([1.0], dtype=np.float32)})
-    np.testing.assert_array_equal(whole, speech._trim(audio.reshape(-1)))
+    np.testing.assert_array_equal(whole, trim(audio.reshape(-1)))
 
 
 def test_pieces_cut_right_at_a_phrases_start_are_speech_not_loud_noise(model: SpeechModel):

@@ -1,4 +1,4 @@
-"""The speech runner: one warm speech model, streaming each session's utterance piece by piece.
+"""The speech runner: warm voices, streaming each session's utterance piece by piece.
 
 Text arrives in pieces (`speak` messages with one id, the last marked final). It is cut into
 phrases, whole sentences, so each keeps the prosody the model gives a sentence; a sentence still
@@ -8,6 +8,9 @@ then decodes its audio a piece at a time, each piece sent at once as small PCM c
 utterance's first piece is its first word or two, so audio starts early; each later piece is as
 long as can be decoded, with a margin, while the audio already sent plays (at least half a
 second, at a word end where one fits), so playback does not run dry once it has started.
+An utterance is said in the voice asked for, else in the default voice of its first piece's
+language (`Voices`: English, or Japanese for text with kana); the runner treats every voice's
+model alike, timing each model's decoding at warm-up.
 A new utterance or a `cancel` stops the current one: it is answered `cancelled` on the event
 loop, and a piece still being decoded for it is dropped when it comes back, so no audio of it
 follows.
@@ -30,8 +33,8 @@ from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import DEADLINE_WARM_MULTIPLE, MIN_DEADLINE_S, ComputeTimeout, Runner, timeout_error
 from livegen.engine.task import Owner, Slot, Task
 from livegen.engine.workers import Workers
-from livegen.models.base import ModelError
-from livegen.models.speech import CLAUSE_END, CONTEXT_FRAMES, Phrase, SpeechError
+from livegen.models.voice import CLAUSE_END, Phrase, SpeechError, VoiceModel
+from livegen.models.voices import Voices
 from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
                               SpeechInfo)
 from livegen.safety.audio_watermark import AudioWatermarker, UtteranceMark
@@ -41,20 +44,28 @@ log = logging.getLogger(__name__)
 
 CLAUSE_CHARS = 40  # a sentence still arriving is cut at its first clause, if it ends this soon, else here
 SCRAP_CHARS = 10  # a clause leaving no more of its sentence than this waits for the sentence
-FIRST_PIECE_FRAMES = 8  # the first piece: the first word ending at least this far (200 ms) into the speech
-MIN_PIECE_FRAMES = 20  # later pieces, even when less fits the audio ahead: smaller ones cost more than they play
+FIRST_PIECE_S = 0.2  # the first piece: the first word ending at least this far into the speech
+MIN_PIECE_S = 0.5  # later pieces, even when less fits the audio ahead: smaller ones cost more than they play
 BUDGET_MARGIN = 1.25  # audio kept in hand beyond the predicted decoding time (a shared CPU varies)
 CLAUSE_TAIL = re.compile(r"\s*[,;:—–]+$")
 SENTENCE_DONE = re.compile(r"[.!?…]\s+$|\n\s*$")
-FRAMES_PER_CHAR = 4  # 100 ms of speech a character: far more than any voice takes, for a deadline's bound
+SECONDS_PER_CHAR = 0.1  # of speech: far more than any voice takes, for a deadline's bound
 CHUNK_MS = 100  # PCM per `audio` message: small enough to start playback early, large enough to be cheap
 
 
 def first_piece_end(phrase: Phrase) -> int:
-    """An utterance's first piece ends at the first word ending FIRST_PIECE_FRAMES into the speech:
+    """An utterance's first piece ends at the first word ending FIRST_PIECE_S into the speech:
     the listener waits for it."""
-    return next((end for end in phrase.word_ends if end > phrase.decoded and end >= phrase.lead + FIRST_PIECE_FRAMES),
-                phrase.frames)
+    least = phrase.lead + FIRST_PIECE_S / phrase.frame_s
+    return next((end for end in phrase.word_ends if end > phrase.decoded and end >= least), phrase.frames)
+
+
+@dataclass(frozen=True)
+class DecodingSpeed:
+    """What decoding a piece costs one model on this machine: a fixed cost and a cost per frame decoded."""
+
+    piece_s: float
+    frame_s: float
 
 
 class PhraseBlocked(Exception):
@@ -68,6 +79,7 @@ class PhraseBlocked(Exception):
 @dataclass(eq=False, kw_only=True)
 class Utterance(Task):
     voice: str
+    language: str  # the text's, as the voice's model phonemizes it
     speed: float
     text: str = ""  # received, not yet cut into phrases
     phrase: Phrase | None = None  # the phrase being decoded, piece by piece
@@ -104,10 +116,9 @@ class SpeechRunner(Runner):
         self.settings = settings
         self.metrics = metrics
         self.workers = workers  # phonemes of arriving text are checked there, off the event loop
-        self.model = None
+        self.model: Voices | None = None
         self.moderator: Moderator | None = None
-        self.piece_s = 0.0  # decoding cost: per piece
-        self.frame_s = 0.0  # and per frame decoded, context included, measured at warm-up
+        self.speeds: dict[VoiceModel, DecodingSpeed] = {}  # each model's, measured at warm-up
         self.voices: list[str] = []
         self.default_voice = ""
         self._current: dict[Owner, Utterance] = {}
@@ -124,57 +135,65 @@ class SpeechRunner(Runner):
     def info(self) -> SpeechInfo | None:
         if self.model is None:
             return None
-        return SpeechInfo(name=self.config.model or "kokoro-82m-int8", sample_rate=self.model.sample_rate,
+        return SpeechInfo(name=self.model.name, sample_rate=self.model.sample_rate,
                           voices=self.voices, default_voice=self.default_voice,
                           max_text_chars=self.config.max_text_chars)
 
     def load_and_warm(self) -> float:
+        from livegen.models.piper import PiperModel
         from livegen.models.speech import SpeechModel
 
         started = time.perf_counter()
-        self.model = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
+        english = PiperModel(self.config.english_voice, max_text_chars=self.config.max_text_chars)
+        kokoro = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
+        self.model = Voices([english, kokoro], self.config.default_voice or english.name, self.config.language)
         self.voices = self.model.list_voices()
-        self.default_voice = self.config.default_voice or self.voices[0]
-        if self.default_voice not in self.voices:
-            raise ModelError(f"default voice {self.default_voice!r} is not among {self.voices}")
+        self.default_voice = self.model.default_voice
         if self.settings.safety.speech_moderation:
             self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY),
                                        minilm_embedder())
             self.moderator.check("Ready when you are, let's begin.")
         if self.settings.safety.audio_watermark:
             self.watermarker = AudioWatermarker(self.settings.safety.server_id, self.model.sample_rate)
-        self.model.warm_up(self.default_voice)
-        slowest = self._measure_speed()
+        self.model.warm_up()
+        slowest = max(self._measure_speed(model) for model in self.model.models)
         log.info("speech model warm in %.1fs", time.perf_counter() - started)
         return slowest
 
-    def _measure_speed(self) -> float:
-        """Decoding cost of a piece: a fixed cost plus a cost per frame, context frames included (warm).
-        Returns the slowest piece timed."""
-        phonemes = self.model.phonemize("This sentence measures how fast the model speaks on this machine.",
-                                        self.config.language)
+    def _measure_speed(self, model: VoiceModel) -> float:
+        """A model's decoding cost of a piece: a fixed cost plus a cost per frame, context frames included
+        (warm). Returns the slowest piece timed."""
+        phonemes = model.phonemize("This sentence measures how fast the model speaks on this machine.",
+                                   self.config.language)
 
-        def timed(frames: int) -> float:
-            phrase = self.model.prepare(phonemes, self.default_voice)
+        def timed(seconds: float) -> float:
+            phrase = model.prepare(phonemes)
             started = time.perf_counter()
-            self.model.decode(phrase, frames)  # frames [0, frames) and CONTEXT_FRAMES after them
+            model.decode(phrase, round(seconds / phrase.frame_s))  # and context frames after them
             return time.perf_counter() - started
 
-        short, long = 10, 60
+        short, long = 0.25, 1.5
         short_s = min(timed(short) for _ in range(2))
         long_s = min(timed(long) for _ in range(2))
-        self.frame_s = max(0.0, long_s - short_s) / (long - short)
-        self.piece_s = max(0.0, short_s - self.frame_s * (short + CONTEXT_FRAMES))
-        log.info("speech decoding: %.0f ms a piece + %.1f ms a frame", self.piece_s * 1000, self.frame_s * 1000)
+        frame_s = max(0.0, long_s - short_s) / ((long - short) / model.frame_s)
+        piece_s = max(0.0, short_s - frame_s * (short / model.frame_s + model.context_frames))
+        self.speeds[model] = DecodingSpeed(piece_s, frame_s)
+        log.info("%s decoding: %.0f ms a piece + %.2f ms a frame", model.name, piece_s * 1000, frame_s * 1000)
         return long_s
+
+    def _predicted_s(self, utterance: Utterance, frames: int) -> float:
+        """Decoding `frames` of the utterance's voice, in one piece, context included."""
+        model = self.model.model(utterance.voice)
+        speed = self.speeds[model]
+        return speed.piece_s + speed.frame_s * (frames + 2 * model.context_frames)
 
     def _deadline(self, utterance: Utterance, text: str) -> float:
         """A piece may be long (as much as the audio ahead allows): its deadline grows with the frames it
-        can hold, a phrase under way's left, else a bound from the text (FRAMES_PER_CHAR)."""
+        can hold, a phrase under way's left, else a bound from the text (SECONDS_PER_CHAR)."""
         phrase = utterance.phrase
-        frames = phrase.frames - phrase.decoded if phrase is not None else FRAMES_PER_CHAR * len(text)
-        predicted = self.piece_s + self.frame_s * (frames + 2 * CONTEXT_FRAMES)
-        return max(self.deadline_s or MIN_DEADLINE_S, DEADLINE_WARM_MULTIPLE * predicted)
+        frames = (phrase.frames - phrase.decoded if phrase is not None
+                  else round(SECONDS_PER_CHAR * len(text) / self.model.model(utterance.voice).frame_s))
+        return max(self.deadline_s or MIN_DEADLINE_S, DEADLINE_WARM_MULTIPLE * self._predicted_s(utterance, frames))
 
     def wake(self, slot: Slot) -> None:
         self._wake.set()
@@ -205,12 +224,13 @@ class SpeechRunner(Runner):
         utterance = self._playing(session)
         new = utterance is None or utterance.id != request.id
         if new:
-            voice = request.voice or self.default_voice
+            language = self.model.language_of(request.text)
+            voice = request.voice or self.model.voice_for(language)
             if voice not in self.voices:
                 raise ProtocolError("unknown_voice", f"unknown voice {voice!r}; voices: {', '.join(self.voices)}",
                                     request.id)
-            target = Utterance(id=request.id, owner=session, runner=self, voice=voice, speed=request.speed,
-                               received_at=time.perf_counter())
+            target = Utterance(id=request.id, owner=session, runner=self, voice=voice, language=language,
+                               speed=request.speed, received_at=time.perf_counter())
         elif utterance.final:
             raise ProtocolError("invalid", f"utterance {request.id!r} already had its final piece", request.id)
         else:
@@ -224,7 +244,7 @@ class SpeechRunner(Runner):
             if request.final and not text.strip() and not target.seq and target.phrase is None:
                 raise ProtocolError("empty_text", "nothing to say: the text is empty", request.id)
             if text.strip():  # refuse now what cannot be spoken at all
-                await self.workers.run(self._split, text, self.config.max_text_chars, request.id)
+                await self.workers.run(self._split, target, text, self.config.max_text_chars, request.id)
         except ProtocolError as error:
             # Punctuation alone ("(", "...": a language model's first token) waits for words, unless final.
             waits = error.code == "empty_text" and not (new and request.final)
@@ -273,19 +293,19 @@ class SpeechRunner(Runner):
             self.metrics.errors.labels(outcome.code).inc()
         utterance.owner.answer(utterance, outcome)
 
-    def _split(self, text: str, first_max_chars: int, request_id: str | None = None) -> list[str]:
+    def _split(self, utterance: Utterance, text: str, first_max_chars: int, request_id: str | None = None) -> list[str]:
         try:
-            return self.model.split_phrases(text, first_max_chars=first_max_chars, language=self.config.language)
+            return self.model.split_phrases(text, first_max_chars, utterance.language, utterance.voice)
         except SpeechError as exc:
             raise ProtocolError(exc.code, str(exc), request_id) from exc
 
-    def _next_phrase(self, text: str, final: bool) -> tuple[str | None, str]:
+    def _next_phrase(self, utterance: Utterance, text: str, final: bool) -> tuple[str | None, str]:
         """(worker thread) The next phrase of `text`, if complete, and the text left after it: a whole
         sentence, or the first clause (or a few words) of a sentence whose end has not arrived yet.
         Text with nothing speakable (")))") waits for more, or is dropped once final."""
         try:
-            for cut in (self.config.max_text_chars, self._clause_limit(text)):
-                head, *rest = self._split(text, cut)
+            for cut in (self.config.max_text_chars, self._clause_limit(utterance, text)):
+                head, *rest = self._split(utterance, text, cut)
                 # The last phrase may still grow, unless the text is final or ends a sentence.
                 if rest or final or SENTENCE_DONE.search(text):
                     tail = " ".join(rest)
@@ -297,26 +317,28 @@ class SpeechRunner(Runner):
             return None, "" if final else text
         return None, text
 
-    def _clause_limit(self, text: str) -> int:
+    def _clause_limit(self, utterance: Utterance, text: str) -> int:
         """The first clause, if it ends within CLAUSE_CHARS, else that many characters; but all of its
         sentence when that leaves a scrap ("Okay, | done."), which would cost a phrase of its own."""
-        sentence, *_ = self._split(text, self.config.max_text_chars)
+        sentence, *_ = self._split(utterance, text, self.config.max_text_chars)
         clause = CLAUSE_END.search(sentence)
         limit = clause.start() if clause and clause.start() <= CLAUSE_CHARS else CLAUSE_CHARS
-        head, *_ = self._split(text, limit)
+        head, *_ = self._split(utterance, text, limit)
         return len(sentence) if len(sentence) - len(head) <= SCRAP_CHARS else limit
 
     def _piece_end(self, utterance: Utterance, phrase: Phrase) -> int:
         """Where the phrase's next piece ends: the utterance's first piece at `first_piece_end`; later
         pieces at the last word end that can be decoded, with a margin, while the audio ahead of the
-        listener plays, but at least MIN_PIECE_FRAMES on (smaller pieces would only fall further
+        listener plays, but at least MIN_PIECE_S on (smaller pieces would only fall further
         behind); inside a word when no word ends that soon."""
         if utterance.first_audio_at is None:
             return first_piece_end(phrase)
         ends = [end for end in phrase.word_ends if end > phrase.decoded]
-        budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - self.piece_s
-        frames = int(budget / self.frame_s) - 2 * CONTEXT_FRAMES if self.frame_s else phrase.frames
-        frames = max(frames, MIN_PIECE_FRAMES)
+        model = self.model.model(utterance.voice)
+        speed = self.speeds[model]
+        budget = utterance.audio_ahead_s(self.model.sample_rate) / BUDGET_MARGIN - speed.piece_s
+        frames = int(budget / speed.frame_s) - 2 * model.context_frames if speed.frame_s else phrase.frames
+        frames = max(frames, round(MIN_PIECE_S / phrase.frame_s))
         fits = [end for end in ends if end - phrase.decoded <= frames]
         return fits[-1] if fits else phrase.decoded + frames
 
@@ -325,11 +347,11 @@ class SpeechRunner(Runner):
         Returns the audio (None: no complete phrase yet) and the text left (None: `text` untouched)."""
         left = None
         if utterance.phrase is None:
-            phrase_text, left = self._next_phrase(text, final)
+            phrase_text, left = self._next_phrase(utterance, text, final)
             if phrase_text is None:
                 return None, left
             self._moderate(utterance, phrase_text)
-            phonemes = self.model.phonemize(phrase_text, self.config.language)
+            phonemes = self.model.phonemize(phrase_text, utterance.language, utterance.voice)
             utterance.phrase = self.model.prepare(phonemes, utterance.voice, utterance.speed)
         phrase = utterance.phrase
         audio = self.model.decode(phrase, self._piece_end(utterance, phrase))

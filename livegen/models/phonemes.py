@@ -22,7 +22,7 @@ from functools import lru_cache
 from livegen.models.base import ModelError
 
 log = logging.getLogger(__name__)
-_TIE = "^"  # espeak joins multi-symbol phonemes with this (phonemizer's `tie` option)
+TIE = "^"  # espeak joins multi-symbol phonemes with this (phonemizer's `tie` option)
 _SYLLABIC = "\u0329"  # combining vertical line below: a syllabic consonant, "button" -> bʌʔn̩
 
 # Applied in order. Multi-symbol phonemes (still tied with ^) first, then single symbols.
@@ -76,7 +76,7 @@ def _backend(language: str):
         except ImportError as exc:
             raise ModelError("English phonemes need phonemizer: pip install phonemizer") from exc
         try:
-            backend = EspeakBackend(language, preserve_punctuation=True, with_stress=True, tie=_TIE,
+            backend = EspeakBackend(language, preserve_punctuation=True, with_stress=True, tie=TIE,
                                     language_switch="remove-flags")
         except RuntimeError as exc:  # no libespeak-ng, or a language it does not know
             raise ModelError(f"espeak-ng cannot phonemize {language!r} ({exc}); on Debian: "
@@ -116,7 +116,7 @@ def to_kokoro(ipa: str, language: str = "en-us") -> str:
     ipa = re.sub(rf"(\S){_SYLLABIC}", r"ᵊ\1", ipa).replace(_SYLLABIC, "")
     if language.startswith("en"):
         ipa = ipa.replace("o", "ɔ")  # espeak < 1.52 (Debian 12) leaves a bare o in "forty"
-    return ipa.replace(_TIE, "")
+    return ipa.replace(TIE, "")
 
 
 @lru_cache(maxsize=1024)  # the speech runner splits an utterance again as each piece of it arrives

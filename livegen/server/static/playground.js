@@ -277,7 +277,11 @@ client.addEventListener('audio', ({detail: {chunk, samples}}) => {
 
 function showSpeech(info) {
   $('speech').hidden = !info;
-  if (info) fillSelect($('voice'), info.voices, $('voice').value || info.default_voice);
+  if (!info) return;
+  // '' sends no voice: the server picks the default voice of the text's language (English or Japanese)
+  fillSelect($('voice'), ['', ...info.voices], $('voice').value);
+  $('voice').options[0].text = 'auto';
+  $('voice').title = `auto: ${info.default_voice} for English, a Japanese voice for text with kana`;
 }
 
 // ------------------------------------------------------------------ wiring
