@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livegen.bench.voices import SENTENCES, recognise, word_error_rate
+from livegen.bench.voices import SENTENCES, dnsmos, recognise, word_error_rate
 from livegen.engine.speech_runner import first_piece_end
 from livegen.models.base import ModelError
 from livegen.models.piper import CONTEXT_FRAMES, PiperModel, default_voice_path
@@ -69,6 +69,13 @@ def test_word_error_rate_counts_words_not_case_or_punctuation():
     assert word_error_rate(["The birch canoe slid."], ["the birch canoe slid"]) == 0
     assert word_error_rate(["The birch canoe slid."], ["the bird canoe"]) == 0.5
     assert word_error_rate(["It's easy."], [""]) == 1
+
+
+def test_dnsmos_rates_the_voice_above_itself_in_noise(piper: PiperModel):
+    clean = piper.synthesize("The boy was there when the sun rose.")
+    noisy = clean + np.random.default_rng(0).normal(0, 0.1, len(clean)).astype(np.float32)
+    rated, spoiled = dnsmos([(clean, SAMPLE_RATE)]), dnsmos([(noisy, SAMPLE_RATE)])
+    assert 1 <= spoiled["ovrl"] < rated["ovrl"] - 0.5 and rated["ovrl"] <= 5
 
 
 def test_phonemes_are_espeaks_ipa_in_the_voices_symbols(piper: PiperModel):
