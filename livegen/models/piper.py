@@ -47,8 +47,9 @@ CONTEXT_FRAMES = 10
 # The export's two noise draws (the duration predictor's, the prior's) -> the inputs that replace them
 _NOISE = {"/dp/RandomNormalLike": "noise_durations", "/RandomNormalLike": "noise_latent"}
 NOISE_CHANNELS, NOISE_FRAMES = 256, 8192  # at least any Piper voice's channels; 95 s of frames a phrase
-# The text half's cost grows faster than its length (attention): 74 ms for 12 phonemes, 392 ms for
-# 96 on this 2-core CPU. Longer sentences are cut at a clause or a space.
+# The text half's cost grows faster than its length (attention): on a busy 2-core host 71 ms for 12
+# phonemes, 280 ms for 92, 584 ms for 214 (10 s of speech): the audio ahead covers a phrase this
+# long; longer sentences are cut at a clause or a space.
 MAX_PHONEMES = 250
 
 
