@@ -19,9 +19,11 @@ from websockets.sync.client import connect
 
 from livegen.cli import app
 from livegen.client import AsyncClient, Client, GenerationError
-from livegen.config import SpeechConfig
+from livegen.config import Settings, SpeechConfig
+from livegen.engine.metrics import EngineMetrics
 from livegen.engine.session import Session
-from livegen.engine.speech_runner import FIRST_PIECE_S, MIN_PIECE_S, Utterance
+from livegen.engine.speech_runner import FIRST_PIECE_S, MIN_PIECE_S, SpeechRunner, Utterance
+from livegen.engine.workers import Workers
 from livegen.models.voice import Phrase
 from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.safety import audio_watermark
@@ -337,6 +339,24 @@ def test_phrases_are_sentences_and_pieces_fit_the_audio_ahead(speech_server):
     assert little == (words[-1] if words else first + least)
     phrase, plenty = piece_end(60.0, decoded=first)
     assert plenty == phrase.frames
+
+
+def test_a_reply_not_yet_heard_is_decoded_before_the_next_pieces_of_replies_playing():
+    """Its listener waits in silence, theirs have audio in hand: with many voices at once, a new
+    reply's first piece goes ahead of the queued pieces of replies already playing, but not ahead of
+    other replies still waiting for their first."""
+    runner = SpeechRunner(SpeechConfig(), Settings(models=[]), EngineMetrics(), Workers(1))
+
+    def reply(id: str, heard: bool) -> Utterance:
+        spoken = Utterance(id=id, owner=Session(), runner=runner, voice="af", language="en-us", speed=1.0,
+                           received_at=time.perf_counter(), text="Hello there.", final=True)
+        spoken.first_audio_at = time.perf_counter() if heard else None
+        return spoken
+
+    for id, heard in (("playing 1", True), ("new 1", False), ("playing 2", True), ("new 2", False),
+                      ("playing 3", True)):
+        runner._schedule(reply(id, heard))
+    assert [spoken.id for spoken in runner._queue] == ["new 1", "new 2", "playing 1", "playing 2", "playing 3"]
 
 
 # --- the audio watermark (livegen/safety/audio_watermark.py; tests/test_audio_watermark.py for the scheme)
