@@ -758,7 +758,8 @@ def bench_ray(model: ModelPathOption = None, size: BenchSizeOption = None,
 @bench_app.command("speech")
 def bench_speech(rounds: Annotated[int, typer.Option(help="Times each reply is spoken.")] = 5,
                  quick: QuickOption = False, output: OutputOption = RESULTS) -> None:
-    """Time to first audio for agent replies, streamed and whole-reply-first; underruns; real-time factor."""
+    """Time to first sound for agent replies (1, 4 and 8 voices at once, and whole-reply-first); underruns;
+    barge-in; what moderation and the watermark cost."""
     from livegen.bench.speech import run
 
     _quiet_libraries()
