@@ -287,6 +287,9 @@ async def test_an_utterance_exports_as_a_wav_with_content_credentials(speech_ser
     assert report.actions[0]["action"] == "c2pa.created"
     assert report.actions[0]["digitalSourceType"].endswith("trainedAlgorithmicMedia")
     assert report.generation["seconds"] == pytest.approx(len(speech.pcm) / 2 / speech.sample_rate, abs=0.001)
+    tampered = bytearray(exported.image)
+    tampered[exported.image.index(b"data") + 1000] ^= 0x01  # one bit of one audio sample
+    assert not read_manifest(bytes(tampered), "audio/wav", signing_keys / "root.pem").valid
 
 
 def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tmp_path):
