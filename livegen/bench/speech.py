@@ -50,6 +50,7 @@ from livegen.bench.report import Series, header, machine_line, save
 from livegen.client import AsyncClient
 from livegen.config import Settings, SpeechConfig, embedded_model
 from livegen.engine.speech_runner import first_piece_end
+from livegen.models.voice import to_pcm16
 from livegen.protocol import Audio, Cancel, Cancelled, Outcome, SpeechEnd, encode
 from livegen.server.background import BackgroundServer
 
@@ -193,7 +194,7 @@ def whole_reply(model, text: str, voice: str) -> float:
     audio = np.concatenate([model.synthesize(sentence, voice)
                             for sentence in model.split_phrases(text, first_max_chars=len(text))])
     synthesized = time.perf_counter() - started
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    pcm = to_pcm16(audio)  # as the runner sends it
     return (synthesized + (sound_onset(pcm, model.sample_rate) or 0) / model.sample_rate) * 1000
 
 

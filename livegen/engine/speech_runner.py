@@ -33,7 +33,7 @@ from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import DEADLINE_WARM_MULTIPLE, MIN_DEADLINE_S, ComputeTimeout, Runner, timeout_error
 from livegen.engine.task import Owner, Slot, Task
 from livegen.engine.workers import Workers
-from livegen.models.voice import CLAUSE_END, Phrase, SpeechError, VoiceModel
+from livegen.models.voice import CLAUSE_END, Phrase, SpeechError, VoiceModel, to_pcm16
 from livegen.models.voices import Voices
 from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
                               SpeechInfo)
@@ -450,7 +450,7 @@ class SpeechRunner(Runner):
                 started = time.perf_counter()
                 chunk = utterance.mark.mark(chunk)
                 utterance.watermark_ms += (time.perf_counter() - started) * 1000
-            pcm = (np.clip(chunk, -1.0, 1.0) * 32767).astype("<i2")
+            pcm = to_pcm16(chunk)
             utterance.owner.answer(utterance, Audio(id=utterance.id, seq=utterance.seq,
                                                     sample_rate=self.model.sample_rate, pcm=pcm.tobytes()),
                                    final=False)

@@ -72,6 +72,11 @@ def sounds(phonemes: str) -> bool:
     return any(unicodedata.category(c) in ("Ll", "Lu", "Lo") for c in phonemes)
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as the 16-bit little-endian PCM the wire's `audio` messages carry."""
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+
+
 def trim(audio: np.ndarray, head: bool = True, tail: bool = True, threshold: float = 0.01,
          keep_s: float = 0.05) -> np.ndarray:
     """Cut a phrase's lead-in (`head`) and its tail of near-silence (`tail`) down to `keep_s`: the
