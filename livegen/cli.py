@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -34,14 +35,15 @@ DTypeOption = Annotated[DType, typer.Option(help="auto: float16 on CUDA, float32
 
 
 def _settings(models: list[str] | None, sizes: list[str] | None, device: str, dtype: str, family: str,
-              compile: bool, tiny_vae: str | None, lora: str | None, **overrides: object) -> Settings:
+              compile: bool, tiny_vae: str | None, lora: str | None, cuda_graphs: bool = True,
+              **overrides: object) -> Settings:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     extra = {k: v for k, v in dict(sizes=sizes, tiny_vae=tiny_vae, lora=lora).items() if v}
     if models and "models" not in settings.model_fields_set:
         settings.models = []  # models named on the command line replace the embedded default
     for source in models or []:
         settings.models.append(ModelConfig(source=source, device=device, dtype=dtype, family=family,
-                                           compile=compile, **extra))
+                                           compile=compile, cuda_graphs=cuda_graphs, **extra))
     return settings
 
 
@@ -66,7 +68,7 @@ def _check_access(settings: Settings) -> None:
 def _check_models(settings: Settings) -> None:
     """Fail before the server starts, with the path, rather than in a log line later."""
     from livegen.models.base import ModelError
-    from livegen.models.loader import resolve_source
+    from livegen.models.sources import resolve_source
 
     if not settings.models:
         typer.echo(NO_MODEL, err=True)
@@ -83,9 +85,9 @@ def _check_models(settings: Settings) -> None:
 
 
 def _quiet_libraries() -> None:
-    from livegen.models.loader import quiet_libraries
-
-    quiet_libraries()
+    """No progress bars or warnings from diffusers, transformers or the Hub: the CLI prints its own. Set
+    in the environment, which they read on import, so nothing is imported early (diffusers takes seconds)."""
+    os.environ.update(DIFFUSERS_VERBOSITY="error", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
 
 ReplicasOption = Annotated[int | None, typer.Option(help="Ray: replicas kept warm (default 1).")]
@@ -128,6 +130,8 @@ def serve(
     dtype: DTypeOption = "auto",
     family: Annotated[Family, typer.Option(help="Sampler family; read from the model if auto.")] = "auto",
     compile: Annotated[bool, typer.Option(help="torch.compile the denoiser (CUDA).")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(
+        help="On CUDA, replay the denoiser and decoder as CUDA graphs captured at warm-up.")] = True,
     tiny_vae: Annotated[str | None, typer.Option(help="AutoencoderTiny folder to decode with.")] = None,
     lora: Annotated[str | None, typer.Option(help="LoRA folder to fuse (LCM-LoRA).")] = None,
     host: Annotated[str | None, typer.Option()] = None,
@@ -171,7 +175,7 @@ def serve(
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
     import uvicorn
 
-    settings = _settings(model, size, device, dtype, family, compile, tiny_vae, lora, host=host, port=port,
+    settings = _settings(model, size, device, dtype, family, compile, tiny_vae, lora, cuda_graphs, host=host, port=port,
                          max_batch=max_batch, batch_wait_ms=batch_wait_ms, drain_seconds=drain_seconds,
                          deadline_s=deadline_seconds, loop_stall_seconds=loop_stall_seconds)
     if not speech:

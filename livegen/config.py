@@ -37,6 +37,8 @@ class ModelConfig(BaseModel):
     device: Device = "auto"
     dtype: DType = Field(default="auto", description="float16 on CUDA, float32 elsewhere, if 'auto'.")
     compile: bool = Field(default=False, description="torch.compile the denoiser (CUDA).")
+    cuda_graphs: bool = Field(default=True, description="On CUDA, replay the denoiser and the decoder as CUDA "
+                              "graphs captured at warm-up (models/cuda_graphs.py); off with torch.compile.")
     tiny_vae: str | None = Field(default=None, description="AutoencoderTiny folder to decode with.")
     lora: str | None = Field(default=None, description="LoRA folder to fuse (LCM-LoRA, Hyper-SD LoRA).")
     sizes: list[tuple[int, int]] = Field(default_factory=lambda: [(512, 512)])

@@ -60,6 +60,7 @@ def test_cold_reports_the_first_frame_against_both_warm_medians(suite: Path):
     cold = load(suite, "cold")
     (run,) = cold["runs"]
     assert run["start_to_ready_s"] > 0 and run["warm_rounds"] == 3
+    assert run["cache"] == "empty", "the first start of a run has nothing kept from the developer's own starts"
     first, cached, new = run["first_frame_ms"], run["warm_cached_p50_ms"], run["warm_new_prompt_p50_ms"]
     # Each ratio is the first frame over the median the row reports.
     assert within(run["first_over_warm_cached"], first / cached)
@@ -180,6 +181,8 @@ def test_gpu_bench_runs_its_whole_path_on_tiny_pipelines(tmp_path):
     (case,) = results["cases"]
     assert case["architecture"] == "sd-turbo" and not case["compile"]
     assert case["one_session"]["n"] > 0 and case["sessions_8"]["frames_per_s"] > 0
+    assert case["one_session_image_to_image"]["n"] > 0
+    assert case["acceleration"] == {"mode": "TorchScript traces"}  # CUDA graphs need CUDA
     assert "random" in results["weights"]
 
 

@@ -25,7 +25,7 @@ from livegen.cli import app
 from livegen.client import AsyncClient
 from livegen.config import Settings, embedded_model
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
-from livegen.models.loader import resolve_source
+from livegen.models.sources import resolve_source
 from livegen.protocol import Exported, Frame
 from livegen.rayserve.application import deployment_options, replicas, serve_config
 from livegen.rayserve.application import deploy as apply

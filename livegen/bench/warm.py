@@ -50,7 +50,6 @@ from livegen.bench.naive import bench_naive
 from livegen.bench.plots import latency_cdf
 from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
 from livegen.config import ModelConfig
-from livegen.models.loader import quiet_libraries
 
 PROMPT = "a smiling cat"
 # New prompts: every system gets the same sequence; the number keeps each one unseen, so no cache hits.
@@ -79,8 +78,10 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-async def engine_frames(engine, frames: int, prompt: str, name: str) -> tuple[Series, list[dict]]:
-    """One session on a started engine, frames one after another: latency and each frame's timings."""
+async def engine_frames(engine, frames: int, prompt: str, name: str,
+                        image: bytes | None = None) -> tuple[Series, list[dict]]:
+    """One session on a started engine, frames one after another: latency and each frame's timings
+    (image-to-image from `image` if given)."""
     from livegen.protocol import Frame, Generate
 
     series, timings = Series(name), []
@@ -88,7 +89,7 @@ async def engine_frames(engine, frames: int, prompt: str, name: str) -> tuple[Se
     try:
         for i in range(frames):
             started = time.perf_counter()
-            await engine.submit(session, Generate(id=str(i), prompt=prompt))
+            await engine.submit(session, Generate(id=str(i), prompt=prompt, image=image))
             outcome = await session.next_outcome()
             assert isinstance(outcome, Frame), outcome
             series.ms.append((time.perf_counter() - started) * 1000)
@@ -345,7 +346,6 @@ async def serve(system: System, out) -> None:
 def worker_main(system: str, config_json: str, warmup: str) -> None:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the protocol
-    quiet_libraries()
     worker = SYSTEMS[system](ModelConfig.model_validate_json(config_json))
     worker.warmup = int(warmup)
     asyncio.run(serve(worker, out))

@@ -85,9 +85,17 @@ class Engine:
         self.watchdog.start()
         try:
             self.provenance = await self.workers.run(load_provenance, self.settings.safety.keys)
-            for runner in self.runners.values():
-                await runner.start()
-            await self._start_speech()
+            # Speech (on the CPU) loads and warms up beside the image models, whose imports and traces
+            # leave it the GIL while onnxruntime works; it times its decoding once they are warm. The
+            # image models warm one at a time: a CUDA graph's capture must have the GPU to itself.
+            speech = asyncio.create_task(self._start_speech())
+            try:
+                for runner in self.runners.values():
+                    await runner.start()
+            finally:
+                if self.speech:
+                    self.speech.timing_alone.set()
+                await speech
         except Exception as exc:
             self.start_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -99,6 +107,11 @@ class Engine:
             self.supervisor.watch(runner)
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
+
+    def acceleration(self) -> dict:
+        """What /readyz says about how each image model runs."""
+        return {name: runner.generator.describe_acceleration() for name, runner in self.runners.items()
+                if runner.generator is not None}
 
     def safety(self) -> dict:
         """What /readyz says about the checks every input and frame passes."""

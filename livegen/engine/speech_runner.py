@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from livegen import cache
 from livegen.config import Settings, SpeechConfig
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.runner import DEADLINE_WARM_MULTIPLE, MIN_DEADLINE_S, ComputeTimeout, Runner, timeout_error
 from livegen.engine.task import Owner, Slot, Task
 from livegen.engine.workers import Workers
+from livegen.models import LIBRARY_LOADS
 from livegen.models.voice import CLAUSE_END, Phrase, SpeechError, VoiceModel, to_pcm16
 from livegen.models.voices import Voices
 from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
@@ -66,6 +70,18 @@ class DecodingSpeed:
 
     piece_s: float
     frame_s: float
+    slowest_s: float  # the longest piece timed (MEASURED_PIECE_S of audio): what the hang deadline grows from
+
+
+SPEEDS = "speech-speeds.json"  # in the cache folder, by machine and model
+MEASURED_PIECE_S = 1.5
+
+
+def kept_speeds() -> dict[str, DecodingSpeed]:
+    try:
+        return {key: DecodingSpeed(**value) for key, value in json.loads(cache.read(SPEEDS) or b"{}").items()}
+    except (ValueError, TypeError):  # unreadable: measure again
+        return {}
 
 
 class PhraseBlocked(Exception):
@@ -118,7 +134,9 @@ class SpeechRunner(Runner):
         self.workers = workers  # phonemes of arriving text are checked there, off the event loop
         self.model: Voices | None = None
         self.moderator: Moderator | None = None
-        self.speeds: dict[VoiceModel, DecodingSpeed] = {}  # each model's, measured at warm-up
+        self.speeds: dict[VoiceModel, DecodingSpeed] = {}  # each model's, on this machine
+        # Set by the engine once no image model is warming up: speeds are timed alone.
+        self.timing_alone = threading.Event()
         self.voices: list[str] = []
         self.default_voice = ""
         self._current: dict[Owner, Utterance] = {}
@@ -150,19 +168,34 @@ class SpeechRunner(Runner):
         self.voices = self.model.list_voices()
         self.default_voice = self.model.default_voice
         if self.settings.safety.speech_moderation:
-            self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY),
-                                       minilm_embedder())
+            with LIBRARY_LOADS:
+                embedder = minilm_embedder()
+            self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY), embedder)
             self.moderator.check("Ready when you are, let's begin.")
         if self.settings.safety.audio_watermark:
             self.watermarker = AudioWatermarker(self.settings.safety.server_id, self.model.sample_rate)
         self.model.warm_up()
-        slowest = max(self._measure_speed(model) for model in self.model.models)
+        self._set_speeds()
         log.info("speech model warm in %.1fs", time.perf_counter() - started)
-        return slowest
+        return max(speed.slowest_s for speed in self.speeds.values())
 
-    def _measure_speed(self, model: VoiceModel) -> float:
-        """A model's decoding cost of a piece: a fixed cost plus a cost per frame, context frames included
-        (warm). Returns the slowest piece timed."""
+    def _set_speeds(self) -> None:
+        """Each model's decoding speed on this machine: kept from an earlier start (timing them takes
+        seconds), else timed once the image models' warm-ups are over, so that nothing slows them."""
+        kept = kept_speeds()
+        keys = {model: f"{cache.machine()}; {model.name}" for model in self.model.models}
+        if missing := [model for model, key in keys.items() if key not in kept]:
+            self.timing_alone.wait()
+            for model in missing:
+                kept[keys[model]] = self._measure_speed(model)
+            cache.keep(SPEEDS, json.dumps({key: asdict(speed) for key, speed in kept.items()}, indent=1).encode())
+        self.speeds = {model: kept[key] for model, key in keys.items()}
+        for model, speed in self.speeds.items():
+            log.info("%s decoding: %.0f ms a piece + %.2f ms a frame", model.name, speed.piece_s * 1000,
+                     speed.frame_s * 1000)
+
+    def _measure_speed(self, model: VoiceModel) -> DecodingSpeed:
+        """A model's decoding cost of a piece: a fixed cost plus a cost per frame, context frames included (warm)."""
         phonemes = model.phonemize("This sentence measures how fast the model speaks on this machine.",
                                    self.config.language)
 
@@ -172,14 +205,12 @@ class SpeechRunner(Runner):
             model.decode(phrase, round(seconds / phrase.frame_s))  # and context frames after them
             return time.perf_counter() - started
 
-        short, long = 0.25, 1.5
+        short, long = 0.25, MEASURED_PIECE_S
         short_s = min(timed(short) for _ in range(2))
         long_s = min(timed(long) for _ in range(2))
         frame_s = max(0.0, long_s - short_s) / ((long - short) / model.frame_s)
         piece_s = max(0.0, short_s - frame_s * (short / model.frame_s + model.context_frames))
-        self.speeds[model] = DecodingSpeed(piece_s, frame_s)
-        log.info("%s decoding: %.0f ms a piece + %.2f ms a frame", model.name, piece_s * 1000, frame_s * 1000)
-        return long_s
+        return DecodingSpeed(piece_s, frame_s, long_s)
 
     def _predicted_s(self, utterance: Utterance, frames: int) -> float:
         """Decoding `frames` of the utterance's voice, in one piece, context included."""

@@ -76,6 +76,13 @@ class ImageGenerator(ABC):
         """Whether `encode_prompt` also gives the sentence vector moderation compares (see PromptEmbedding)."""
         return False
 
+    def warmed(self) -> None:
+        """Called once the engine's warm-up has run every shape."""
+
+    def describe_acceleration(self) -> dict:
+        """How the model runs (traced, compiled, CUDA graphs and what they cover), for /readyz."""
+        return {"mode": "eager"}
+
     def warm_guidances(self) -> list[float]:
         """A guidance for each shape guidance can give the denoiser (the warm-up runs each), the default last."""
         return [self.description.default_guidance]

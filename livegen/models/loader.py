@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import os
 
 import torch
 from diffusers import (
@@ -24,16 +24,20 @@ from diffusers import (
     LCMScheduler,
     TCDScheduler,
 )
-from huggingface_hub import snapshot_download
+from diffusers.utils import logging as diffusers_logging
 
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
-from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE, pipeline_components, reads_real_tokens
+from livegen.models.embedded import pipeline_components, reads_real_tokens
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
+from livegen.models.sources import HOW_TO_GET, resolve_source
 from livegen.models.unet import StableDiffusionGenerator, StableDiffusionXLGenerator
 
 log = logging.getLogger(__name__)
+
+if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # the CLI's quiet: diffusers' own bars do not read it
+    diffusers_logging.disable_progress_bar()
 
 SAMPLERS = {
     "turbo": lambda config: EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing"),
@@ -41,29 +45,6 @@ SAMPLERS = {
     "tcd": TCDScheduler.from_config,
     "flux": FlowMatchEulerDiscreteScheduler.from_config,
 }
-HOW_TO_GET = (
-    "Give a folder written by diffusers' save_pretrained, or download the model on a machine "
-    "with internet (huggingface-cli download <repo>) and copy its cache folder here."
-)
-
-
-def resolve_source(source: str) -> Path:
-    """A local folder, the embedded model, or a repo id in the local Hugging Face cache; else a clear error."""
-    if source == EMBEDDED_SOURCE:
-        return EMBEDDED_MODEL
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
-        raise ModelError(f"model folder not found: {path}. {HOW_TO_GET}")
-    try:
-        return Path(snapshot_download(source, local_files_only=True))
-    except Exception as exc:
-        raise ModelError(
-            f"model {source!r} is neither a folder nor in the local Hugging Face cache. {HOW_TO_GET}"
-        ) from exc
-
-
 def detect_family(pipe: DiffusionPipeline) -> str:
     if hasattr(pipe, "transformer") and "Flux" in type(pipe).__name__:
         return "flux"
@@ -158,18 +139,8 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
         generator.real_tokens = reads_real_tokens(path)
     if config.compile:
         generator.compile()
+    elif device.type == "cuda" and config.cuda_graphs:
+        generator.capture_graphs()
     elif device.type == "cpu":
         generator.trace()
     return generator
-
-
-def quiet_libraries() -> None:
-    """No progress bars or warnings from diffusers and transformers: the CLI prints its own."""
-    import transformers
-
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()

@@ -12,20 +12,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import warnings
-from pathlib import Path
 
 import torch
 
+from livegen import cache
+
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """LIVEGEN_CACHE_DIR, else the user's cache folder (~/.cache/livegen on Linux)."""
-    import platformdirs
-
-    return Path(os.environ.get("LIVEGEN_CACHE_DIR") or platformdirs.user_cache_dir("livegen"))
 
 
 class _LastHidden(torch.nn.Module):
@@ -65,21 +58,11 @@ def _export(encoder: torch.nn.Module) -> bytes:
 
 def exported_graph(encoder: torch.nn.Module, fresh: bool = False) -> bytes:
     """The encoder as an ONNX graph: from the cache when it holds one for these weights, unless `fresh`."""
-    path = cache_dir() / "onnx" / f"text-encoder-{_fingerprint(encoder)}.onnx"
-    if not fresh:
-        try:
-            return path.read_bytes()
-        except OSError:
-            pass
+    name = f"onnx/text-encoder-{_fingerprint(encoder)}.onnx"
+    if not fresh and (graph := cache.read(name)):
+        return graph
     graph = _export(encoder)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(graph)
-        partial.replace(path)  # atomic: a reader sees the whole graph or none
-    except OSError as exc:
-        log.warning("could not keep the exported text encoder in %s (%s); the next start exports it again",
-                    path.parent, exc)
+    cache.keep(name, graph)
     return graph
 
 

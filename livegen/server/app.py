@@ -168,6 +168,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             "error": engine.start_error or reasons.get("server"),
             "speech_error": engine.speech_error,
             "safety": engine.safety(),
+            "acceleration": engine.acceleration(),
         }
         return JSONResponse(body, status_code=200 if not reasons else 503)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -28,12 +29,14 @@ def free_port() -> int:
 class ServeProcess:
     """`python -m livegen serve` in a process of its own, ready (or failed) when the constructor returns."""
 
-    def __init__(self, port: int, args: list[str] | None = None, ready_timeout: float = 300):
+    def __init__(self, port: int, args: list[str] | None = None, ready_timeout: float = 300,
+                 env: dict[str, str] | None = None):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
         self.process = subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--port", str(port), *(args or [])],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, **(env or {})})
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,63 @@
+"""The user's cache folder: work a start can reuse instead of repeating (exported graphs, timings
+of this machine), each entry keyed so that a new version of what made it never reads a stale one."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+
+from livegen import __version__
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """LIVEGEN_CACHE_DIR, else the user's cache folder (~/.cache/livegen on Linux)."""
+    import platformdirs
+
+    return Path(os.environ.get("LIVEGEN_CACHE_DIR") or platformdirs.user_cache_dir("livegen"))
+
+
+@functools.lru_cache(maxsize=1)
+def machine() -> str:
+    """This machine as timings depend on it: livegen's version, the processor and the cores it may use."""
+    processor = platform.processor()
+    try:
+        processor = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"livegen {__version__}; {platform.machine()} {processor}; {cores} cores"
+
+
+def read(name: str) -> bytes | None:
+    """The entry `name` (a relative path in the cache folder), or None if there is none."""
+    try:
+        return (cache_dir() / name).read_bytes()
+    except OSError:
+        return None
+
+
+def keep(name: str, data: bytes) -> None:
+    """Write the entry whole or not at all (readers see the old entry or the new one); a failure
+    only costs the next start the work again."""
+    path = cache_dir() / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as exc:
+        log.warning("could not keep %s in the cache folder %s (%s); the next start makes it again",
+                    name, path.parent, exc)
+
+
+def file_key(path: Path) -> str:
+    """A key for what is made from a file: changes when the file, or livegen, does."""
+    stat = path.stat()
+    return hashlib.sha256(f"{__version__} {path.resolve()} {stat.st_size} {stat.st_mtime_ns}".encode()).hexdigest()[:24]

@@ -1,0 +1,100 @@
+"""What a start keeps in the cache folder and reads back, and what it leaves for later (issue 23's cold start)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from livegen import cache
+from livegen.config import Settings, SpeechConfig
+from livegen.engine.metrics import EngineMetrics
+from livegen.engine.speech_runner import SPEEDS, SpeechRunner
+from livegen.engine.workers import Workers
+from livegen.models import speech
+from livegen.models.piper import PiperModel
+from livegen.models.voice import open_halves
+
+SENTENCE = "The kept halves speak as the cut ones do."
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_the_server_imports_diffusers_only_when_its_engine_loads_a_model():
+    """Importing the app and settling its settings must not import diffusers (seconds): the engine
+    does, on its image thread, while the speech models load beside it."""
+    code = ("import sys; from livegen.config import Settings; import livegen.server.app, livegen.cli; "
+            "from livegen.models.sources import resolve_source; resolve_source(Settings().models[0].source); "
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_halves_are_cut_once_kept_and_a_damaged_copy_cut_again(cache_folder):
+    cuts = []
+
+    def cut():
+        cuts.append(1)
+        return b"text", b"decoder"
+
+    def opened(halves):
+        if halves and halves[0] != b"text":
+            raise ValueError("not a graph")
+        return halves
+
+    assert open_halves("model", cut, opened) == (b"text", b"decoder") == open_halves("model", cut, opened)
+    assert len(cuts) == 1
+    (cache_folder / "speech" / "model.text.onnx").write_bytes(b"damaged")
+    assert open_halves("model", cut, opened) == (b"text", b"decoder") and len(cuts) == 2
+    assert (cache_folder / "speech" / "model.text.onnx").read_bytes() == b"text"
+    uncut = []
+    assert open_halves("whole", lambda: uncut.append(1), lambda halves: halves) is None
+    assert open_halves("whole", lambda: uncut.append(1), lambda halves: halves) is None and len(uncut) == 2
+
+
+def test_voices_opened_from_kept_halves_speak_as_freshly_cut_ones(cache_folder, monkeypatch):
+    piper = PiperModel().synthesize(SENTENCE)
+    kokoro = speech.SpeechModel().synthesize(SENTENCE)
+    assert len(list((cache_folder / "speech").iterdir())) == 4
+
+    def reassembled():
+        raise AssertionError("the shipped Kokoro model was reassembled and hashed again")
+
+    monkeypatch.setattr(speech, "default_model_bytes", reassembled)
+    np.testing.assert_array_equal(PiperModel().synthesize(SENTENCE), piper)
+    np.testing.assert_array_equal(speech.SpeechModel().synthesize(SENTENCE), kokoro)
+
+
+def test_speech_speeds_are_timed_once_then_read_back(cache_folder):
+    def runner() -> SpeechRunner:
+        made = SpeechRunner(SpeechConfig(), Settings(models=[]), EngineMetrics(), Workers(1))
+        made.settings.safety.speech_moderation = False
+        return made
+
+    first = runner()
+    first.timing_alone.set()  # nothing else warms up
+    first.load_and_warm()
+    timed = {model.name: speed for model, speed in first.speeds.items()}
+    assert set(timed) == {"en_US-joe-medium", "kokoro-82m-int8"} and all(s.frame_s > 0 for s in timed.values())
+    assert (cache_folder / SPEEDS).is_file()
+
+    second = runner()  # its timing_alone is never set: a start that had to time would wait for it
+    loading = threading.Thread(target=second.load_and_warm, daemon=True)
+    loading.start()
+    loading.join(timeout=120)
+    assert not loading.is_alive(), "the second start timed the speeds again instead of reading them"
+    assert {model.name: speed for model, speed in second.speeds.items()} == timed
+
+
+def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypatch, caplog):
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(blocked))
+    cache.keep("speech/x.onnx", b"graph")
+    assert cache.read("speech/x.onnx") is None and "could not keep speech/x.onnx" in caplog.text
