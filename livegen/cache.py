@@ -22,17 +22,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIVEGEN_CACHE_DIR") or platformdirs.user_cache_dir("livegen"))
 
 
+def processor_name() -> str:
+    """The processor's model name where Linux says it, else what the platform module knows."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        return platform.processor() or platform.machine()
+
+
 @functools.lru_cache(maxsize=1)
 def machine() -> str:
     """This machine as timings depend on it: livegen's version, the processor and the cores it may use."""
-    processor = platform.processor()
-    try:
-        processor = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):  # not Linux
-        pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"livegen {__version__}; {platform.machine()} {processor}; {cores} cores"
+    return f"livegen {__version__}; {platform.machine()} {processor_name()}; {cores} cores"
 
 
 def read(name: str) -> bytes | None:

@@ -28,6 +28,15 @@ def parse_size(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
     return width, height
 
 
+class ModelDeployment(BaseModel):
+    """On Ray Serve: the model in a Serve deployment of its own, with its own replicas and resources.
+    The ingress replicas hold the sessions and form the batches; the model's replicas compute them."""
+
+    replicas: int = Field(default=1, ge=1, description="Replicas of the model kept warm.")
+    cpus: float = Field(default=1, ge=0, description="CPUs each of the model's replicas reserves.")
+    gpus: float = Field(default=0, ge=0, description="GPUs each of the model's replicas reserves; a fraction shares one.")
+
+
 class ModelConfig(BaseModel):
     """One model the server keeps warm."""
 
@@ -43,6 +52,8 @@ class ModelConfig(BaseModel):
     lora: str | None = Field(default=None, description="LoRA folder to fuse (LCM-LoRA, Hyper-SD LoRA).")
     sizes: list[tuple[int, int]] = Field(default_factory=lambda: [(512, 512)])
     guidance: float | None = Field(default=None, ge=0, description="Default guidance; the family's usual one if absent.")
+    deployment: ModelDeployment | None = Field(default=None, description="On Ray Serve, a deployment of its own "
+                                               "(ignored on one machine): its replicas need not hold every model.")
 
     @field_validator("sizes", mode="before")
     @classmethod

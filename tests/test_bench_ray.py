@@ -1,4 +1,4 @@
-"""`livegen bench ray --quick`: the proxy rows, the replica rows and the drain, with their arithmetic."""
+"""`livegen bench ray --quick`: the proxy rows, the replica rows, the drain and a model in its own deployment."""
 
 from __future__ import annotations
 
@@ -28,4 +28,8 @@ def test_quick_ray_bench_measures_the_proxy_replicas_and_a_drain(tmp_path):
     drain = r["drain"]
     assert 0 < drain["moved"] <= drain["sessions"] and len(drain["gaps_s"]) == drain["moved"]
     assert drain["max_s"] == max(drain["gaps_s"]) and drain["max_s"] < 60  # moved, not waited out
-    assert "Drain:" in (tmp_path / "ray.md").read_text()
+    own = r["own_deployment"]
+    assert own["frames_per_round"] == 3 and all(ms > 0 for ms in own["p50_ms"].values())
+    assert own["ratio"]["low"] <= own["ratio"]["ratio"] <= own["ratio"]["high"]
+    text = (tmp_path / "ray.md").read_text()
+    assert "Drain:" in text and "deployment of its own" in text

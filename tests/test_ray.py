@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from livegen.cli import app
 from livegen.client import AsyncClient
-from livegen.config import Settings, embedded_model
+from livegen.config import ModelConfig, ModelDeployment, Settings, embedded_model
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.models.sources import resolve_source
 from livegen.protocol import Exported, Frame
@@ -223,6 +223,28 @@ async def test_a_killed_replica_s_sessions_reconnect_to_the_other(cluster):
     assert len({tag(s.frames[-1]) for s in streams}) >= 1
 
 
+async def test_a_model_in_a_deployment_of_its_own_is_chosen_by_the_model_field(cluster, tiny_sd):
+    """The ingress replica holds the session and the embedded model; the tiny model lives only in its
+    own deployment, and a message naming it is drawn there, on the same socket."""
+    base = settings(cluster.keys, 1, cluster.port)
+    tiny = ModelConfig(source=str(tiny_sd), name="tiny", sizes=[(64, 64)], deployment=ModelDeployment(replicas=1))
+    apply(base.model_copy(update={"models": [*base.models, tiny]}))
+    deployments = serve.status().applications["livegen"].deployments
+    assert {name: d.status for name, d in deployments.items()} == {"livegen": "HEALTHY", "model-tiny": "HEALTHY"}
+    async with AsyncClient(cluster.url) as client:
+        assert [m.name for m in client.hello.models] == ["emoji", "tiny"]
+        emoji = await client.generate("a smiling cat", format="png")
+        drawn = await client.generate("a smiling cat", model="tiny", format="png")
+        exported = await client.export(drawn.id)  # signed by the replica that holds the session
+    assert (emoji.model, drawn.model, drawn.width) == ("emoji", "tiny", 64)
+    assert tag(drawn) != tag(emoji), "the tiny model's frame was drawn in the ingress replica"
+    assert "remote_ms" in drawn.timings and "queue_ms" in drawn.timings
+    report = read_manifest(exported.image, "image/png", cluster.keys / "root.pem")
+    assert report.valid and report.trusted and report.generation["model"] == "tiny"
+    readiness = httpx.get(f"{cluster.http}/readyz").json()
+    assert readiness["acceleration"]["tiny"]["mode"] == "a deployment of its own"
+
+
 def test_replicas_refuse_to_make_their_own_signing_chain(tmp_path):
     with pytest.raises(ProvenanceError, match="every replica signs with the same one"):
         replica_settings(settings(tmp_path / "empty", 1), "r1")
@@ -242,6 +264,14 @@ def test_serve_config_names_the_builder_and_round_trips_the_settings(tmp_path):
     read = Settings.model_validate(app["args"])
     assert read.model_copy(update={"models": s.models, "ray": s.ray}) == s
     assert resolve_source(read.models[0].source) == EMBEDDED_MODEL
+
+
+def test_a_model_with_a_deployment_of_its_own_gets_its_resources_in_the_config(tmp_path):
+    s = settings(tmp_path, 2)
+    big = ModelConfig(source=str(tmp_path), name="big", deployment=ModelDeployment(replicas=3, cpus=4, gpus=1))
+    s = s.model_copy(update={"models": [*s.models, big]})
+    names = [(d["name"], d.get("num_replicas"), d["ray_actor_options"]) for d in serve_config(s)["applications"][0]["deployments"]]
+    assert names == [("livegen", 2, {"num_cpus": 1, "num_gpus": 0}), ("model-big", 3, {"num_cpus": 4, "num_gpus": 1})]
 
 
 def test_ray_config_command_writes_a_serve_config(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from livegen.cache import processor_name
+
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -63,14 +65,7 @@ def ratio_interval(a: Rounds, b: Rounds, level: float = 0.95, seed: int = 0) -> 
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = processor_name()
     import diffusers
     import transformers
 

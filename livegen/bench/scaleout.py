@@ -9,6 +9,9 @@
 3. Drain: sessions streaming over 2 replicas while Serve scales to 1; for each session that was on
    the stopped replica, the gap between its last frame there and its first on the other (the
    client reconnects and resends on its own).
+4. A model in a deployment of its own: the same weights twice, once in the ingress replica and
+   once in a deployment of their own; one session's frames alternate between the two by the
+   message's `model` field, so the second's extra is the hop between deployments.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from PIL import Image
 from livegen.bench.load import interleaved
 from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
 from livegen.client import AsyncClient
-from livegen.config import ModelConfig, Settings
+from livegen.config import ModelConfig, ModelDeployment, Settings
 from livegen.safety import watermark
 from livegen.safety.provenance import load_provenance
 from livegen.server.background import ServeProcess, free_port
@@ -35,6 +38,7 @@ ROUNDS, QUICK_ROUNDS = 5, 2
 PLAIN, PROXIED = "plain livegen serve", "Ray Serve, 1 replica, through its proxy"
 REPLICA_SESSIONS = 8
 DRAIN_SESSIONS = 6
+HOP_FRAMES = 10  # per model and round
 
 
 def tag(image: bytes) -> int | None:
@@ -72,6 +76,24 @@ async def moves(url: str, sessions: int, drain) -> list[float]:
         if change is not None:
             gaps.append(frames[change][0] - frames[change - 1][0])
     return gaps
+
+
+async def alternating(url: str, names: tuple[str, str], rounds: int, frames: int) -> dict[str, Rounds]:
+    """One connection; in each round, frames alternate between the two models."""
+    measured = {name: Rounds(name) for name in names}
+    async with AsyncClient(url) as client:
+        for name in names:  # a first frame per model: not a warm one
+            await client.generate("a smiling cat", model=name)
+        for _ in range(rounds):
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            for i in range(frames):
+                for name in names:
+                    started = time.perf_counter()
+                    await client.generate("a smiling cat", model=name, seed=i)
+                    samples[name].append((time.perf_counter() - started) * 1000)
+            for name in names:
+                measured[name].rounds.append(samples[name])
+    return measured
 
 
 def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) -> dict:
@@ -122,6 +144,11 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
             windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
             replica_fps[str(count)] = frames_per_s(windows)
         gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
+        own = config.model_copy(update={"name": f"{config.display_name}-own", "deployment": ModelDeployment()})
+        apply(base.model_copy(update={"models": [config, own], "port": port, "ray": base.ray.model_copy(update={
+            "min_replicas": 1, "max_replicas": 1, "cpus": 1})}))
+        names = (config.display_name, own.display_name)
+        hop = asyncio.run(alternating(proxied, names, rounds, 3 if quick else HOP_FRAMES))
     finally:
         plain.kill()
         serve.shutdown()
@@ -131,7 +158,11 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
                "replicas_frames_per_s": replica_fps, "replica_sessions": REPLICA_SESSIONS,
                "drain": {"sessions": DRAIN_SESSIONS, "moved": len(gaps), "gaps_s": [round(g, 3) for g in gaps],
                          "median_s": round(statistics.median(gaps), 3) if gaps else None,
-                         "max_s": round(max(gaps), 3) if gaps else None}}
+                         "max_s": round(max(gaps), 3) if gaps else None},
+               "own_deployment": {"frames_per_round": len(hop[names[0]].rounds[0]),
+                                  "p50_ms": {"in the ingress": hop[names[0]].series().summary()["p50_ms"],
+                                             "own deployment": hop[names[1]].series().summary()["p50_ms"]},
+                                  "ratio": ratio_interval(hop[names[1]], hop[names[0]])}}
     save(results, markdown(results), output)
     return results
 
@@ -154,4 +185,9 @@ def markdown(r: dict) -> str:
               f"Drain: {drain['moved']} of {drain['sessions']} streaming sessions were on the stopped replica; "
               f"from their last frame there to their first on the other: median {drain['median_s']} s, "
               f"longest {drain['max_s']} s."]
+    own = r["own_deployment"]
+    lines += [f"A model in a deployment of its own: frame p50 {own['p50_ms']['own deployment']} ms against "
+              f"{own['p50_ms']['in the ingress']} ms for the same weights in the ingress replica, on one "
+              f"connection, alternating ({own['frames_per_round']} frames each per round): "
+              f"{own['ratio']['ratio']}x ({own['ratio']['low']}-{own['ratio']['high']})."]
     return "\n".join(lines) + "\n"

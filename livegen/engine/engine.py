@@ -12,12 +12,14 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 
 from livegen.config import Settings
 from livegen.engine import admission
 from livegen.engine.image_runner import ImageRunner, ImageTask
 from livegen.engine.images import MEDIA_TYPES
 from livegen.engine.metrics import EngineMetrics
+from livegen.engine.remote_runner import RemoteImageRunner, RemoteModel
 from livegen.engine.runner import Runner, incident, internal_error
 from livegen.engine.session import EXPORTABLE_FRAMES, EXPORTABLE_UTTERANCES, Session
 from livegen.engine.speech_runner import SpeechRunner
@@ -40,14 +42,17 @@ class EngineBusy(Exception):
 
 
 class Engine:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, remote: Mapping[str, RemoteModel] | None = None):
+        """`remote`: models computed elsewhere (on Ray Serve, deployments of their own), by name."""
         self.settings = settings
         self.metrics = EngineMetrics()
         self.workers = Workers(settings.worker_threads)
         self.supervisor = Supervisor(self.metrics)
         self.watchdog = LoopWatchdog(self.metrics, settings.loop_stall_seconds)
         frame_numbers = itertools.count()  # every frame's watermark names its number on this server
-        self.runners = {c.display_name: ImageRunner(c, settings, self.metrics, frame_numbers)
+        remote = remote or {}
+        self.runners = {c.display_name: RemoteImageRunner(c, settings, self.metrics, remote[c.display_name])
+                        if c.display_name in remote else ImageRunner(c, settings, self.metrics, frame_numbers)
                         for c in settings.models}
         self.default_model = next(iter(self.runners), None)
         self.speech = (SpeechRunner(settings.speech, settings, self.metrics, self.workers)

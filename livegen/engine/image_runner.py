@@ -34,8 +34,9 @@ ACTIVE_WINDOW_S = 1.0  # a session that sent an input this recently may send a b
 NOISE_CACHE_SIZE = 64
 
 
-class _WarmUp:
-    """The owner of warm-up tasks: nobody is owed their outcomes."""
+class _Unowned:
+    """The owner of tasks whose outcomes nobody here is owed: the warm-up's, and a batch computed
+    for another process (engine/remote_runner.py)."""
 
     closed = False
 
@@ -43,7 +44,7 @@ class _WarmUp:
         return False
 
 
-_WARM_UP = _WarmUp()
+UNOWNED = _Unowned()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -99,7 +100,7 @@ class ImageRunner(Runner):
         slowest = 0.0
         for spec, batch in self.warm_shapes():
             image = np.full((spec.height, spec.width, 3), 127, np.uint8) if spec.strength else None
-            tasks = [ImageTask(id="warmup", runner=self, owner=_WARM_UP, received_at=time.perf_counter(), spec=spec,
+            tasks = [ImageTask(id="warmup", runner=self, owner=UNOWNED, received_at=time.perf_counter(), spec=spec,
                                seed=i, image=image, request=Generate(id="warmup", prompt=f"warm-up {i}"))
                      for i in range(batch)]
             for _ in range(self.settings.warmup_runs if batch == 1 else 1):

@@ -19,6 +19,7 @@ from ray.serve import Application
 
 from livegen.config import Settings
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
+from livegen.rayserve.model import ModelReplica
 from livegen.rayserve.replica import LivegenReplica
 from livegen.safety.provenance import load_provenance
 
@@ -54,11 +55,27 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
 SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "cpus", "gpus"}}
 
 
+def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The options of each model served in a deployment of its own, by model name."""
+    return {config.display_name: {
+        "name": f"model-{config.display_name}",
+        "num_replicas": config.deployment.replicas,
+        # A batch in flight per ingress replica, and one more queued behind it.
+        "max_ongoing_requests": 2 * settings.ray.max_replicas,
+        "ray_actor_options": {"num_cpus": config.deployment.cpus, "num_gpus": config.deployment.gpus},
+        "health_check_period_s": settings.ray.health_check_period_s,
+        "graceful_shutdown_timeout_s": settings.ray.graceful_shutdown_s,
+    } for config in settings.models if config.deployment is not None}
+
+
 def build(args: dict[str, Any]) -> Application:
     """The builder a Serve config's `import_path` names: `args` are livegen Settings as JSON, without
-    the scaling options (the config's deployment section sets those)."""
-    options = deployment_options(Settings.model_validate(args))
-    return serve.deployment(LivegenReplica).options(**options).bind(args)
+    the scaling options (the config's deployment section sets those). Each model with a deployment
+    of its own is bound beside the ingress, which gets a handle to it."""
+    settings = Settings.model_validate(args)
+    models = {name: serve.deployment(ModelReplica).options(**options).bind(args, name)
+              for name, options in model_deployments(settings).items()}
+    return serve.deployment(LivegenReplica).options(**deployment_options(settings)).bind(args, models)
 
 
 def serve_config(settings: Settings) -> dict[str, Any]:
@@ -81,7 +98,7 @@ def serve_config(settings: Settings) -> dict[str, Any]:
             "route_prefix": "/",
             "import_path": f"{__name__}:build",
             "args": args,
-            "deployments": [deployment_options(settings)],
+            "deployments": [deployment_options(settings), *model_deployments(settings).values()],
         }],
     }
 

@@ -6,6 +6,8 @@ closes, and Serve waits for those before it stops a replica, without telling the
 replica asks the controller whether it is being stopped, and then drains as `livegen serve` does
 on SIGTERM: waiting inputs are answered `shutting_down`, running batches finish and go out, and
 sockets close with 1001, on which the clients reconnect to another replica and resend.
+A model configured with a deployment of its own (rayserve/model.py) is not loaded here: the
+replica's engine sends that model's batches to its deployment.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.context import ReplicaContext
+from ray.serve.handle import DeploymentHandle
 
 from livegen.config import Settings
 from livegen.engine import Engine
+from livegen.engine.remote_runner import RemoteDescription, RemoteInput
+from livegen.protocol import Blocked, Frame
 from livegen.rayserve.metrics import PERIOD_S, RayMirror
 from livegen.safety.provenance import ProvenanceError, SigningKeys
 from livegen.server.app import create_app
@@ -51,13 +56,27 @@ async def stopping(context: ReplicaContext) -> bool:
                for r in deployment["replicas"])
 
 
+class DeploymentModel:
+    """A model's deployment (rayserve/model.py) as the engine's RemoteModel, called from the runner's thread."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
+
+    def describe(self) -> RemoteDescription:
+        return self.handle.describe.remote().result()
+
+    def compute(self, batch: list[RemoteInput]) -> list[Frame | Blocked]:
+        return self.handle.compute.remote(batch).result()
+
+
 @serve.ingress()
 class LivegenReplica:
-    async def __init__(self, settings: dict):
+    async def __init__(self, settings: dict, models: dict[str, DeploymentHandle] | None = None):
+        """`models`: handles to the deployments of the models served in deployments of their own."""
         self.context = serve.get_replica_context()
         self.replica = self.context.replica_id.unique_id
         self.settings = replica_settings(Settings.model_validate(settings), self.replica)
-        self.engine = Engine(self.settings)
+        self.engine = Engine(self.settings, {name: DeploymentModel(handle) for name, handle in (models or {}).items()})
         await self.engine.start()
         self._watch = asyncio.create_task(self._drain_when_stopped(), name="drain-when-stopped")
         self._mirror = asyncio.create_task(self._mirror_metrics(), name="mirror-metrics")
