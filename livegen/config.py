@@ -33,8 +33,16 @@ class ModelDeployment(BaseModel):
     The ingress replicas hold the sessions and form the batches; the model's replicas compute them."""
 
     replicas: int = Field(default=1, ge=1, description="Replicas of the model kept warm.")
+    max_replicas: int | None = Field(default=None, ge=1, description="Above `replicas`, Serve autoscales the model "
+                                     "on the batches in flight (one per replica as its target).")
     cpus: float = Field(default=1, ge=0, description="CPUs each of the model's replicas reserves.")
     gpus: float = Field(default=0, ge=0, description="GPUs each of the model's replicas reserves; a fraction shares one.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ModelDeployment:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        return self
 
 
 class ModelConfig(BaseModel):

@@ -272,6 +272,11 @@ def test_a_model_with_a_deployment_of_its_own_gets_its_resources_in_the_config(t
     s = s.model_copy(update={"models": [*s.models, big]})
     names = [(d["name"], d.get("num_replicas"), d["ray_actor_options"]) for d in serve_config(s)["applications"][0]["deployments"]]
     assert names == [("livegen", 2, {"num_cpus": 1, "num_gpus": 0}), ("model-big", 3, {"num_cpus": 4, "num_gpus": 1})]
+    scaled = ModelConfig(source=str(tmp_path), name="big", deployment=ModelDeployment(replicas=1, max_replicas=4))
+    [_, model] = serve_config(s.model_copy(update={"models": [s.models[0], scaled]}))["applications"][0]["deployments"]
+    assert model["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1}
+    with pytest.raises(ValueError, match="below replicas"):
+        ModelDeployment(replicas=3, max_replicas=2)
 
 
 def test_ray_config_command_writes_a_serve_config(tmp_path):

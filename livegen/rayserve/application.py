@@ -17,7 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from livegen.config import Settings
+from livegen.config import ModelDeployment, Settings
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.rayserve.model import ModelReplica
 from livegen.rayserve.replica import LivegenReplica
@@ -59,13 +59,21 @@ def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
     """The options of each model served in a deployment of its own, by model name."""
     return {config.display_name: {
         "name": f"model-{config.display_name}",
-        "num_replicas": config.deployment.replicas,
+        **_model_scaling(config.deployment),
         # A batch in flight per ingress replica, and one more queued behind it.
         "max_ongoing_requests": 2 * settings.ray.max_replicas,
         "ray_actor_options": {"num_cpus": config.deployment.cpus, "num_gpus": config.deployment.gpus},
         "health_check_period_s": settings.ray.health_check_period_s,
         "graceful_shutdown_timeout_s": settings.ray.graceful_shutdown_s,
     } for config in settings.models if config.deployment is not None}
+
+
+def _model_scaling(deployment: ModelDeployment) -> dict[str, Any]:
+    if (deployment.max_replicas or deployment.replicas) == deployment.replicas:
+        return {"num_replicas": deployment.replicas}
+    # A batch is one request; one in flight per replica keeps each busy without queueing behind another.
+    return {"autoscaling_config": {"min_replicas": deployment.replicas, "max_replicas": deployment.max_replicas,
+                                   "target_ongoing_requests": 1}}
 
 
 def build(args: dict[str, Any]) -> Application:
