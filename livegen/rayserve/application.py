@@ -17,7 +17,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from livegen.config import ModelDeployment, Settings
+from livegen.config import Settings
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.rayserve.model import ModelReplica
 from livegen.rayserve.replica import LivegenReplica
@@ -30,18 +30,22 @@ DEPLOYMENT = "livegen"
 HTTP_HEADROOM = 16  # requests beside the sessions a replica takes: health, tokens, one-shot generate
 
 
+def scaling(least: int, most: int, target: float) -> dict[str, Any]:
+    """A fixed replica count, or Serve's autoscaling between `least` and `most` on `target` requests
+    in flight per replica."""
+    if most <= least:
+        return {"num_replicas": least}
+    return {"autoscaling_config": {"min_replicas": least, "max_replicas": most, "target_ongoing_requests": target}}
+
+
 def deployment_options(settings: Settings) -> dict[str, Any]:
     ray = settings.ray
     if ray.min_replicas == 0:
         log.warning("min_replicas is 0: Serve may stop every replica, and the next session waits for a cold "
                     "start (load and warm-up) that livegen exists to remove")
-    scaling: dict[str, Any] = {"num_replicas": ray.min_replicas}
-    if ray.max_replicas > ray.min_replicas:
-        scaling = {"autoscaling_config": {"min_replicas": ray.min_replicas, "max_replicas": ray.max_replicas,
-                                          "target_ongoing_requests": ray.target_sessions}}
     return {
         "name": DEPLOYMENT,
-        **scaling,
+        **scaling(ray.min_replicas, ray.max_replicas, ray.target_sessions),
         # An open WebSocket is one request in flight for as long as it stays open.
         "max_ongoing_requests": settings.max_sessions + HTTP_HEADROOM,
         "ray_actor_options": {"num_cpus": ray.cpus, "num_gpus": ray.gpus},
@@ -59,21 +63,14 @@ def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
     """The options of each model served in a deployment of its own, by model name."""
     return {config.display_name: {
         "name": f"model-{config.display_name}",
-        **_model_scaling(config.deployment),
+        # A batch is one request; one in flight per replica keeps each busy without queueing behind another.
+        **scaling(config.deployment.replicas, config.deployment.max_replicas or config.deployment.replicas, 1),
         # A batch in flight per ingress replica, and one more queued behind it.
         "max_ongoing_requests": 2 * settings.ray.max_replicas,
         "ray_actor_options": {"num_cpus": config.deployment.cpus, "num_gpus": config.deployment.gpus},
         "health_check_period_s": settings.ray.health_check_period_s,
         "graceful_shutdown_timeout_s": settings.ray.graceful_shutdown_s,
     } for config in settings.models if config.deployment is not None}
-
-
-def _model_scaling(deployment: ModelDeployment) -> dict[str, Any]:
-    if (deployment.max_replicas or deployment.replicas) == deployment.replicas:
-        return {"num_replicas": deployment.replicas}
-    # A batch is one request; one in flight per replica keeps each busy without queueing behind another.
-    return {"autoscaling_config": {"min_replicas": deployment.replicas, "max_replicas": deployment.max_replicas,
-                                   "target_ongoing_requests": 1}}
 
 
 def build(args: dict[str, Any]) -> Application:
