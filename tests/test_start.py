@@ -12,7 +12,7 @@ import pytest
 from livegen import cache
 from livegen.config import Settings, SpeechConfig
 from livegen.engine.metrics import EngineMetrics
-from livegen.engine.speech_runner import SPEEDS, SpeechRunner
+from livegen.engine.speech_runner import SPEEDS, SpeechRunner, kept_speeds
 from livegen.engine.workers import Workers
 from livegen.models import speech
 from livegen.models.piper import PiperModel
@@ -90,6 +90,12 @@ def test_speech_speeds_are_timed_once_then_read_back(cache_folder):
     loading.join(timeout=120)
     assert not loading.is_alive(), "the second start timed the speeds again instead of reading them"
     assert {model.name: speed for model, speed in second.speeds.items()} == timed
+
+
+@pytest.mark.parametrize("kept", [b"not json", b"[1, 2]", b'{"a model": {"piece_s": 1}}'])
+def test_unreadable_kept_speeds_are_timed_again_not_a_failed_start(cache_folder, kept):
+    (cache_folder / SPEEDS).write_bytes(kept)
+    assert kept_speeds() == {}
 
 
 def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypatch, caplog):

@@ -80,7 +80,7 @@ MEASURED_PIECE_S = 1.5
 def kept_speeds() -> dict[str, DecodingSpeed]:
     try:
         return {key: DecodingSpeed(**value) for key, value in json.loads(cache.read(SPEEDS) or b"{}").items()}
-    except (ValueError, TypeError):  # unreadable: measure again
+    except (ValueError, TypeError, AttributeError):  # unreadable, or not a mapping of speeds: measure again
         return {}
 
 
