@@ -196,6 +196,9 @@ def serve(
         settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus, ray_address)
         _rayserve().run(settings)
         return
+    from livegen.models import import_image_libraries_early
+
+    import_image_libraries_early()
     from livegen.engine import Engine
     from livegen.server.app import create_app
     from livegen.server.draining import DrainingServer

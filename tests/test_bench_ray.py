@@ -24,6 +24,8 @@ def test_quick_ray_bench_measures_the_proxy_replicas_and_a_drain(tmp_path):
         ratio = row["p99_ratio"]
         assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
         assert row["frames_per_s"][PLAIN] > 0 and row["frames_per_s"][PROXIED] > 0
+    # The proxy's cost is measured against a replica computing with the plain server's threads.
+    assert r["threads"][PROXIED] == r["threads"][PLAIN] >= 1
     assert set(r["replicas_frames_per_s"]) == {"1", "2"}
     drain = r["drain"]
     assert 0 < drain["moved"] <= drain["sessions"] and len(drain["gaps_s"]) == drain["moved"]

@@ -58,13 +58,14 @@ def test_an_argument_that_cannot_key_a_graph_runs_eagerly_without_a_capture():
 
 def test_the_cpu_runs_traces_whatever_the_setting_and_readyz_says_how_each_model_runs(tiny_sd):
     generator = load_generator(ModelConfig(source=str(tiny_sd), sizes=["64x64"], device="cpu", cuda_graphs=True))
-    assert generator.describe_acceleration() == {"mode": "TorchScript traces"}
+    on_cpu = {"mode": "TorchScript traces", "threads": torch.get_num_threads()}
+    assert generator.describe_acceleration() == on_cpu
     live = BackgroundServer(server_settings(tiny_sd))
     try:
         body = httpx.get(live.url + "/readyz").json()
     finally:
         live.stop()
-    assert body["ready"] and body["acceleration"] == {"tiny": {"mode": "TorchScript traces"}}
+    assert body["ready"] and body["acceleration"] == {"tiny": on_cpu}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -27,12 +27,12 @@ def cache_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_the_server_imports_diffusers_only_when_its_engine_loads_a_model():
-    """Importing the app and settling its settings must not import diffusers (seconds): the engine
-    does, on its image thread, while the speech models load beside it."""
+def test_the_server_leaves_slow_imports_to_its_model_threads():
+    """Importing the app and settling its settings must not import diffusers, transformers or scipy
+    (seconds in all): the engine does, on its image and speech threads, which run side by side."""
     code = ("import sys; from livegen.config import Settings; import livegen.server.app, livegen.cli; "
             "from livegen.models.sources import resolve_source; resolve_source(Settings().models[0].source); "
-            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('diffusers', 'transformers', 'scipy') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 

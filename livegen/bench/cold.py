@@ -8,7 +8,8 @@ with a prompt the server has never seen. The same connection then warms the cach
 one frame and runs interleaved rounds, each one frame with the cached prompt and one frame with
 a prompt never seen before, so both warm medians come from the same run, side by side. The first
 frame after ready is reported against both: the new-prompt median (the same work: a prompt to
-encode and moderate) and the cached-prompt median (the warm headline).
+encode and moderate) and the cached-prompt median (the warm headline). Speech the same way: the
+time to first audio of the connection's first reply, against the median of the replies after it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,21 @@ from livegen.server.background import ServeProcess, free_port
 
 PROMPT = "a smiling cat"  # the warm bench's prompt
 FIRST_PROMPT = "the first frame after ready, a prompt no one sent before"
+FIRST_REPLY = "The first reply after ready."
+WARM_REPLIES = 5
 
 
-async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds]:
-    """The first frame on a new connection, then `frames` rounds of (cached prompt, new prompt)."""
+async def first_audio_ms(client: AsyncClient, text: str) -> float:
+    """From sending a reply to its first piece of audio."""
+    heard: list[float] = []
+    started = time.perf_counter()
+    await client.say(text, lambda _: heard.append(time.perf_counter()))
+    return (heard[0] - started) * 1000
+
+
+async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds, float, list[float]]:
+    """The first frame on a new connection, then `frames` rounds of (cached prompt, new prompt);
+    then the first reply's time to audio and that of the replies after it."""
     cached, new = Rounds("warm, cached prompt"), Rounds("warm, a new prompt every frame")
 
     async def timed(client: AsyncClient, prompt: str) -> float:
@@ -46,7 +58,9 @@ async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds]:
         for i in range(frames):
             cached.rounds.append([await timed(client, PROMPT)])
             new.rounds.append([await timed(client, f"{PROMPT}, new prompt {i}")])
-    return first_ms, cached, new
+        first_audio = await first_audio_ms(client, FIRST_REPLY)
+        warm_audio = [await first_audio_ms(client, f"Warm reply number {i}.") for i in range(WARM_REPLIES)]
+    return first_ms, cached, new, first_audio, warm_audio
 
 
 def one_cold_start(config: ModelConfig, frames: int, cache: Path) -> dict:
@@ -57,7 +71,7 @@ def one_cold_start(config: ModelConfig, frames: int, cache: Path) -> dict:
     server = ServeProcess(free_port(), [*model, *sizes], env={"LIVEGEN_CACHE_DIR": str(cache)})
     ready_s = time.perf_counter() - started
     try:
-        first_ms, cached, new = asyncio.run(first_and_warm(server.ws_url, frames))
+        first_ms, cached, new, first_audio, warm_audio = asyncio.run(first_and_warm(server.ws_url, frames))
     finally:
         server.kill()
     new_p50, cached_p50 = statistics.median(new.series().ms), statistics.median(cached.series().ms)
@@ -67,7 +81,9 @@ def one_cold_start(config: ModelConfig, frames: int, cache: Path) -> dict:
             "warm_new_prompt_p50_ms": round(new_p50, 2), "warm_cached_p50_ms": round(cached_p50, 2),
             "first_over_warm_new_prompt": round(first_ms / new_p50, 2),
             "first_over_warm_cached": round(first_ms / cached_p50, 2),
-            "new_over_cached": ratio_interval(new, cached)}
+            "new_over_cached": ratio_interval(new, cached),
+            "first_audio_ms": round(first_audio, 1), "warm_audio_p50_ms": round(statistics.median(warm_audio), 1),
+            "first_audio_over_warm": round(first_audio / statistics.median(warm_audio), 2)}
 
 
 def run(config: ModelConfig, runs: int, frames: int, output: Path) -> dict:
@@ -81,8 +97,8 @@ def run(config: ModelConfig, runs: int, frames: int, output: Path) -> dict:
                                                   if row["cache"] == "kept"] or [rows[0]["start_to_ready_s"] * 1000])
     results = {**header("cold"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "runs": rows, "start_to_ready": ready.summary(),
-               "first_over_warm_new_prompt_median": statistics.median(r["first_over_warm_new_prompt"] for r in rows),
-               "first_over_warm_cached_median": statistics.median(r["first_over_warm_cached"] for r in rows)}
+               **{f"{key}_median": round(statistics.median(r[key] for r in rows), 2)
+                  for key in ("first_over_warm_new_prompt", "first_over_warm_cached", "first_audio_over_warm")}}
     save(results, markdown(results), output)
     return results
 
@@ -94,15 +110,18 @@ def markdown(r: dict) -> str:
              f"both warm medians are measured on the same connection right after it, in interleaved rounds "
              f"(one cached-prompt frame, one new-prompt frame; {r['runs'][0]['warm_rounds']} rounds).", "",
              "| run | cache folder | start to ready s | first frame ms | warm p50 ms, cached prompt | first / cached | "
-             "warm p50 ms, new prompt every frame | first / new prompt | new / cached (95% interval) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "warm p50 ms, new prompt every frame | first / new prompt | new / cached (95% interval) | "
+             "first reply to audio ms | later replies p50 ms | first / later |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(r["runs"], 1):
         ratio = row["new_over_cached"]
         lines.append(f"| {i} | {row['cache']} | {row['start_to_ready_s']} | {row['first_frame_ms']} | {row['warm_cached_p50_ms']} | "
                      f"{row['first_over_warm_cached']}x | {row['warm_new_prompt_p50_ms']} | "
-                     f"{row['first_over_warm_new_prompt']}x | {ratio['ratio']}x ({ratio['low']}-{ratio['high']}) |")
+                     f"{row['first_over_warm_new_prompt']}x | {ratio['ratio']}x ({ratio['low']}-{ratio['high']}) | "
+                     f"{row['first_audio_ms']} | {row['warm_audio_p50_ms']} | {row['first_audio_over_warm']}x |")
     lines += ["", f"Start to ready with the cache folder kept: **{r['start_to_ready']['p50_ms'] / 1000:.2f} s** "
               f"(median); a first start on this machine: {r['runs'][0]['start_to_ready_s']} s.",
               "", f"Median over runs: the first frame is **{r['first_over_warm_cached_median']}x** the cached-prompt "
-              f"warm median and {r['first_over_warm_new_prompt_median']}x the new-prompt warm median."]
+              f"warm median and {r['first_over_warm_new_prompt_median']}x the new-prompt warm median. The first "
+              f"reply's time to audio is **{r['first_audio_over_warm_median']}x** that of the {WARM_REPLIES} replies after it."]
     return "\n".join(lines) + "\n"

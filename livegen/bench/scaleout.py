@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -96,6 +97,11 @@ async def alternating(url: str, names: tuple[str, str], rounds: int, frames: int
     return measured
 
 
+def cpu_threads(url: str, model: str) -> int:
+    """The threads a server's model computes with, as its /readyz says."""
+    return httpx.get(f"{url}/readyz").json()["acceleration"][model]["threads"]
+
+
 def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) -> dict:
     import ray
     from ray import serve
@@ -109,9 +115,9 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     load_provenance(base.safety.keys)
     port = free_port()
 
-    def deploy(count: int) -> None:
+    def deploy(count: int, cpus: float = 1) -> None:
         ray_config = base.ray.model_copy(update={"min_replicas": count, "max_replicas": count,
-                                                 "cpus": 1, "drain_poll_s": 0.1})
+                                                 "cpus": cpus, "drain_poll_s": 0.1})
         apply(base.model_copy(update={"ray": ray_config, "port": port}))
 
     def scale_to(count: int) -> None:
@@ -124,7 +130,11 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        deploy(1)
+        # A replica computes with as many threads as the CPUs it reserves (Ray sets OMP_NUM_THREADS):
+        # to measure the proxy alone, it reserves as many as the plain server uses.
+        threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
+        deploy(1, cpus=threads[PLAIN])
+        threads[PROXIED] = cpu_threads(f"http://127.0.0.1:{port}", config.display_name)
         proxied = f"ws://127.0.0.1:{port}"
         rows = []
         for sessions in sessions_list:
@@ -141,6 +151,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         replica_fps = {}
         for count in (1, 2):
             scale_to(count)
+            threads[f"{count} replica{'s' if count > 1 else ''} at 1 CPU each"] = cpu_threads(f"http://127.0.0.1:{port}", config.display_name)
             windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
             replica_fps[str(count)] = frames_per_s(windows)
         gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
@@ -155,6 +166,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         ray.shutdown()
     results = {**header("ray"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "ray": ray.__version__, "rounds": rounds, "window_s": round(window_s, 4), "rows": rows,
+               "threads": threads,
                "replicas_frames_per_s": replica_fps, "replica_sessions": REPLICA_SESSIONS,
                "drain": {"sessions": DRAIN_SESSIONS, "moved": len(gaps), "gaps_s": [round(g, 3) for g in gaps],
                          "median_s": round(statistics.median(gaps), 3) if gaps else None,
@@ -170,7 +182,9 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
 def markdown(r: dict) -> str:
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, Ray {r['ray']}; {machine_line(r['machine'])}. Closed loop, "
              f"the plain server and Serve's proxy interleaved in {r['rounds']} rounds of {r['window_s']} s windows "
-             "on the same connections; the p99 ratio's 95% interval is over rounds.", "",
+             "on the same connections; the p99 ratio's 95% interval is over rounds. Threads the model computes with "
+             "(the proxied replica reserves as many CPUs as the plain server's threads): "
+             + ", ".join(f"{name} {count}" for name, count in r["threads"].items()) + ".", "",
              "| sessions | plain p50 / p99 ms | Ray Serve p50 / p99 ms | p50 added ms | p99 ratio (95% interval) | "
              "frames/s plain / Ray |", "|---|---|---|---|---|---|"]
     for row in r["rows"]:

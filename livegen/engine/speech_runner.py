@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,8 +42,10 @@ from livegen.models.voice import CLAUSE_END, Phrase, SpeechError, VoiceModel, to
 from livegen.models.voices import Voices
 from livegen.protocol import (Audio, Blocked, Cancel, Cancelled, Error, Outcome, ProtocolError, Speak, SpeechEnd,
                               SpeechInfo)
-from livegen.safety.audio_watermark import AudioWatermarker, UtteranceMark
 from livegen.safety.moderation import SPEECH_POLICY, Moderator, Policy, Verdict, minilm_embedder
+
+if TYPE_CHECKING:
+    from livegen.safety.audio_watermark import AudioWatermarker, UtteranceMark
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,7 @@ class SpeechRunner(Runner):
     def load_and_warm(self) -> float:
         from livegen.models.piper import PiperModel
         from livegen.models.speech import SpeechModel
+        from livegen.safety.audio_watermark import AudioWatermarker  # scipy: a second of imports, off the start's path
 
         started = time.perf_counter()
         english = PiperModel(self.config.english_voice, max_text_chars=self.config.max_text_chars)

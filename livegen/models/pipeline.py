@@ -70,7 +70,9 @@ class DiffusersGenerator(ImageGenerator):
     def describe_acceleration(self) -> dict:
         graphs = {part: module.describe() for part, module in (("denoiser", self.denoiser), ("decoder", self.vae.decoder))
                   if hasattr(module, "describe")}
-        return {"mode": self.acceleration, **graphs}
+        # On the CPU, the threads it computes with: a Ray replica gets as many as the CPUs it reserves.
+        threads = {"threads": torch.get_num_threads()} if self.device.type == "cpu" else {}
+        return {"mode": self.acceleration, **graphs, **threads}
 
     # ------------------------------------------------------------------ noise and schedule
 

@@ -29,7 +29,9 @@ FADE = 120  # samples (5 ms) crossfaded where two pieces of a phrase meet
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\s*\n\s*")
 CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 _WORD = re.compile(r"\S+")
-WARM_UP_TEXT = {"en-us": "Ready when you are, let's begin.", JAPANESE: "準備ができました、始めましょう。"}
+# A word is enough to warm (sessions, arenas, phonemizer): a later phrase of any length was no slower
+# than the next one, and a whole sentence per language cost seconds of the start (bench cold).
+WARM_UP_TEXT = {"en-us": "Ready.", JAPANESE: "はい。"}
 Halves = tuple[bytes, bytes]  # a voice model's text half and its decoder, as ONNX graphs
 T = TypeVar("T")
 
@@ -291,5 +293,5 @@ class VoiceModel(ABC):
         return self.synthesize_phonemes(self.phonemize(text, language), voice, speed)
 
     def warm_up(self, voice: str | None = None, language: str = "en-us") -> None:
-        """Run a real phrase so the first request finds onnxruntime's arenas and the phonemizer loaded."""
+        """Run a short real phrase so the first request finds onnxruntime's sessions and the phonemizer loaded."""
         self.synthesize(WARM_UP_TEXT.get(language, WARM_UP_TEXT["en-us"]), voice, language=language)
