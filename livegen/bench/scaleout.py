@@ -132,9 +132,10 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # A replica computes with as many threads as the CPUs it reserves (Ray sets OMP_NUM_THREADS):
         # to measure the proxy alone, it reserves as many as the plain server uses.
+        serve_url = f"http://127.0.0.1:{port}"
         threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
         deploy(1, cpus=threads[PLAIN])
-        threads[PROXIED] = cpu_threads(f"http://127.0.0.1:{port}", config.display_name)
+        threads[PROXIED] = cpu_threads(serve_url, config.display_name)
         proxied = f"ws://127.0.0.1:{port}"
         rows = []
         for sessions in sessions_list:
@@ -151,7 +152,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         replica_fps = {}
         for count in (1, 2):
             scale_to(count)
-            threads[f"{count} replica{'s' if count > 1 else ''} at 1 CPU each"] = cpu_threads(f"http://127.0.0.1:{port}", config.display_name)
+            threads[f"{count} replica{'s' if count > 1 else ''} at 1 CPU each"] = cpu_threads(serve_url, config.display_name)
             windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
             replica_fps[str(count)] = frames_per_s(windows)
         gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
