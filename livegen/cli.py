@@ -198,7 +198,8 @@ def serve(
         return
     from livegen.models import import_image_libraries_early
 
-    import_image_libraries_early()
+    if settings.models:
+        import_image_libraries_early()
     from livegen.engine import Engine
     from livegen.server.app import create_app
     from livegen.server.draining import DrainingServer
