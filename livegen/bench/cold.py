@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
+from livegen.bench.speech import stream
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig
 from livegen.models.embedded import EMBEDDED_MODEL
@@ -32,14 +33,6 @@ PROMPT = "a smiling cat"  # the warm bench's prompt
 FIRST_PROMPT = "the first frame after ready, a prompt no one sent before"
 FIRST_REPLY = "The first reply after ready."
 WARM_REPLIES = 5
-
-
-async def first_audio_ms(client: AsyncClient, text: str) -> float:
-    """From sending a reply to its first piece of audio."""
-    heard: list[float] = []
-    started = time.perf_counter()
-    await client.say(text, lambda _: heard.append(time.perf_counter()))
-    return (heard[0] - started) * 1000
 
 
 async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds, float, list[float]]:
@@ -58,8 +51,9 @@ async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds, 
         for i in range(frames):
             cached.rounds.append([await timed(client, PROMPT)])
             new.rounds.append([await timed(client, f"{PROMPT}, new prompt {i}")])
-        first_audio = await first_audio_ms(client, FIRST_REPLY)
-        warm_audio = [await first_audio_ms(client, f"Warm reply number {i}.") for i in range(WARM_REPLIES)]
+        # From sending a reply to its first piece of audio, as the speech bench times a stream.
+        first_audio = (await stream(client, FIRST_REPLY))["first_chunk_ms"]
+        warm_audio = [(await stream(client, f"Warm reply number {i}."))["first_chunk_ms"] for i in range(WARM_REPLIES)]
     return first_ms, cached, new, first_audio, warm_audio
 
 
