@@ -595,6 +595,28 @@ def train_adopt_autoencoder(
                f"{autoencoder.stage_psnr(workdir, 'decoder'):.1f} dB")
 
 
+@train_app.command("adapt")
+def train_adapt(
+    student: Annotated[Path, typer.Argument(help="A trained student pipeline folder, e.g. livegen/weights/emoji.")],
+    workdir: WorkdirOption = WORKDIR,
+    steps: StepsOption = None,
+    device: TrainDeviceOption = "auto",
+) -> None:
+    """Teach a student trained on padded prompts to read their real tokens (one short text forward
+    per new prompt), into WORKDIR/adapt, which `export` then writes. Needs the dataset and the
+    autoencoder stages (or `adopt-autoencoder` of the student's own)."""
+    from livegen.training import adversarial
+    from livegen.training.dataset import DatasetError
+
+    _quiet_libraries()
+    try:
+        adversarial.adapt(workdir, student, steps, device)
+    except DatasetError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"adapt: done, in {workdir / 'adapt'}")
+
+
 @train_app.command("export")
 def train_export(
     workdir: WorkdirOption = WORKDIR,

@@ -22,7 +22,7 @@ from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, cldr_annotations, describe, enrich, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
 from livegen.training.recipe import SHARPEN, STUDENT, AutoencoderRecipe, UNetRecipe
-from livegen.training.text import CaptionEmbeddings
+from livegen.training.text import READING, CaptionEmbeddings
 
 TINY_UNET = UNetRecipe(
     block_out_channels=(32, 64),
@@ -183,6 +183,29 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
     pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
     image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+
+
+def test_adapt_fine_tunes_a_trained_student_on_the_names_captions_and_export_writes_it(dataset, tmp_path):
+    EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "adopt-autoencoder", str(EMBEDDED_MODEL / "vae"), "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    torch.save({"real": torch.zeros(1)}, tmp_path / "text-names.pt")  # embeddings of an older reading: made again
+    result = runner.invoke(app, ["train", "adapt", str(EMBEDDED_MODEL), "--workdir", str(tmp_path), "--steps", "1",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    names = torch.load(tmp_path / "text-names.pt")
+    assert names["reading"] == READING
+    assert len(names["owner"]) == sum(len(r.captions) for r in dataset.records[:16])  # no `extra` phrases
+    shipped = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL / "unet").float()
+    adapted = UNet2DConditionModel.from_pretrained(tmp_path / "adapt" / "unet")
+    moved = max((a - b).abs().max().item() for a, b in zip(shipped.parameters(), adapted.parameters()))
+    assert 0 < moved < 1e-2  # one small step from the shipped weights, not from a new network
+    result = runner.invoke(app, ["train", "export", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "unet")
+    assert all(torch.equal(a.half(), b) for a, b in zip(adapted.parameters(), exported.parameters()))
+    assert reads_real_tokens(tmp_path / "export") and not (tmp_path / "teacher").exists()
 
 
 def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(dataset, tmp_path, monkeypatch):

@@ -113,9 +113,9 @@ def load_pipeline(model: Path, minilm: Path | None):
 
 def real_token_prompts(pipe, model: Path) -> None:
     """A livegen model folder whose livegen.json says "prompt_tokens": "real" was trained on MiniLM's
-    states of the prompt's own tokens with zeros after (livegen/models/embedded.py): StreamDiffusion
-    calls `pipe.encode_prompt`, so that is where the prompt is read the same way (one forward, no
-    more compute than the padded reading)."""
+    states of the prompt's own tokens repeated to the padded length (livegen/models/embedded.py):
+    StreamDiffusion calls `pipe.encode_prompt`, so that is where the prompt is read the same way
+    (one forward, no more compute than the padded reading)."""
     marker = model / "livegen.json"
     if not marker.is_file() or json.loads(marker.read_text()).get("prompt_tokens") != "real":
         return
@@ -124,7 +124,9 @@ def real_token_prompts(pipe, model: Path) -> None:
         tokens = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         mask = tokens.attention_mask.to(device)
-        return pipe.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0] * mask.unsqueeze(-1)
+        states = pipe.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        index = torch.arange(mask.shape[1], device=device) % mask.sum(1, keepdim=True)
+        return torch.gather(states, 1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
 
     @torch.no_grad()
     def encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None, **_):

@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 
 from livegen.models.base import BatchSpec, PromptEmbedding
+from livegen.models.embedded import repeat_tokens
 from livegen.models.pipeline import DiffusersGenerator
 
 CFG_GUIDANCE = 2.0  # any guidance above 1 turns classifier-free guidance on, which the warm-up must see
@@ -21,7 +22,7 @@ MINILM_WIDTH = 384  # all-MiniLM-L6-v2's hidden size: the encoder moderation rea
 
 
 class StableDiffusionGenerator(DiffusersGenerator):
-    real_tokens = False  # conditioned on the prompt's real tokens, zeros after (models/embedded.py); set by the loader
+    real_tokens = False  # conditioned on the prompt's real tokens, repeated (models/embedded.py); set by the loader
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         return (self.pipe.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
@@ -38,7 +39,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
         # Moderation's sentence vector: the real tokens alone (the same as masking the padding),
         # mean-pooled, unit length. A model trained on real tokens takes the same states as its
-        # conditioning, zeros after: one short forward. Otherwise the pipeline's own reading, every
+        # conditioning, repeated: one short forward. Otherwise the pipeline's own reading, every
         # token attended, padding included, as diffusers' encode_prompt runs a BertModel.
         tokens = self.pipe.tokenizer([prompt], padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt")
@@ -47,8 +48,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
         states = self.text_forward(words, torch.ones_like(words))
         sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
         if self.real_tokens:
-            hidden = torch.zeros((1, ids.shape[1], states.shape[-1]), dtype=states.dtype, device=states.device)
-            hidden[:, : words.shape[1]] = states
+            hidden = repeat_tokens(states, torch.tensor([words.shape[1]]))
         else:
             hidden = self.text_forward(ids, torch.ones_like(ids))
         return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)

@@ -62,7 +62,8 @@ def export(workdir: Path, target: Path | None = None) -> int:
     if absent); returns the student's size."""
     target = target or default_target(workdir)
     vae = autoencoder.load(workdir, "decoder")
-    ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
-    save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
+    if (workdir / "teacher" / "unet").is_dir():  # a folder that only adapted a trained student has none
+        ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
+        save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
     save(pipeline(vae.to(torch.float16), adversarial.load(workdir).to(torch.float16), distill.sampler()), target)
     return folder_bytes(target)

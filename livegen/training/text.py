@@ -1,7 +1,7 @@
 """Prompt embeddings for training, in the two ways the shipped model is conditioned at inference.
 
 - Real tokens (what livegen serves): MiniLM token states of the prompt's own tokens alone, then
-  zeros up to TEXT_TOKENS. One short forward gives both this and the moderation's sentence
+  repeated up to TEXT_TOKENS. One short forward gives both this and the moderation's sentence
   vector, and plain diffusers takes it as `prompt_embeds`.
 - Padded (plain diffusers' `pipe("a kitty")`): the prompt padded to TEXT_TOKENS with the pad
   tokens attended, as StableDiffusionPipeline.encode_prompt does without an attention mask.
@@ -20,6 +20,8 @@ from tqdm import tqdm
 from livegen.models.embedded import load_text_encoder, load_tokenizer, real_token_embeds
 from livegen.training.dataset import EmojiDataset
 
+READING = "real tokens repeated; padded"  # how `real` and `padded` were read (a changed reading invalidates text.pt)
+
 
 class PromptEncoder:
     def __init__(self, device: torch.device | str = "cpu"):
@@ -29,7 +31,7 @@ class PromptEncoder:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real-token states with zeros after each prompt's tokens, padded states); both N x TEXT_TOKENS x 384."""
+        """(real-token states repeated to fill each prompt's places, padded states); both N x TEXT_TOKENS x 384."""
         ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -42,7 +44,7 @@ class PromptEncoder:
 
 @dataclass
 class CaptionEmbeddings:
-    real: torch.Tensor  # captions x tokens x 384, float16: real-token states, zeros after them
+    real: torch.Tensor  # captions x tokens x 384, float16: real-token states, repeated
     padded: torch.Tensor  # captions x tokens x 384, float16: the padded prompt's states
     owner: torch.Tensor  # captions: the image each caption describes
     empty_real: torch.Tensor  # tokens x 384: the empty prompt, each way
@@ -65,13 +67,17 @@ class CaptionEmbeddings:
         return text, empty
 
 
-def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True) -> CaptionEmbeddings:
-    """Embed every training caption of the dataset once, both ways; cached in text.pt."""
-    cache = workdir / "text.pt"
+def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True, extra: bool = True) -> CaptionEmbeddings:
+    """Embed every training caption of the dataset once, both ways; cached in text.pt (without
+    the `extra` phrases: the names' captions alone, text-names.pt)."""
+    cache = workdir / ("text.pt" if extra else "text-names.pt")
     if cache.is_file():
-        return CaptionEmbeddings(**torch.load(cache))
+        fields = torch.load(cache)
+        if fields.pop("reading", None) == READING:  # a cache from an older reading is made again
+            return CaptionEmbeddings(**fields)
     dataset = EmojiDataset.load(workdir)
-    captions = [(i, c) for i, record in enumerate(dataset.records) for c in record.training_captions]
+    captions = [(i, c) for i, record in enumerate(dataset.records)
+                for c in (record.training_captions if extra else record.captions)]
     encoder = PromptEncoder(device)
     real, padded = [], []
     for start in tqdm(range(0, len(captions), 256), desc="embed captions", disable=not progress):
@@ -86,5 +92,5 @@ def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True) ->
         "empty_real": empty_real[0].half().cpu(),
         "empty_padded": empty_padded[0].half().cpu(),
     }
-    torch.save(fields, cache)
+    torch.save({**fields, "reading": READING}, cache)
     return CaptionEmbeddings(**fields)
