@@ -603,14 +603,14 @@ def train_adapt(
     device: TrainDeviceOption = "auto",
 ) -> None:
     """Teach a student trained on padded prompts to read their real tokens (one short text forward
-    per new prompt), into WORKDIR/adapt, which `export` then writes. Needs the dataset and the
-    autoencoder stages (or `adopt-autoencoder` of the student's own)."""
-    from livegen.training import adversarial
+    per new prompt; its own padded reading is the target), into WORKDIR/adapt, which `export` then
+    writes. Needs the dataset and the autoencoder stages (or `adopt-autoencoder` of the student's own)."""
+    from livegen.training import reading
     from livegen.training.dataset import DatasetError
 
     _quiet_libraries()
     try:
-        adversarial.adapt(workdir, student, steps, device)
+        reading.train(workdir, student, steps=steps, device=device)
     except DatasetError as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(2) from exc

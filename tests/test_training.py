@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from livegen.cli import app
 from livegen.models.embedded import EMBEDDED_MODEL, pipeline_components, reads_real_tokens
-from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, teacher
+from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, reading, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, cldr_annotations, describe, enrich, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
@@ -185,22 +185,22 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
-def test_adapt_fine_tunes_a_trained_student_on_the_names_captions_and_export_writes_it(dataset, tmp_path):
+def test_adapt_fine_tunes_a_trained_student_and_export_writes_it(dataset, tmp_path):
     EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
     runner = CliRunner()
     result = runner.invoke(app, ["train", "adopt-autoencoder", str(EMBEDDED_MODEL / "vae"), "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    torch.save({"real": torch.zeros(1)}, tmp_path / "text-names.pt")  # embeddings of an older reading: made again
+    torch.save({"real": torch.zeros(1)}, tmp_path / "text.pt")  # embeddings of an older reading: made again
     result = runner.invoke(app, ["train", "adapt", str(EMBEDDED_MODEL), "--workdir", str(tmp_path), "--steps", "1",
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    names = torch.load(tmp_path / "text-names.pt")
-    assert names["reading"] == READING
-    assert len(names["owner"]) == sum(len(r.captions) for r in dataset.records[:16])  # no `extra` phrases
+    assert torch.load(tmp_path / "text.pt")["reading"] == READING
     shipped = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL / "unet").float()
     adapted = UNet2DConditionModel.from_pretrained(tmp_path / "adapt" / "unet")
-    moved = max((a - b).abs().max().item() for a, b in zip(shipped.parameters(), adapted.parameters()))
-    assert 0 < moved < 1e-2  # one small step from the shipped weights, not from a new network
+    moved = {name: (a - b).abs().max().item()
+             for (name, a), b in zip(shipped.named_parameters(), adapted.parameters())}  # fmt: skip
+    assert all(0 < change < 1e-2 for name, change in moved.items() if reading.reads_prompt(name))  # one small step
+    assert not any(change for name, change in moved.items() if not reading.reads_prompt(name))  # what draws: untouched
     result = runner.invoke(app, ["train", "export", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     exported = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "unet")
@@ -266,6 +266,20 @@ def test_one_distillation_step_lowers_the_consistency_loss():
     assert after < before
 
 
+def test_one_adapt_step_lowers_the_reading_loss_and_the_padded_reading_starts_on_target():
+    frozen = distill.student_from(tiny_unet()).requires_grad_(False)
+    student = distill.student_from(tiny_unet())
+    solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
+    latents, padded, read = torch.randn(8, 8, 4, 4), torch.randn(8, 6, 384), torch.randn(8, 6, 384)
+    same = reading.reading_loss(student, frozen, solver, latents, padded, padded, torch.Generator().manual_seed(0), 0.5)
+    assert same.item() == 0  # the student starts as its frozen copy: the padded reading is already right
+    trained = [p for name, p in student.named_parameters() if reading.reads_prompt(name)]
+    before, after = fixed_batch_improves(
+        lambda g: reading.reading_loss(student, frozen, solver, latents, read, padded, g, 0.5), trained, lr=1e-3
+    )
+    assert after < before
+
+
 def test_one_distillation_step_lowers_the_one_step_loss():
     student = distill.student_from(tiny_unet())
     solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
@@ -277,7 +291,7 @@ def test_one_distillation_step_lowers_the_one_step_loss():
 
 
 def test_sharpening_trains_the_one_step_timestep_and_the_later_sampler_timesteps():
-    t = adversarial.sampled_timesteps(4000, SHARPEN, torch.Generator().manual_seed(0))
+    t = adversarial.sampled_timesteps(4000, SHARPEN.one_step_share, torch.Generator().manual_seed(0))
     assert set(t.tolist()) == {999, 749, 499, 249}  # 1 step: 999; 2: 999, 499; 4: 999, 749, 499, 249
     assert (t == 999).float().mean().item() == pytest.approx(SHARPEN.one_step_share, abs=0.03)
 

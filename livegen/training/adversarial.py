@@ -25,7 +25,7 @@ from torch import nn
 
 from livegen.models.loader import pick_device
 from livegen.training import autoencoder, distill, loop, teacher
-from livegen.training.recipe import ADAPT, PLAIN_PROMPT_SHARE, SEED, SHARPEN, STUDENT, SharpenRecipe
+from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, SHARPEN, STUDENT, SharpenRecipe
 from livegen.training.text import embed_captions
 
 @functools.cache
@@ -39,11 +39,11 @@ def later_timesteps() -> torch.Tensor:
     return torch.tensor(sorted(later))
 
 
-def sampled_timesteps(batch: int, recipe: SharpenRecipe, generator: torch.Generator) -> torch.Tensor:
+def sampled_timesteps(batch: int, one_step_share: float, generator: torch.Generator) -> torch.Tensor:
     """The samplers' timesteps: the 1-step's t = 999 for `one_step_share` of the batch, then the
     2- and 4-step samplers' later ones, so sharpening the first step leaves the later ones sharp."""
     later = later_timesteps()
-    first = torch.rand(batch, generator=generator) < recipe.one_step_share
+    first = torch.rand(batch, generator=generator) < one_step_share
     pick = later[torch.randint(len(later), (batch,), generator=generator)]
     return torch.where(first, torch.full_like(pick, distill.TOP_TIMESTEP), pick)
 
@@ -85,7 +85,7 @@ def student_sample(
     recipe: SharpenRecipe = SHARPEN,
 ) -> torch.Tensor:
     """The student's clean-latent prediction at a sampler timestep, from what the sampler hands it there."""
-    t = sampled_timesteps(len(real), recipe, generator).to(real.device)
+    t = sampled_timesteps(len(real), recipe.one_step_share, generator).to(real.device)
     start = student_input(real, t, solver, generator)
     _, w_embedding = distill.random_guidance(len(real), generator, STUDENT)
     return distill.predict_clean(student, solver, start, t, text, w_embedding.to(real))
@@ -109,18 +109,14 @@ def train(
     steps: int | None = None,
     device: str = "auto",
     progress: bool = True,
-    start: Path | None = None,
-    stage: str = "sharpen",
 ) -> UNet2DConditionModel:
-    """Sharpen the student stage's UNet, or the UNet folder `start`, into workdir/`stage`."""
     dev = pick_device(device)
     latents = teacher.scaled_latents(workdir)
-    captions = embed_captions(workdir, progress=progress, extra=recipe.extra_captions)
+    captions = embed_captions(workdir, progress=progress)
     solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
 
     torch.manual_seed(SEED)
-    student = UNet2DConditionModel.from_pretrained(start, torch_dtype=torch.float32) if start else distill.load(workdir)
-    student = student.to(dev).train()
+    student = distill.load(workdir).to(dev).train()
     vae = autoencoder.load(workdir, "decoder").to(dev).requires_grad_(False)
     discriminator = Discriminator(student.config.cross_attention_dim).to(dev)
     ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
@@ -156,21 +152,11 @@ def train(
 
     objects = {"model": student, "discriminator": discriminator, "ema": ema, "optimizer": optimizer,
                "discriminator_optimizer": discriminator_optimizer}  # fmt: skip
-    loop.run(loop.Stage(workdir / stage), total, train_step, objects, SEED, progress=progress)
+    loop.run(loop.Stage(workdir / "sharpen"), total, train_step, objects, SEED, progress=progress)
     ema.copy_to(student.parameters())
-    student.eval().cpu().save_pretrained(workdir / stage / "unet")
+    student.eval().cpu().save_pretrained(workdir / "sharpen" / "unet")
     return student
 
 
-def adapt(
-    workdir: Path, student: Path, steps: int | None = None, device: str = "auto", progress: bool = True
-) -> UNet2DConditionModel:
-    """Teach a trained student pipeline (`student`, e.g. the shipped one) to read prompts by their
-    real tokens: the sharpening losses under the ADAPT recipe, into workdir/adapt."""
-    return train(workdir, ADAPT, steps, device, progress, start=student / "unet", stage="adapt")
-
-
 def load(workdir: Path) -> UNet2DConditionModel:
-    """The student a build exports: the adapted one where `livegen train adapt` ran, else the sharpened one."""
-    stage = "adapt" if (workdir / "adapt" / "unet" / "config.json").is_file() else "sharpen"
-    return UNet2DConditionModel.from_pretrained(workdir / stage / "unet").eval()
+    return UNet2DConditionModel.from_pretrained(workdir / "sharpen" / "unet").eval()

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
 from livegen.models.embedded import load_text_encoder, load_tokenizer, mark_real_tokens, minilm_path
-from livegen.training import adversarial, autoencoder, distill, teacher
+from livegen.training import adversarial, autoencoder, distill, reading, teacher
 
 
 def pipeline(vae: AutoencoderTiny, unet: UNet2DConditionModel, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
@@ -65,5 +65,6 @@ def export(workdir: Path, target: Path | None = None) -> int:
     if (workdir / "teacher" / "unet").is_dir():  # a folder that only adapted a trained student has none
         ddim = DDIMScheduler.from_config(teacher.noise_schedule().config, timestep_spacing="trailing")
         save(pipeline(vae, teacher.load(workdir), ddim), workdir / "teacher" / "pipeline")
-    save(pipeline(vae.to(torch.float16), adversarial.load(workdir).to(torch.float16), distill.sampler()), target)
+    student = reading.load(workdir) if reading.adapted(workdir) else adversarial.load(workdir)  # `train adapt` ran last
+    save(pipeline(vae.to(torch.float16), student.to(torch.float16), distill.sampler()), target)
     return folder_bytes(target)

@@ -99,12 +99,17 @@ class SharpenRecipe:
     adversarial_weight: float = 0.1  # against the data term's weight of 1
     one_step_share: float = 0.5  # of each batch at the 1-step sampler's t; the rest at the 2/4-step samplers' later t
     ema_decay: float = 0.99
-    extra_captions: bool = True  # train on the `extra` phrases too, not only the names' captions
 
 
-# A student trained on padded prompts, taught to read real tokens (`livegen train adapt`): the
-# sharpening losses at a 5x higher learning rate, on the names' captions (docs/model.md).
-ADAPT = SharpenRecipe(steps=1200, lr=1e-4, extra_captions=False)
+@dataclass(frozen=True)
+class AdaptRecipe:
+    """Teaching a trained student to read prompts by their real tokens (training.reading)."""
+
+    steps: int = 2400
+    batch_size: int = 64
+    lr: float = 3e-4  # only the prompt-reading weights train (training.reading.reads_prompt)
+    ema_decay: float = 0.99
+    one_step_share: float = 0.5  # as in sharpening: the 1-step sampler's t, the rest the 2/4-step samplers' later t
 
 
 @dataclass(frozen=True)
@@ -120,3 +125,4 @@ TEACHER = TeacherRecipe()
 STUDENT = StudentRecipe()
 SHARPEN = SharpenRecipe()
 CLASSIFIER = ClassifierRecipe()
+ADAPT = AdaptRecipe()

@@ -54,30 +54,32 @@ class CaptionEmbeddings:
         self.counts = torch.bincount(self.owner)
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # captions are stored image by image
 
+    def pick(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The row of one random caption of each image."""
+        pick = (torch.rand(len(images), generator=generator) * self.counts[images]).long()
+        return self.starts[images] + pick
+
     def sample(
         self, images: torch.Tensor, generator: torch.Generator, plain_share: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One random caption of each image and the empty prompt, both conditioned the same way:
         padded for a `plain_share` of the images, real tokens for the rest."""
-        pick = (torch.rand(len(images), generator=generator) * self.counts[images]).long()
-        rows = self.starts[images] + pick
+        rows = self.pick(images, generator)
         padded = (torch.rand(len(images), generator=generator) < plain_share).view(-1, 1, 1)
         text = torch.where(padded, self.padded[rows], self.real[rows]).float()
         empty = torch.where(padded, self.empty_padded, self.empty_real).float()
         return text, empty
 
 
-def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True, extra: bool = True) -> CaptionEmbeddings:
-    """Embed every training caption of the dataset once, both ways; cached in text.pt (without
-    the `extra` phrases: the names' captions alone, text-names.pt)."""
-    cache = workdir / ("text.pt" if extra else "text-names.pt")
+def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True) -> CaptionEmbeddings:
+    """Embed every training caption of the dataset once, both ways; cached in text.pt."""
+    cache = workdir / "text.pt"
     if cache.is_file():
         fields = torch.load(cache)
         if fields.pop("reading", None) == READING:  # a cache from an older reading is made again
             return CaptionEmbeddings(**fields)
     dataset = EmojiDataset.load(workdir)
-    captions = [(i, c) for i, record in enumerate(dataset.records)
-                for c in (record.training_captions if extra else record.captions)]
+    captions = [(i, c) for i, record in enumerate(dataset.records) for c in record.training_captions]
     encoder = PromptEncoder(device)
     real, padded = [], []
     for start in tqdm(range(0, len(captions), 256), desc="embed captions", disable=not progress):
