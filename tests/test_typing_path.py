@@ -1,6 +1,7 @@
 """A new prompt is read once for both the denoiser and moderation: the embedded model's MiniLM gives
-the denoiser's conditioning (every token) and moderation's sentence vector (the real tokens alone),
-through onnxruntime on the CPU (issue 21)."""
+the denoiser's conditioning and moderation's sentence vector (the real tokens alone), through
+onnxruntime on the CPU (issue 21). The shipped model reads the real tokens for both (one short
+forward); a model read as plain diffusers reads it (padded) needs a second, 32-token forward."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 
 from livegen.config import ModelConfig, SafetyConfig, embedded_model
 from livegen.models import onnx_text
-from livegen.models.embedded import EMBEDDED_MODEL, mark_real_tokens, real_token_embeds
+from livegen.models.embedded import CONDITIONING_FILE, EMBEDDED_MODEL, real_token_embeds
 from livegen.models.loader import load_generator
 from livegen.protocol import Generate
 from livegen.safety.moderation import minilm_embedder
@@ -25,22 +26,34 @@ PROMPTS = ["a smiling cat", "x", "a red fox in the snow at night holding a lante
 
 @pytest.fixture(scope="module")
 def generator():
+    """The shipped model, trained to read its prompts' real tokens (its livegen.json says so)."""
     return load_generator(embedded_model())
 
 
-def test_one_forward_reads_what_the_pipeline_and_moderation_read_apart(generator):
-    assert generator.reads_sentences
-    assert not generator.pipe.text_encoder.training  # exporting it for onnxruntime must not turn dropout on
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+    """The same weights without the marker: prompts read as plain diffusers reads them."""
+    folder = tmp_path_factory.mktemp("padded") / "emoji"
+    shutil.copytree(EMBEDDED_MODEL, folder)
+    (folder / CONDITIONING_FILE).unlink()
+    return load_generator(ModelConfig(source=str(folder), sizes=[(64, 64)]))
+
+
+def test_the_padded_reading_is_the_pipelines_and_the_sentence_vector_moderations(padded):
+    assert padded.reads_sentences and not padded.real_tokens
+    assert not padded.pipe.text_encoder.training  # exporting it for onnxruntime must not turn dropout on
     moderation_minilm = minilm_embedder()
     for prompt in PROMPTS:
-        embedding = generator.encode_prompt(prompt)
+        embedding = padded.encode_prompt(prompt)
         with torch.inference_mode():
-            pipeline, _ = generator.pipe.encode_prompt(prompt, generator.device, 1, False)
-        torch.testing.assert_close(embedding.tensors["prompt_embeds"], pipeline.to(generator.dtype))
+            pipeline, _ = padded.pipe.encode_prompt(prompt, padded.device, 1, False)
+        torch.testing.assert_close(embedding.tensors["prompt_embeds"], pipeline.to(padded.dtype))
         np.testing.assert_allclose(embedding.sentence, moderation_minilm([prompt])[0], atol=1e-5)
 
 
-def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(generator, signing_keys):
+@pytest.mark.parametrize("reading", ["real tokens", "padded"])
+def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(reading, generator, padded, signing_keys):
+    generator = generator if reading == "real tokens" else padded
     calls = []
     forward = generator.text_forward
     generator.text_forward = lambda ids, mask: calls.append(ids.shape) or forward(ids, mask)
@@ -53,7 +66,8 @@ def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(generator, 
         encode("a blue whale in a teacup")  # what the runner's generation asks next: moderation made it
         assert encode.cache_info().misses == misses
         real = len(generator.pipe.tokenizer("a blue whale in a teacup").input_ids)
-        assert calls == [torch.Size([1, real]), torch.Size([1, generator.pipe.tokenizer.model_max_length])]
+        padded_forward = [torch.Size([1, generator.pipe.tokenizer.model_max_length])] if reading == "padded" else []
+        assert calls == [torch.Size([1, real]), *padded_forward]
         blocked = stages.moderate(Generate(id="2", prompt="a mutilated body covered in blood"))
         assert blocked is not None and blocked.stage == "prompt"  # the shared vector still moderates
     finally:
@@ -77,11 +91,7 @@ def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp
     torch.testing.assert_close(again, first)
 
 
-def test_a_model_trained_on_real_tokens_is_conditioned_by_the_one_short_forward(tmp_path):
-    folder = tmp_path / "emoji"
-    shutil.copytree(EMBEDDED_MODEL, folder)
-    mark_real_tokens(folder)
-    generator = load_generator(ModelConfig(source=str(folder), sizes=[(64, 64)]))
+def test_the_shipped_model_is_conditioned_by_the_one_short_forward(generator):
     assert generator.real_tokens
     calls = []
     forward = generator.text_forward
