@@ -50,6 +50,7 @@ from livegen.bench.naive import bench_naive
 from livegen.bench.plots import latency_cdf
 from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
 from livegen.config import ModelConfig
+from livegen.models.embedded import reads_real_tokens, real_token_embeds, repeat_tokens
 
 PROMPT = "a smiling cat"
 # New prompts: every system gets the same sequence; the number keeps each one unseen, so no cache hits.
@@ -213,10 +214,14 @@ class Direct(System):
             self.pipe.vae.to(memory_format=torch.channels_last)
             self.pipe.unet = TracedUNet(self.pipe.unet)
             self.text = OnnxTextEncoder(self.pipe.text_encoder, torch.get_num_threads())
+        # A folder whose livegen.json says so was trained to read the prompt's real tokens: the
+        # cached and tuned rows read it that way (the same picture as livegen's); `pipe(prompt)` pads it.
+        self.real_tokens = reads_real_tokens(Path(self.config.source))
         # The cached row: the prompt encoded once, its prompt_embeds passed to every call. Without
         # no_grad they would require grad, and TorchScript would specialize a second graph for them.
         with torch.no_grad():
-            self.cached = {PROMPT: self.pipe.encode_prompt(PROMPT, self.pipe.device, 1, False)[0]}
+            self.cached = {PROMPT: real_token_embeds(self.pipe.tokenizer, self.pipe.text_encoder, [PROMPT])
+                           if self.real_tokens else self.pipe.encode_prompt(PROMPT, self.pipe.device, 1, False)[0]}
         width, height = self.config.sizes[0]
         self.call = {"num_inference_steps": 1, "guidance_scale": self.config.guidance or 0.0,
                      "width": width, "height": height}
@@ -227,12 +232,17 @@ class Direct(System):
         await super().start()
 
     def image(self, prompt: str, **kwargs) -> Image.Image:
+        import torch
+
         embeds = self.cached.get(prompt)
-        if embeds is None and self.tuned:  # what encode_prompt does, every token attended, by onnxruntime
+        if embeds is None and self.tuned:  # by onnxruntime: the real tokens alone, or padded as encode_prompt does
             tokenizer = self.pipe.tokenizer
             ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids
-            embeds = self.text(ids, ids.new_ones(ids.shape))
+                            return_tensors="pt")
+            words = ids.input_ids[:, : int(ids.attention_mask.sum())] if self.real_tokens else ids.input_ids
+            embeds = self.text(words, words.new_ones(words.shape))
+            if self.real_tokens:
+                embeds = repeat_tokens(embeds, torch.tensor([words.shape[1]]))
         text = {"prompt": prompt} if embeds is None else {"prompt_embeds": embeds}
         return self.pipe(**text, **self.call, **kwargs).images[0]
 
