@@ -229,7 +229,8 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
-                                                         ("student", 1), ("student", 2), ("student", 4)]
+                                                         ("student", 1), ("student", 2), ("student", 4),
+                                                         ("student, pipe(prompt)", 1)]  # it reads real tokens
     assert rows[0]["top1"] == rows[0]["natural_top1"] == rows[0]["natural_unseen_top1"] == 1.0
     assert all(0 <= r[k] <= 1 for r in rows for k in ("top1", "natural_top1", "natural_unseen_top1"))
     assert (tmp_path / "model-grid.png").is_file()
