@@ -85,10 +85,18 @@ def student_sample(
     recipe: SharpenRecipe = SHARPEN,
 ) -> torch.Tensor:
     """The student's clean-latent prediction at a sampler timestep, from what the sampler hands it there."""
-    t = sampled_timesteps(len(real), recipe.one_step_share, generator).to(real.device)
+    start, t, w_embedding = sampler_call(real, solver, generator, recipe.one_step_share)
+    return distill.predict_clean(student, solver, start, t, text, w_embedding)
+
+
+def sampler_call(
+    real: torch.Tensor, solver: distill.Solver, generator: torch.Generator, one_step_share: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sample, timestep, guidance embedding) of a random sampler call on these latents."""
+    t = sampled_timesteps(len(real), one_step_share, generator).to(real.device)
     start = student_input(real, t, solver, generator)
     _, w_embedding = distill.random_guidance(len(real), generator, STUDENT)
-    return distill.predict_clean(student, solver, start, t, text, w_embedding.to(real))
+    return start, t, w_embedding.to(real)
 
 
 def discriminator_loss(

@@ -43,10 +43,7 @@ def reading_loss(
 ) -> torch.Tensor:
     """The student's clean-latent prediction from the prompt as `read`, against the frozen copy's
     from the prompt padded, both from what a sampler hands them at one of its timesteps."""
-    t = adversarial.sampled_timesteps(len(real), one_step_share, generator).to(real.device)
-    start = adversarial.student_input(real, t, solver, generator)
-    _, w_embedding = distill.random_guidance(len(real), generator, STUDENT)
-    w_embedding = w_embedding.to(real)
+    start, t, w_embedding = adversarial.sampler_call(real, solver, generator, one_step_share)
     with torch.no_grad():
         goal = distill.predict_clean(frozen, solver, start, t, padded, w_embedding)
     return distill.pseudo_huber(distill.predict_clean(student, solver, start, t, read, w_embedding), goal, STUDENT.huber_c)
