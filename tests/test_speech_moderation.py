@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,28 @@ def test_medical_legal_and_everyday_replies_pass_with_a_margin(moderator: Modera
         threshold = category.threshold or policy.threshold
         closest = (embed(REPLIES["allowed"]) @ embed(list(category.descriptions)).T).max()
         assert closest <= threshold - 0.1, (category.name, closest)
+
+
+def test_speech_moderation_starts_no_openmp_team_on_its_thread(moderator: Moderator):
+    # An OpenMP team is started per thread and lives as long as it. A second one beside the image
+    # runner's (torch pooling the policy's phrases on the speech thread) made every picture ~1.5x
+    # slower on the 2-core CPU: libgomp's workers stop spinning when more are alive than cores.
+    built, done = threading.Event(), threading.Event()
+
+    def speech_thread() -> None:  # what the speech runner does at start, then stays alive
+        Moderator(Policy.load(SPEECH_POLICY), minilm_embedder()).check("Ready when you are, let's begin.")
+        built.set()
+        done.wait()
+
+    before = len(os.listdir("/proc/self/task"))  # the fixture started the tokenizer's threads
+    thread = threading.Thread(target=speech_thread)
+    thread.start()
+    try:
+        assert built.wait(60)
+        assert len(os.listdir("/proc/self/task")) == before + 1
+    finally:
+        done.set()
+        thread.join()
 
 
 @pytest.fixture(scope="module")

@@ -38,18 +38,17 @@ VERDICT_CACHE_SIZE = 1024
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
 
 
-def sentence_embedder(tokenizer, encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                      device: torch.device | str = "cpu") -> TextEmbedder:
+def sentence_embedder(tokenizer, encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TextEmbedder:
     """MiniLM's sentence vectors: `encoder(ids, mask)`'s last hidden states averaged over the real
-    tokens, unit length."""
+    tokens, unit length. Pooled in numpy: a torch op that size starts an OpenMP team on the calling
+    thread (the speech runner's), and a second team on the 2-core CPU made every picture ~1.5x slower."""
 
-    @torch.inference_mode()
     def embed(texts: list[str]) -> np.ndarray:
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(device)
-        hidden = encoder(tokens.input_ids, tokens.attention_mask).float()
-        mask = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        hidden = encoder(tokens.input_ids, tokens.attention_mask).numpy().astype(np.float32)
+        mask = tokens.attention_mask.numpy()[..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
     return embed
 
