@@ -281,13 +281,15 @@ def ended(id: str, *types: type) -> Callable[[Outcome], bool]:
     return lambda outcome: outcome.id == id and isinstance(outcome, types)
 
 
-async def barge_ins(url: str, trials: int, progress: Progress, others: int = 0, seed: int = 0) -> dict:
+async def barge_ins(url: str, trials: int, progress: Progress, others: int = 0, seed: int = 0,
+                    within: float = INTERRUPT_WITHIN) -> dict:
     """Interrupt the three-sentence reply `trials` times, by `cancel` in even trials and by a new utterance
     (INTERRUPTION) in odd ones, while `others` sessions speak their replies one after another. Each
-    interruption comes at a moment drawn in the first INTERRUPT_WITHIN of the time between the reply's
-    first chunk and its end when said once uninterrupted: while the server is still synthesizing it (a
-    fast voice sends a reply long before it has played, and an interruption after that finds nothing
-    left to stop)."""
+    interruption comes at a moment drawn in the first `within` of the time between the reply's first
+    chunk and its end when said once uninterrupted: while the server is still synthesizing it (a fast
+    voice sends a reply long before it has played, and an interruption after that finds nothing left to
+    stop). `within` 0: on the first chunk, which a quick run uses so that each trial finds the reply
+    still being said however busy the machine."""
     task = progress.add_task(f"barge-in, {others + 1} voices at once", total=trials)
     rng = random.Random(seed)
     marks = []
@@ -308,7 +310,7 @@ async def barge_ins(url: str, trials: int, progress: Progress, others: int = 0, 
                 old, new = f"reply {n}", f"interruption {n}" if n % 2 else None
                 await client.speak(THREE_SENTENCES, id=old)
                 await listener.until(lambda outcome: outcome.id == old)
-                await asyncio.sleep(rng.uniform(0, INTERRUPT_WITHIN * window))
+                await asyncio.sleep(rng.uniform(0, within * window))
                 sent = time.perf_counter()
                 if new is None:
                     await client.send_raw(encode(Cancel(id=old), client.codec))
@@ -400,7 +402,8 @@ def run(rounds: int, output: Path, quick: bool = False) -> dict:
             alone = asyncio.run(replies(url, 1, REPLIES, rounds * len(REPLIES), progress, "replies"))
             many = {str(n): asyncio.run(replies(url, n, together, rounds, progress, f"{n} sessions at once"))
                     for n in SESSIONS[1:]}
-            barge_in = {str(n): asyncio.run(barge_ins(url, 2 if quick else 4 * rounds, progress, others=n - 1))
+            barge_in = {str(n): asyncio.run(barge_ins(url, 2 if quick else 4 * rounds, progress, others=n - 1,
+                                                      within=0 if quick else INTERRUPT_WITHIN))
                         for n in (BARGE_IN_VOICES[:1] if quick else BARGE_IN_VOICES)}
             runner = server.engine.speech
             model = f"voice {runner.default_voice} (models {runner.info().name})"
