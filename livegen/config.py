@@ -171,6 +171,9 @@ class RayConfig(BaseModel):
     max_replicas: int = Field(default=1, ge=1, description="Most replicas the autoscaler starts.")
     target_sessions: float = Field(default=16, gt=0, description="Open sessions per replica the autoscaler "
                                                                  "aims for (Serve's target_ongoing_requests).")
+    autoscaling: dict[str, float] = Field(default_factory=dict, description="More of Serve's autoscaling_config "
+                                          "when max_replicas exceeds min_replicas, as Serve names them: "
+                                          "upscale_delay_s, downscale_delay_s, look_back_period_s, ...")
     cpus: float = Field(default=1, ge=0, description="CPUs each replica reserves.")
     gpus: float = Field(default=0, ge=0, description="GPUs each replica reserves; a fraction shares one.")
     health_check_period_s: float = Field(default=5, gt=0)

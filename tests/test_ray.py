@@ -245,6 +245,45 @@ async def test_a_model_in_a_deployment_of_its_own_is_chosen_by_the_model_field(c
     assert readiness["acceleration"]["tiny"]["mode"] == "a deployment of its own"
 
 
+def running() -> int:
+    return sum(r["state"] == "RUNNING" for r in replicas())
+
+
+async def until(condition, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"{what}: {replicas()}"
+        await asyncio.sleep(0.2)
+
+
+async def test_open_sessions_scale_the_replicas_up_and_back_down(cluster):
+    """Serve's autoscaler on open sessions (one per replica here): a second replica once sessions
+    outnumber the first, new sessions on it, and back to one when they close."""
+    autoscaled = settings(cluster.keys, 1, cluster.port)
+    autoscaled.ray = autoscaled.ray.model_copy(update={"max_replicas": 2, "target_sessions": 1, "autoscaling": {
+        "upscale_delay_s": 0, "downscale_delay_s": 1, "look_back_period_s": 1}})
+    try:
+        await asyncio.to_thread(apply, autoscaled)
+        await until(lambda: running() == 1 and len(replicas()) == 1, "one replica without sessions")
+        first = [Stream(cluster.url, i) for i in range(3)]
+        tasks = [asyncio.create_task(s.run()) for s in first]
+        await until(lambda: running() == 2, "a second replica for three sessions")
+        later = [Stream(cluster.url, i) for i in range(3, 5)]  # the new replica has none: they go there
+        tasks += [asyncio.create_task(s.run()) for s in later]
+        while any(len(s.frames) < 3 for s in first + later):
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                if task.done():
+                    task.result()
+        assert len({tag(s.frames[-1]) for s in first + later}) == 2
+        for s in first + later:
+            s.stop.set()
+        await asyncio.gather(*tasks)
+        await until(lambda: len(replicas()) == 1, "back to one replica once the sessions closed")
+    finally:
+        await asyncio.to_thread(scaled_to, cluster, 2)
+
+
 def test_replicas_refuse_to_make_their_own_signing_chain(tmp_path):
     with pytest.raises(ProvenanceError, match="every replica signs with the same one"):
         replica_settings(settings(tmp_path / "empty", 1), "r1")

@@ -30,12 +30,13 @@ DEPLOYMENT = "livegen"
 HTTP_HEADROOM = 16  # requests beside the sessions a replica takes: health, tokens, one-shot generate
 
 
-def scaling(least: int, most: int, target: float) -> dict[str, Any]:
+def scaling(least: int, most: int, target: float, more: dict[str, float]) -> dict[str, Any]:
     """A fixed replica count, or Serve's autoscaling between `least` and `most` on `target` requests
-    in flight per replica."""
+    in flight per replica, with `more` of its options (delays, windows)."""
     if most <= least:
         return {"num_replicas": least}
-    return {"autoscaling_config": {"min_replicas": least, "max_replicas": most, "target_ongoing_requests": target}}
+    return {"autoscaling_config": {**more, "min_replicas": least, "max_replicas": most,
+                                   "target_ongoing_requests": target}}
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
                     "start (load and warm-up) that livegen exists to remove")
     return {
         "name": DEPLOYMENT,
-        **scaling(ray.min_replicas, ray.max_replicas, ray.target_sessions),
+        **scaling(ray.min_replicas, ray.max_replicas, ray.target_sessions, ray.autoscaling),
         # An open WebSocket is one request in flight for as long as it stays open.
         "max_ongoing_requests": settings.max_sessions + HTTP_HEADROOM,
         "ray_actor_options": {"num_cpus": ray.cpus, "num_gpus": ray.gpus},
@@ -56,7 +57,7 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
 
 # Deployment options, not the replica's concern: left out of its arguments, so that changing them
 # rescales the replicas Serve has instead of replacing every one (a new version of the arguments).
-SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "cpus", "gpus"}}
+SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "autoscaling", "cpus", "gpus"}}
 
 
 def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -64,7 +65,8 @@ def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
     return {config.display_name: {
         "name": f"model-{config.display_name}",
         # A batch is one request; one in flight per replica keeps each busy without queueing behind another.
-        **scaling(config.deployment.replicas, config.deployment.max_replicas or config.deployment.replicas, 1),
+        **scaling(config.deployment.replicas, config.deployment.max_replicas or config.deployment.replicas, 1,
+                  settings.ray.autoscaling),
         # A batch in flight per ingress replica, and one more queued behind it.
         "max_ongoing_requests": 2 * settings.ray.max_replicas,
         "ray_actor_options": {"num_cpus": config.deployment.cpus, "num_gpus": config.deployment.gpus},
