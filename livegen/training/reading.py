@@ -1,18 +1,15 @@
-"""`livegen train adapt`: teach a trained student to read prompts by their real tokens, and to
-read the ways people name an emoji as its name.
+"""`livegen train adapt`: teach a trained student to read prompts by their real tokens.
 
 A student trained on prompts padded to 32 tokens, the padding attended, needs a 32-token text
 forward for the picture besides the short one moderation reads (issue 21's typing path). Read by
 its real tokens instead (models/embedded.py), the same weights draw the prompt far less often.
 Rather than learn the pictures again from data, the student learns to draw from the new reading
 what it drew from the old one: its frozen copy, given the same sample, timestep and guidance with
-a caption made from the emoji's name read padded, is the target, at the samplers' timesteps. The
-student reads any caption of that emoji: one of its name's, or one of CLDR's keywords and their
-variations ("a bee", "honeybees"), so a keyword comes to draw what the name draws (issue 25).
-A share of the prompts stays padded, so plain diffusers' `pipe(prompt)` keeps drawing. Only what
-reads the prompt learns (cross-attention's keys and values, the pooled prompt's embedding); what
-draws stays as it was: after 600 steps this kept both readings closer to the original than
-training every weight did (docs/model.md).
+the prompt read padded, is the target, at the samplers' timesteps. A share of the prompts stays
+padded against the same target, so plain diffusers' `pipe(prompt)` keeps drawing what it drew.
+Only what reads the prompt learns (cross-attention's keys and values, the pooled prompt's
+embedding); what draws stays as it was: after 600 steps this kept both readings closer to the
+original than training every weight did (docs/model.md).
 """
 
 from __future__ import annotations
@@ -45,8 +42,7 @@ def reading_loss(
     one_step_share: float,
 ) -> torch.Tensor:
     """The student's clean-latent prediction from the prompt as `read`, against the frozen copy's
-    from `padded` (the emoji's name, read padded), both from what a sampler hands them at one of
-    its timesteps."""
+    from the prompt padded, both from what a sampler hands them at one of its timesteps."""
     start, t, w_embedding = adversarial.sampler_call(real, solver, generator, one_step_share)
     with torch.no_grad():
         goal = distill.predict_clean(frozen, solver, start, t, padded, w_embedding)
@@ -80,9 +76,9 @@ def train(
         index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
         rows = captions.pick(index, generator)
         plain = (torch.rand(len(rows), generator=generator) < PLAIN_PROMPT_SHARE).view(-1, 1, 1)
-        read = torch.where(plain, captions.padded[rows], captions.real[rows]).float()
-        name = captions.padded[captions.pick_named(index, generator)].float()
-        loss = reading_loss(student, frozen, solver, latents[index].to(dev), read.to(dev), name.to(dev),
+        padded = captions.padded[rows].float()
+        read = torch.where(plain, padded, captions.real[rows].float())
+        loss = reading_loss(student, frozen, solver, latents[index].to(dev), read.to(dev), padded.to(dev),
                             generator, recipe.one_step_share)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

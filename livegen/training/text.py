@@ -20,7 +20,7 @@ from tqdm import tqdm
 from livegen.models.embedded import load_text_encoder, load_tokenizer, real_token_embeds
 from livegen.training.dataset import EmojiDataset
 
-READING = "real tokens repeated; padded; names counted"  # what text.pt holds (a change invalidates it)
+READING = "real tokens repeated; padded"  # how `real` and `padded` were read (a changed reading invalidates text.pt)
 
 
 class PromptEncoder:
@@ -49,7 +49,6 @@ class CaptionEmbeddings:
     owner: torch.Tensor  # captions: the image each caption describes
     empty_real: torch.Tensor  # tokens x 384: the empty prompt, each way
     empty_padded: torch.Tensor
-    named: torch.Tensor  # images: how many of each image's captions, stored first, are its name's templates
 
     def __post_init__(self) -> None:
         self.counts = torch.bincount(self.owner)
@@ -58,11 +57,6 @@ class CaptionEmbeddings:
     def pick(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The row of one random caption of each image."""
         pick = (torch.rand(len(images), generator=generator) * self.counts[images]).long()
-        return self.starts[images] + pick
-
-    def pick_named(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The row of one random caption of each image made from its name, not its keywords or variations."""
-        pick = (torch.rand(len(images), generator=generator) * self.named[images]).long()
         return self.starts[images] + pick
 
     def sample(
@@ -99,7 +93,6 @@ def embed_captions(workdir: Path, device: str = "cpu", progress: bool = True) ->
         "owner": torch.tensor([i for i, _ in captions]),
         "empty_real": empty_real[0].half().cpu(),
         "empty_padded": empty_padded[0].half().cpu(),
-        "named": torch.tensor([len(record.captions) for record in dataset.records]),
     }
     torch.save({**fields, "reading": READING}, cache)
     return CaptionEmbeddings(**fields)
