@@ -711,6 +711,14 @@ def _peer(config: ModelConfig, peers: bool, quick: bool) -> dict | None:
     return streamdiffusion_peer(config, 5 if quick else 50) if peers else None
 
 
+def _peer_python(peers: bool) -> Path | None:
+    """StreamDiffusion's environment's python (built on first use) when peers are asked for."""
+    from livegen.bench.streamdiffusion import ensure_venv
+    from livegen.bench.suite import PEER_VENV
+
+    return ensure_venv(PEER_VENV) if peers else None
+
+
 def _show(output: Path, scenario: str) -> None:
     typer.echo((output / f"{scenario}.md").read_text())
     typer.echo(f"results: {output / (scenario + '.json')}")
@@ -746,16 +754,10 @@ def bench_warm(model: ModelPathOption = None, size: BenchSizeOption = None,
                block: Annotated[int, typer.Option(help="Frames per row in each round.")] = 5,
                quick: QuickOption = False, peers: PeersOption = False, output: OutputOption = RESULTS) -> None:
     """One session's warm frames, interleaved: livegen, direct diffusers (plain, tuned), naive server, StreamDiffusion."""
-    from livegen.bench.suite import PEER_VENV
     from livegen.bench.warm import QUICK, run
 
     _quiet_libraries()
-    peer_python = None
-    if peers:
-        from livegen.bench.streamdiffusion import ensure_venv
-
-        peer_python = ensure_venv(PEER_VENV)
-    run(_bench_model(model, size), output=output, peer_python=peer_python,
+    run(_bench_model(model, size), output=output, peer_python=_peer_python(peers),
         **(QUICK if quick else {"rounds": max(2, frames // block), "block": block}))
     _show(output, "warm")
 
@@ -943,7 +945,6 @@ def bench_camera(model: ModelPathOption = None, size: BenchSizeOption = None,
     from livegen.bench.camera import run
 
     _quiet_libraries()
-    config = _bench_model(model, size)
-    run(config, 6 if quick else frames, output, _peer(config, peers, quick))
+    run(_bench_model(model, size), 6 if quick else frames, output, _peer_python(peers))
     _show(output, "camera")
 

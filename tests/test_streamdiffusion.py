@@ -184,3 +184,16 @@ def test_guidance_embedding_matters_on_the_tiny_model(tiny_embedded: Path):
     latents = generator.denoise(spec, [generator.encode_prompt("a red apple")], noise, None, [0], lambda: False)
     other = generator.decode(latents)[0]
     assert np.abs(with_embedding.astype(int) - other.astype(int)).max() >= WRONG_AT_LEAST
+
+
+def test_the_camera_bench_interleaves_streamdiffusions_image_to_image_stream(tiny_embedded: Path, tmp_path: Path):
+    from livegen.bench import camera
+
+    config = ModelConfig(source=str(tiny_embedded), name="tiny", sizes=[(SIZE, SIZE)], guidance=GUIDANCE)
+    speed = camera.run(config, 6, tmp_path, peer_venv())["speed"]
+    assert set(speed) == {"livegen", "direct", "streamdiffusion"}
+    assert speed["livegen"]["n"] == speed["direct"]["n"] == speed["streamdiffusion"]["n"] == 2 * (6 // 2)
+    assert speed["streamdiffusion"]["encode"] == speed["livegen"]["encode"] == "JPEG q85"
+    ratio = speed["streamdiffusion"]["over_livegen"]
+    assert ratio["rounds"] == 2 and ratio["low"] <= ratio["ratio"] <= ratio["high"]
+    assert "StreamDiffusion image-to-image stream" in (tmp_path / "camera.md").read_text()

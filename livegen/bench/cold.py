@@ -26,8 +26,7 @@ from livegen.bench.report import Rounds, Series, header, machine_line, ratio_int
 from livegen.bench.speech import stream
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig
-from livegen.models.embedded import EMBEDDED_MODEL
-from livegen.server.background import ServeProcess, free_port
+from livegen.server.background import ServeProcess
 
 PROMPT = "a smiling cat"  # the warm bench's prompt
 FIRST_PROMPT = "the first frame after ready, a prompt no one sent before"
@@ -58,11 +57,9 @@ async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds, 
 
 
 def one_cold_start(config: ModelConfig, frames: int, cache: Path) -> dict:
-    sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
-    model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
     kept = any(cache.iterdir())
     started = time.perf_counter()
-    server = ServeProcess(free_port(), [*model, *sizes], env={"LIVEGEN_CACHE_DIR": str(cache)})
+    server = ServeProcess.serving(config, env={"LIVEGEN_CACHE_DIR": str(cache)})
     ready_s = time.perf_counter() - started
     try:
         first_ms, cached, new, first_audio, warm_audio = asyncio.run(first_and_warm(server.ws_url, frames))

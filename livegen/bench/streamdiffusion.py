@@ -3,14 +3,15 @@
 What it measures, on the model livegen serves (1 step, same prompt, same size, same machine):
 - text-to-image: `txt2img()` one frame at a time, each followed by a JPEG encode (quality 85),
   because livegen's frame time includes that encode;
-- image-to-image: a fixed sequence of camera frames at livegen's strength 0.5 (t_index 1 of 2);
+- image-to-image (bench/camera.py, interleaved with livegen through `PeerProcess`): camera frames
+  at livegen's strength 0.5 (t_index 1 of 2);
 - round robin: N sessions with different prompts served in turn by one StreamDiffusion
   instance (`update_prompt` at every switch), as aggregate frames per second.
 
 Why a separate virtual environment: streamdiffusion 0.1.1 pins diffusers 0.24, which needs
 transformers < 4.46 and huggingface_hub < 0.26, while livegen runs on current diffusers. So the
 worker (streamdiffusion_worker.py) runs in its own venv and must not import livegen. The two
-sides talk either through files (`run_peer`: JPEG frames in, one JSON document out) or, for
+sides talk either through a file (`run_peer`: one JSON document out) or, for
 interleaved rounds, through JSON lines on the worker's stdin and stdout (`PeerProcess`).
 """
 
@@ -209,22 +210,16 @@ def run_peer(
     height: int,
     frames: int,
     sessions: int,
-    image_frames: list[bytes],
     timeout_s: float = 1800,
 ) -> dict:
     """Run the worker on `model` in the StreamDiffusion venv and return its JSON results."""
     with tempfile.TemporaryDirectory(prefix="livegen-streamdiffusion-") as tmp:
-        folder = Path(tmp) / "frames"
-        folder.mkdir()
-        for i, data in enumerate(image_frames):
-            (folder / f"{i:05d}.jpg").write_bytes(data)
         output = Path(tmp) / "results.json"
         command = [
             str(venv_python), str(WORKER),
             "--model", str(model), *text_encoder_args(model),
             "--width", str(width), "--height", str(height),
-            "--frames", str(frames), "--sessions", str(sessions),
-            "--image-frames", str(folder), "--output", str(output),
+            "--frames", str(frames), "--sessions", str(sessions), "--output", str(output),
         ]
         env = worker_env(venv_python)
         # A separate process: the worker's torch threads and imports never touch livegen's.

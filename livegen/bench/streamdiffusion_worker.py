@@ -14,9 +14,10 @@ creates, so it must not import livegen. Two ways to run it:
         latent shape), so the picture can be compared with livegen's pixel for pixel
     {"cmd": "quit"}                              -> {"bye": true}
   Errors answer {"error": "..."} and the worker keeps serving.
-- one-shot (--output): three measurements, one frame at a time after warm-up: text-to-image
-  (`txt2img`), image-to-image on a fixed sequence of JPEG frames, and a round robin of N
-  sessions with different prompts served by one StreamDiffusion instance; one JSON document.
+- one-shot (--output): two measurements, one frame at a time after warm-up: text-to-image
+  (`txt2img`) and a round robin of N sessions with different prompts served by one
+  StreamDiffusion instance; one JSON document. Image-to-image is measured in persistent mode,
+  interleaved with livegen (bench/camera.py).
 
 Settings, from StreamDiffusion's own defaults and recommendations (utils/wrapper.py of its
 repository; the pip package ships only streamdiffusion/pipeline.py):
@@ -237,6 +238,10 @@ def stream_settings(stream, mode: str, seed: int) -> dict:
         "device": str(stream.device), "torch_threads": torch.get_num_threads(), "warmup_calls": WARMUP,
         "jpeg_quality": JPEG_QUALITY, "seed": seed, "scheduler": type(stream.scheduler).__name__,
         "latent_channels": stream.channels, "prediction": "v" if stream.v_prediction else "epsilon",
+        **({"img2img": "StreamDiffusion adds the same fixed noise (prepare's) to every frame, like livegen's "
+                       "fixed seed; a frame is: decode the input JPEG, resize to the model size, encode "
+                       "(AutoencoderTiny: the same latents as livegen's VAE mean), denoise, decode, JPEG q85"}
+           if mode == "img2img" else {}),
     }
 
 
@@ -255,7 +260,8 @@ def serve(args: argparse.Namespace) -> None:
     size = (args.width, args.height)
     if args.mode == "txt2img":
         stream = make_stream(pipe, *size, t_index=0, schedule=1, prompt=PROMPT, seed=args.seed)
-    else:  # strength 0.5, as in the one-shot mode below
+    else:  # strength 0.5: livegen keeps 1 evaluation and stretches the schedule to 1 / 0.5 = 2 steps,
+        # starting at its second timestep; t_index 1 of a 2-step schedule is the same t.
         stream = make_stream(pipe, *size, t_index=1, schedule=2, prompt=IMAGE_PROMPT, seed=args.seed)
     frames = torch.Generator(device="cpu").manual_seed(args.seed)  # txt2img noise: reproducible runs
     gray = Image.new("RGB", size, (127, 127, 127))
@@ -327,15 +333,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img", help="persistent mode's frames")
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--sessions", type=int, default=8)
-    parser.add_argument("--image-frames", type=Path, help="folder of JPEG input frames (one-shot)")
     parser.add_argument("--output", type=Path, help="one-shot: write the results here; without it, persistent")
     parser.add_argument("--samples", type=Path, help="folder to save one output image per mode")
     args = parser.parse_args()
     if args.output is None:
         serve(args)
         return
-    if args.image_frames is None:
-        parser.error("--image-frames is needed with --output")
 
     _stub_cuda_events()
     torch.manual_seed(args.seed)
@@ -343,34 +346,15 @@ def main() -> None:
     size = (args.width, args.height)
     # Text-to-image: 1 step on a 1-step schedule (t = 999), as livegen's LCM schedule for 1 step.
     text = make_stream(pipe, *size, t_index=0, schedule=1, prompt=PROMPT, seed=args.seed)
-    # Image-to-image at strength 0.5: livegen keeps 1 evaluation and stretches the schedule to
-    # 1 / 0.5 = 2 steps, starting at its second timestep; t_index 1 of a 2-step schedule is the same t.
-    image = make_stream(pipe, *size, t_index=1, schedule=2, prompt=IMAGE_PROMPT, seed=args.seed)
-    jpegs = [p.read_bytes() for p in sorted(args.image_frames.glob("*.jp*g"))]
-    if not jpegs:
-        raise SystemExit(f"no JPEG frames in {args.image_frames}")
-
-    def image_frame(data: bytes) -> bytes:
-        # Decoding the camera's JPEG is part of the frame, as it is in livegen's server.
-        return to_jpeg(image(Image.open(io.BytesIO(data)).convert("RGB")))
-
-    gray = Image.new("RGB", size, (127, 127, 127))  # livegen warms image-to-image on a gray frame
     noise = torch.Generator(device="cpu").manual_seed(args.seed)
     for _ in range(WARMUP):
         to_jpeg(text.txt2img(generator=noise))
-        to_jpeg(image(gray))
 
     txt2img_ms, first_text = [], b""
     for i in range(args.frames):
         ms, out = timed(lambda: to_jpeg(text.txt2img(generator=noise)))
         txt2img_ms.append(ms)
         first_text = first_text or out
-
-    img2img_ms, first_image = [], b""
-    for i in range(args.frames):
-        ms, out = timed(lambda: image_frame(jpegs[i % len(jpegs)]))
-        img2img_ms.append(ms)
-        first_image = first_image or out
 
     # Round robin: one StreamDiffusion instance, N sessions with their own prompts, in turn.
     # StreamDiffusion keeps one prompt, so every switch re-encodes it with update_prompt.
@@ -386,7 +370,6 @@ def main() -> None:
     if args.samples:
         args.samples.mkdir(parents=True, exist_ok=True)
         (args.samples / "txt2img.jpg").write_bytes(first_text)
-        (args.samples / "img2img.jpg").write_bytes(first_image)
 
     results = {
         "peer": "streamdiffusion",
@@ -397,16 +380,12 @@ def main() -> None:
             "steps": 1, "cfg_type": "none", "guidance_embedding": GUIDANCE, "scheduler": "LCMScheduler",
             "txt2img": {"t_index_list": [0], "num_inference_steps": 1,
                         "timestep": int(text.sub_timesteps[0]), "prompt": PROMPT},
-            "img2img": {"t_index_list": [1], "num_inference_steps": 2, "timestep": int(image.sub_timesteps[0]),
-                        "equivalent_strength": 0.5, "prompt": IMAGE_PROMPT, "input_frames": len(jpegs)},
             "dtype": "float32", "device": str(pipe.device), "torch_threads": torch.get_num_threads(),
             "warmup_calls_per_mode": WARMUP, "jpeg_quality": JPEG_QUALITY, "seed": args.seed,
             "use_denoising_batch": True, "frame_buffer_size": 1, "acceleration": "none",
         },
         "txt2img_ms": [round(v, 3) for v in txt2img_ms],
-        "img2img_ms": [round(v, 3) for v in img2img_ms],
         "txt2img": summary(txt2img_ms),
-        "img2img": summary(img2img_ms),
         "round_robin": {"sessions": args.sessions, "frames": args.frames,
                         "fps": round(args.frames / round_robin_s, 2), **summary(round_robin_ms),
                         "ms": [round(v, 3) for v in round_robin_ms]},
@@ -419,10 +398,6 @@ def main() -> None:
             "StreamDiffusion calls the UNet without timestep_cond (it has no guidance-embedding option); the "
             f"worker wraps the UNet to pass the embedding of guidance {GUIDANCE} (w = {GUIDANCE - 1}), "
             "computed once, where livegen computes it per batch. Without it the UNet skips the embedding.",
-            "img2img noise: StreamDiffusion adds the same fixed noise (prepare's) to every frame, like "
-            "livegen's fixed seed; livegen encodes with the VAE mean, StreamDiffusion with retrieve_latents "
-            "(AutoencoderTiny has no distribution, so the same latents).",
-            "img2img frames: decode input JPEG + StreamDiffusion's resize to the model size + output JPEG q85.",
             "round robin: StreamDiffusion serves one prompt at a time, so each switch re-encodes the prompt "
             "(update_prompt, no cache) and frames run one by one; livegen caches prompt embeddings and "
             "batches sessions into one forward pass.",

@@ -25,8 +25,7 @@ def streamdiffusion_peer(config: ModelConfig, frames: int) -> dict:
 
     width, height = config.sizes[0]
     python = ensure_venv(PEER_VENV)
-    return run_peer(python, Path(config.source), width, height, frames, PEER_SESSIONS,
-                    camera.camera_frames(frames, moving=True))
+    return run_peer(python, Path(config.source), width, height, frames, PEER_SESSIONS)
 
 
 def run(config: ModelConfig, quick: bool, peers: bool, output: Path) -> dict:
@@ -41,7 +40,7 @@ def run(config: ModelConfig, quick: bool, peers: bool, output: Path) -> dict:
                          **(warm.QUICK if quick else {"rounds": 10, "block": 5})),
         "interactive": interactive.run(config, 2.0 if quick else 20.0, 1, output),
         "load": load.run(config, 0.5 if quick else 10.0, output, peer),
-        "camera": camera.run(config, 6 if quick else 150, output, peer),
+        "camera": camera.run(config, 6 if quick else 150, output, peer_python),
         "safety": safety.run(config, 6 if quick else 120, output, quick),
     }
     save(results, markdown(results), output)

@@ -9,13 +9,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 
-from livegen.config import Settings
+from livegen.config import ModelConfig, Settings
 from livegen.engine import Engine
+from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.server.app import create_app
 
 
@@ -48,6 +50,13 @@ class ServeProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.01)
+
+    @classmethod
+    def serving(cls, config: ModelConfig, env: dict[str, str] | None = None) -> ServeProcess:
+        """One that serves `config` at its sizes (the embedded model is `serve`'s default), on a free port."""
+        sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
+        model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
+        return cls(free_port(), [*model, *sizes], env=env)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, as when the machine or the process dies."""
