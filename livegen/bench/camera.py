@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +175,14 @@ def run(config: ModelConfig, count: int, output: Path, peer_python: Path | None 
                     progress.advance(task)
             if peer is not None:
                 peer.wait_ready()
-            systems = asyncio.run(interleaved_speed(server.ws_url, direct_img2img(config),
-                                                    camera_frames(count, moving=True), rounds, peer))
+            # The direct call loads and runs on a thread of its own: torch's pool of workers lives as
+            # long as the thread that started it, so none is left to slow an engine this process runs
+            # next (`livegen bench all` runs the safety bench after this one).
+            with ThreadPoolExecutor(max_workers=1) as direct_thread:
+                direct = direct_thread.submit(direct_img2img, config).result()
+                systems = asyncio.run(interleaved_speed(
+                    server.ws_url, lambda data: direct_thread.submit(direct, data).result(),
+                    camera_frames(count, moving=True), rounds, peer))
             progress.advance(task)
     finally:
         server.kill()
