@@ -27,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # pooling is numpy's now; torch names only the encoder's tensors
+    import torch
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.toml"
 SPEECH_POLICY = Path(__file__).resolve().parent / "speech_policy.toml"  # what a voice must not say
