@@ -118,6 +118,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
 ) -> UNet2DConditionModel:
+    """Sharpen the student stage's UNet into workdir/sharpen."""
     dev = pick_device(device)
     latents = teacher.scaled_latents(workdir)
     captions = embed_captions(workdir, progress=progress)
