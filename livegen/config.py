@@ -166,6 +166,10 @@ class RayConfig(BaseModel):
 
     address: str | None = Field(default=None, description="A Ray cluster to join (`auto`, `ray://...`); "
                                                           "a local one is started if absent.")
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy", description="What takes the clients' connections: `haproxy`, Serve's HAProxy in "
+        "front of each replica's own HTTP server (frames skip Python between client and replica), or `proxy`, "
+        "Serve's Python proxy actor. Ray reads it when a cluster starts (`cluster_env`).")
     min_replicas: int = Field(default=1, ge=0, description="Replicas kept warm. 0 lets Serve scale to zero, "
                                                           "which brings back the cold start.")
     max_replicas: int = Field(default=1, ge=1, description="Most replicas the autoscaler starts.")

@@ -1,4 +1,4 @@
-"""`livegen bench ray --quick`: the proxy rows, the replica rows, the drain and a model in its own deployment."""
+"""`livegen bench ray --quick`: the ingress rows (HAProxy and Serve's proxy), the replica rows, the drain and a model in its own deployment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from livegen.bench.scaleout import PLAIN, PROXIED
+from livegen.bench.scaleout import HAPROXY, PLAIN, PROXIED
 from livegen.cli import app
 
 pytestmark = pytest.mark.timeout(600)
@@ -19,13 +19,14 @@ def test_quick_ray_bench_measures_the_proxy_replicas_and_a_drain(tmp_path):
     r = json.loads((tmp_path / "ray.json").read_text())
     assert [row["sessions"] for row in r["rows"]] == [1, 4]
     for row in r["rows"]:
-        plain, proxied = row["latency"][PLAIN], row["latency"][PROXIED]
-        assert row["added_p50_ms"] == pytest.approx(proxied["p50_ms"] - plain["p50_ms"], abs=0.01)
-        ratio = row["p99_ratio"]
-        assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
-        assert row["frames_per_s"][PLAIN] > 0 and row["frames_per_s"][PROXIED] > 0
-    # The proxy's cost is measured against a replica computing with the plain server's threads.
-    assert r["threads"][PROXIED] == r["threads"][PLAIN] >= 1
+        assert set(row["ingress"]) == {HAPROXY, PROXIED}
+        for arm, cost in row["ingress"].items():
+            assert cost["added_p50_ms"] == pytest.approx(
+                cost["latency"][arm]["p50_ms"] - cost["latency"][PLAIN]["p50_ms"], abs=0.01)
+            assert cost["p99_ratio"]["low"] <= cost["p99_ratio"]["ratio"] <= cost["p99_ratio"]["high"]
+            assert cost["frames_per_s"][PLAIN] > 0 and cost["frames_per_s"][arm] > 0
+    # The ingresses' cost is measured against a replica computing with the plain server's threads.
+    assert r["threads"][HAPROXY] == r["threads"][PLAIN] >= 1
     assert set(r["replicas_frames_per_s"]) == {"1", "2"}
     drain = r["drain"]
     assert 0 < drain["moved"] <= drain["sessions"] and len(drain["gaps_s"]) == drain["moved"]

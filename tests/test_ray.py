@@ -1,10 +1,11 @@
 """livegen on Ray Serve (issue 22): a local Ray on loopback, two warm replicas of the embedded model
-behind Serve's proxy, driven by the Python client; replicas drained and killed mid-stream."""
+behind Serve's HAProxy ingress, driven by the Python client; replicas drained and killed mid-stream."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import io
 import socket
 import time
@@ -27,7 +28,8 @@ from livegen.config import ModelConfig, ModelDeployment, Settings, embedded_mode
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.models.sources import resolve_source
 from livegen.protocol import Exported, Frame
-from livegen.rayserve.application import deployment_options, replicas, serve_config
+from livegen.rayserve.application import cluster as ray_cluster
+from livegen.rayserve.application import deployment_options, replicas, routed, serve_config
 from livegen.rayserve.application import deploy as apply
 from livegen.rayserve.replica import replica_settings
 from livegen.safety import watermark
@@ -56,6 +58,7 @@ class Cluster:
     keys: Path
     port: int
     metrics: str
+    stats: str  # HAProxy's
 
     @property
     def url(self) -> str:
@@ -67,6 +70,7 @@ class Cluster:
 
     def deploy(self, replicas: int) -> None:
         apply(settings(self.keys, replicas, self.port))
+        routed(self.stats, replicas)
 
 
 def scaled_to(cluster: Cluster, count: int) -> None:
@@ -89,14 +93,16 @@ def tag(frame: Frame) -> int:
 def cluster(tmp_path_factory):
     keys = tmp_path_factory.mktemp("ray-keys")
     load_provenance(keys)  # one chain for every replica, made once here
-    port, metrics_port = free_port(), free_port()
-    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cluster = Cluster(keys, port, f"http://127.0.0.1:{metrics_port}/metrics")
-    cluster.deploy(2)
-    yield cluster
-    serve.shutdown()
-    ray.shutdown()
+    port, metrics_port, stats_port = free_port(), free_port(), free_port()
+    env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port())}
+    with ray_cluster(Settings().ray, env, num_cpus=6, include_dashboard=False, log_to_driver=False,
+                     _metrics_export_port=metrics_port):
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        cluster = Cluster(keys, port, f"http://127.0.0.1:{metrics_port}/metrics",
+                          f"http://127.0.0.1:{stats_port}/stats;csv")
+        cluster.deploy(2)
+        yield cluster
 
 
 class Stream:
@@ -150,6 +156,24 @@ async def test_sessions_spread_over_two_warm_replicas_with_their_own_tags(cluste
                                         for i, c in enumerate(clients)))
         assert all(c.hello.ready for c in clients)
     assert len({tag(f) for f in frames}) == 2  # both replicas served, each with its own watermark tag
+
+
+def sessions_by_server(stats: str) -> dict[str, int]:
+    """Connections each server of HAProxy's livegen backend has taken: replicas, and Serve's proxy as fallback."""
+    rows = csv.DictReader(httpx.get(stats).text.removeprefix("# ").splitlines())
+    return {row["svname"]: int(row["stot"]) for row in rows if row["pxname"] == "http-livegen" and row["svname"] != "BACKEND"}
+
+
+async def test_haproxy_takes_sessions_straight_to_the_replicas(cluster):
+    before = sessions_by_server(cluster.stats)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):
+            client = await stack.enter_async_context(AsyncClient(cluster.url))
+            await client.generate("a smiling cat")
+    after = sessions_by_server(cluster.stats)
+    added = {name: after[name] - before.get(name, 0) for name in after}
+    assert sum(n for name, n in added.items() if name.startswith("SERVE_REPLICA")) == 4, added
+    assert all(n == 0 for name, n in added.items() if not name.startswith("SERVE_REPLICA")), added
 
 
 async def test_each_replica_s_metrics_are_scraped_from_ray_with_its_replica_tag(cluster):
@@ -268,6 +292,7 @@ async def test_open_sessions_scale_the_replicas_up_and_back_down(cluster):
         first = [Stream(cluster.url, i) for i in range(3)]
         tasks = [asyncio.create_task(s.run()) for s in first]
         await until(lambda: running() == 2, "a second replica for three sessions")
+        await asyncio.to_thread(routed, cluster.stats, 2)
         later = [Stream(cluster.url, i) for i in range(3, 5)]  # the new replica has none: they go there
         tasks += [asyncio.create_task(s.run()) for s in later]
         while any(len(s.frames) < 3 for s in first + later):

@@ -1,9 +1,11 @@
 """`livegen bench ray`: what Ray Serve costs and gives, against the plain server, in one run.
 
-1. Proxy cost: the plain `livegen serve` (its own process) and one Ray Serve replica behind Serve's
-   proxy, the same settings, side by side; 1, 8 and 32 sessions in a closed loop, the two
-   interleaved in rounds on the same connections (livegen/bench/load.py's windows). Frame p50 and
-   p99 for each, the p50 added by the proxy, and the p99 ratio with a bootstrap interval.
+1. Ingress cost: the plain `livegen serve` (its own process) and one Ray Serve replica with the same
+   settings, reached two ways: through Serve's HAProxy ingress (livegen's default) and through
+   Serve's Python proxy (the HAProxy's fallback, on a port of its own); 1, 8 and 32 sessions in a
+   closed loop, the three interleaved in rounds on the same connections (livegen/bench/load.py's
+   windows). Frame p50 and p99 for each, the p50 each way adds, and its p99 ratio to the plain
+   server's with a bootstrap interval.
 2. Replicas: frames/s at 8 sessions with 1 replica, then with 2 (a redeploy between, so these two
    are not interleaved). On this 2-core machine both replicas share the same cores.
 3. Drain: sessions streaming over 2 replicas while Serve scales to 1; for each session that was on
@@ -36,7 +38,8 @@ from livegen.server.background import ServeProcess, free_port
 
 SESSIONS, QUICK_SESSIONS = (1, 8, 32), (1, 4)
 ROUNDS, QUICK_ROUNDS = 5, 2
-PLAIN, PROXIED = "plain livegen serve", "Ray Serve, 1 replica, through its proxy"
+PLAIN = "plain livegen serve"
+HAPROXY, PROXIED = "Ray Serve, 1 replica, HAProxy ingress", "Ray Serve, 1 replica, Serve's Python proxy"
 REPLICA_SESSIONS = 8
 DRAIN_SESSIONS = 6
 HOP_FRAMES = 10  # per model and round
@@ -97,6 +100,17 @@ async def alternating(url: str, names: tuple[str, str], rounds: int, frames: int
     return measured
 
 
+def compared(windows: dict[str, list[dict]], arm: str) -> dict:
+    """An ingress's frames against the plain server's, from their interleaved windows."""
+    p99 = {name: Rounds(name, [[float(np.percentile(w["ms"], 99))] for w in arm_windows])
+           for name, arm_windows in windows.items()}
+    latency = {name: Series(name, [ms for w in arm_windows for ms in w["ms"]]).summary()
+               for name, arm_windows in windows.items()}
+    return {"latency": latency, "frames_per_s": {name: frames_per_s(ws) for name, ws in windows.items()},
+            "added_p50_ms": round(latency[arm]["p50_ms"] - latency[PLAIN]["p50_ms"], 2),
+            "p99_ratio": ratio_interval(p99[arm], p99[PLAIN])}
+
+
 def cpu_threads(url: str, model: str) -> int:
     """The threads a server's model computes with, as its /readyz says."""
     return httpx.get(f"{url}/readyz").json()["acceleration"][model]["threads"]
@@ -106,19 +120,21 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     import ray
     from ray import serve
 
+    from livegen.rayserve.application import cluster, replicas, routed
     from livegen.rayserve.application import deploy as apply
-    from livegen.rayserve.application import replicas
 
     sessions_list, rounds = (QUICK_SESSIONS, QUICK_ROUNDS) if quick else (SESSIONS, ROUNDS)
     window_s = seconds / rounds
     base = Settings(models=[config], speech=None)
     load_provenance(base.safety.keys)
-    port = free_port()
+    port, stats_port, proxy_port = free_port(), free_port(), free_port()
+    stats = f"http://127.0.0.1:{stats_port}/stats;csv"
 
     def deploy(count: int, cpus: float = 1) -> None:
         ray_config = base.ray.model_copy(update={"min_replicas": count, "max_replicas": count,
                                                  "cpus": cpus, "drain_poll_s": 0.1})
         apply(base.model_copy(update={"ray": ray_config, "port": port}))
+        routed(stats, count)
 
     def scale_to(count: int) -> None:
         deploy(count)
@@ -127,44 +143,40 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
 
     width, height = config.sizes[0]
     plain = ServeProcess(free_port(), ["--model", config.source, "--size", f"{width}x{height}", "--no-speech"])
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(proxy_port)}
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # A replica computes with as many threads as the CPUs it reserves (Ray sets OMP_NUM_THREADS):
-        # to measure the proxy alone, it reserves as many as the plain server uses.
-        serve_url = f"http://127.0.0.1:{port}"
-        threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
-        deploy(1, cpus=threads[PLAIN])
-        threads[PROXIED] = cpu_threads(serve_url, config.display_name)
-        proxied = f"ws://127.0.0.1:{port}"
-        rows = []
-        for sessions in sessions_list:
-            windows = asyncio.run(interleaved({PLAIN: plain.ws_url, PROXIED: proxied}, sessions, rounds, window_s))
-            p99 = {arm: Rounds(arm, [[float(np.percentile(w["ms"], 99))] for w in arm_windows])
-                   for arm, arm_windows in windows.items()}
-            summary = {arm: Series(arm, [ms for w in arm_windows for ms in w["ms"]]).summary()
-                       for arm, arm_windows in windows.items()}
-            rows.append({"sessions": sessions, "latency": summary,
-                         "frames_per_s": {arm: frames_per_s(ws) for arm, ws in windows.items()},
-                         "added_p50_ms": round(summary[PROXIED]["p50_ms"] - summary[PLAIN]["p50_ms"], 2),
-                         "p99_ratio": ratio_interval(p99[PROXIED], p99[PLAIN])})
-        plain.kill()
-        replica_fps = {}
-        for count in (1, 2):
-            scale_to(count)
-            threads[f"{count} replica{'s' if count > 1 else ''} at 1 CPU each"] = cpu_threads(serve_url, config.display_name)
-            windows = asyncio.run(interleaved({f"{count}": proxied}, REPLICA_SESSIONS, rounds, window_s))[f"{count}"]
-            replica_fps[str(count)] = frames_per_s(windows)
-        gaps = asyncio.run(moves(proxied, DRAIN_SESSIONS, lambda: scale_to(1)))
-        own = config.model_copy(update={"name": f"{config.display_name}-own", "deployment": ModelDeployment()})
-        apply(base.model_copy(update={"models": [config, own], "port": port, "ray": base.ray.model_copy(update={
-            "min_replicas": 1, "max_replicas": 1, "cpus": 1})}))
-        names = (config.display_name, own.display_name)
-        hop = asyncio.run(alternating(proxied, names, rounds, 3 if quick else HOP_FRAMES))
+        with cluster(base.ray, env, num_cpus=4, include_dashboard=False, log_to_driver=False):
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            # A replica computes with as many threads as the CPUs it reserves (Ray sets OMP_NUM_THREADS):
+            # to measure the ingress alone, it reserves as many as the plain server uses.
+            serve_url = f"http://127.0.0.1:{port}"
+            threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
+            deploy(1, cpus=threads[PLAIN])
+            threads[HAPROXY] = cpu_threads(serve_url, config.display_name)
+            urls = {HAPROXY: f"ws://127.0.0.1:{port}", PROXIED: f"ws://127.0.0.1:{proxy_port}"}
+            rows = []
+            for sessions in sessions_list:
+                # One ingress at a time beside the plain server: the other's idle sessions on the same
+                # replica would make its batches wait for companions (the runner's active window).
+                rows.append({"sessions": sessions, "ingress": {arm: compared(
+                    asyncio.run(interleaved({PLAIN: plain.ws_url, arm: urls[arm]}, sessions, rounds, window_s)), arm)
+                    for arm in (HAPROXY, PROXIED)}})
+            plain.kill()
+            replica_fps = {}
+            for count in (1, 2):
+                scale_to(count)
+                threads[f"{count} replica{'s' if count > 1 else ''} at 1 CPU each"] = cpu_threads(serve_url, config.display_name)
+                windows = asyncio.run(interleaved({f"{count}": urls[HAPROXY]}, REPLICA_SESSIONS, rounds, window_s))
+                replica_fps[str(count)] = frames_per_s(windows[f"{count}"])
+            gaps = asyncio.run(moves(urls[HAPROXY], DRAIN_SESSIONS, lambda: scale_to(1)))
+            own = config.model_copy(update={"name": f"{config.display_name}-own", "deployment": ModelDeployment()})
+            apply(base.model_copy(update={"models": [config, own], "port": port, "ray": base.ray.model_copy(update={
+                "min_replicas": 1, "max_replicas": 1, "cpus": 1})}))
+            names = (config.display_name, own.display_name)
+            hop = asyncio.run(alternating(urls[HAPROXY], names, rounds, 3 if quick else HOP_FRAMES))
     finally:
         plain.kill()
-        serve.shutdown()
-        ray.shutdown()
     results = {**header("ray"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "ray": ray.__version__, "rounds": rounds, "window_s": round(window_s, 4), "rows": rows,
                "threads": threads,
@@ -181,19 +193,21 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, Ray {r['ray']}; {machine_line(r['machine'])}. Closed loop, "
-             f"the plain server and Serve's proxy interleaved in {r['rounds']} rounds of {r['window_s']} s windows "
-             "on the same connections; the p99 ratio's 95% interval is over rounds. Threads the model computes with "
-             "(the proxied replica reserves as many CPUs as the plain server's threads): "
+    lines = [f"Model `{r['model']}`, {r['size']}, 1 step, Ray {r['ray']}; {machine_line(r['machine'])}. Closed loop; "
+             f"each ingress interleaved with the plain server in {r['rounds']} rounds of {r['window_s']} s windows on "
+             "the same connections, one ingress after the other; each p99 ratio's 95% interval is over rounds. "
+             "Threads the model computes with (the replica reserves as many CPUs as the plain server's threads): "
              + ", ".join(f"{name} {count}" for name, count in r["threads"].items()) + ".", "",
-             "| sessions | plain p50 / p99 ms | Ray Serve p50 / p99 ms | p50 added ms | p99 ratio (95% interval) | "
-             "frames/s plain / Ray |", "|---|---|---|---|---|---|"]
+             "| sessions | ingress | plain p50 / p99 ms | through it p50 / p99 ms | p50 added ms | "
+             "p99 ratio (95% interval) | frames/s plain / through it |", "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        plain, proxied = row["latency"][PLAIN], row["latency"][PROXIED]
-        ratio = row["p99_ratio"]
-        lines.append(f"| {row['sessions']} | {plain['p50_ms']} / {plain['p99_ms']} | {proxied['p50_ms']} / "
-                     f"{proxied['p99_ms']} | {row['added_p50_ms']} | {ratio['ratio']}x ({ratio['low']}-{ratio['high']}) | "
-                     f"{row['frames_per_s'][PLAIN]} / {row['frames_per_s'][PROXIED]} |")
+        for arm, cost in row["ingress"].items():
+            plain, ray = cost["latency"][PLAIN], cost["latency"][arm]
+            ratio = cost["p99_ratio"]
+            lines.append(f"| {row['sessions']} | {arm.removeprefix('Ray Serve, 1 replica, ')} | {plain['p50_ms']} / "
+                         f"{plain['p99_ms']} | {ray['p50_ms']} / {ray['p99_ms']} | {cost['added_p50_ms']} | "
+                         f"{ratio['ratio']}x ({ratio['low']}-{ratio['high']}) | {cost['frames_per_s'][PLAIN]} / "
+                         f"{cost['frames_per_s'][arm]} |")
     drain = r["drain"]
     lines += ["", f"Frames/s at {r['replica_sessions']} sessions: 1 replica {r['replicas_frames_per_s']['1']}, "
                   f"2 replicas {r['replicas_frames_per_s']['2']} (a redeploy between: not interleaved).",

@@ -6,18 +6,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve._private.constants import RAY_SERVE_HAPROXY_STATS_PORT
 
-from livegen.config import Settings
+from livegen.config import RayConfig, Settings
 from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.rayserve.model import ModelReplica
 from livegen.rayserve.replica import LivegenReplica
@@ -55,9 +61,22 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-# Deployment options, not the replica's concern: left out of its arguments, so that changing them
-# rescales the replicas Serve has instead of replacing every one (a new version of the arguments).
-SCALING = {"ray": {"address", "min_replicas", "max_replicas", "target_sessions", "autoscaling", "cpus", "gpus"}}
+# Cluster and deployment options, not the replica's concern: left out of its arguments, so that
+# changing them rescales the replicas Serve has instead of replacing every one (a new version of the arguments).
+SCALING = {"ray": {"address", "ingress", "min_replicas", "max_replicas", "target_sessions", "autoscaling", "cpus",
+                   "gpus"}}
+
+
+def cluster_env(ray: RayConfig) -> dict[str, str]:
+    """The environment every node of the cluster must start with (`ray start`; this process for a
+    local cluster): Serve reads its ingress from it once, when it starts."""
+    if ray.ingress == "proxy":
+        return {}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+            # How long a stopped replica stays reachable, for the HAProxies to drop it, before it refuses
+            # connections. Serve's 30 s is sized for outside load balancers; livegen drains the replica's
+            # sessions as soon as it is stopped, and a session that lands there later is told to move on.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 
 
 def model_deployments(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -125,27 +144,66 @@ def deploy(settings: Settings, timeout_s: float = 600) -> None:
         time.sleep(0.1)
 
 
+def haproxy_replicas(stats_url: str) -> int:
+    """How many replicas the HAProxy whose stats page (CSV) this is routes to: UP in its backend.
+    Serve tells each node's HAProxy of a replica shortly after the replica runs; until then new
+    sessions go to the replicas it knows, or through Serve's Python proxy when it knows none."""
+    rows = csv.DictReader(httpx.get(stats_url).text.removeprefix("# ").splitlines())
+    return sum(row["svname"].startswith("SERVE_REPLICA") and row["status"] == "UP" for row in rows)
+
+
+def routed(stats_url: str, count: int, timeout_s: float = 60) -> None:
+    """Wait until the HAProxy at `stats_url` routes to exactly `count` replicas."""
+    deadline = time.monotonic() + timeout_s
+    while (up := haproxy_replicas(stats_url)) != count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HAProxy routes to {up} replicas, not {count}, after {timeout_s:g} s")
+        time.sleep(0.1)
+
+
 def replicas() -> list[dict[str, Any]]:
     """The deployment's replicas as Serve's controller reports them: id, state, actor name, ..."""
     details = serve.context._get_global_client().get_serve_details()
     return details["applications"][APP]["deployments"][DEPLOYMENT]["replicas"]
 
 
+@contextlib.contextmanager
+def cluster(config: RayConfig, env: dict[str, str] | None = None, **init: Any) -> Iterator[None]:
+    """Ray at `config.address`, or a local cluster whose nodes start with `cluster_env` (and `env`,
+    more of Serve's variables); Serve and Ray shut down on exit. `init`: more of ray.init's arguments."""
+    saved = os.environ.copy()
+    if config.address is None:
+        os.environ.update({**cluster_env(config), **(env or {})})
+    try:
+        ray.init(address=config.address, **init)
+    finally:  # the nodes have what they need; this process keeps its own environment
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def run(settings: Settings) -> None:
     """`livegen serve --ray`: deploy on a Ray cluster (a local one if none is named), serve until
     SIGINT or SIGTERM, then delete the application, which drains every replica's sessions."""
     load_provenance(settings.safety.keys)  # the chain every replica signs with, made here if there is none
-    ray.init(address=settings.ray.address)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    deploy(settings)
-    replicas = settings.ray.min_replicas if settings.ray.min_replicas == settings.ray.max_replicas else \
-        f"{settings.ray.min_replicas}-{settings.ray.max_replicas}"
-    print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} replicas, warm); "
-          "Ctrl+C drains the sessions and stops", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    serve.delete(APP)
-    serve.shutdown()
-    ray.shutdown()
+    with cluster(settings.ray):
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        deploy(settings)
+        if settings.ray.address is None and settings.ray.ingress == "haproxy":
+            routed(f"http://127.0.0.1:{RAY_SERVE_HAPROXY_STATS_PORT}/stats;csv", settings.ray.min_replicas)
+        replicas = settings.ray.min_replicas if settings.ray.min_replicas == settings.ray.max_replicas else \
+            f"{settings.ray.min_replicas}-{settings.ray.max_replicas}"
+        print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} replicas, warm); "
+              "Ctrl+C drains the sessions and stops", flush=True)
+        if settings.ray.address is not None and (env := cluster_env(settings.ray)):
+            print(f"A joined cluster's ingress is what its nodes started with: for {settings.ray.ingress}, start "
+                  f"them with {' '.join(f'{k}={v}' for k, v in env.items())} (docs/deploying.md)", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        serve.delete(APP)
