@@ -363,6 +363,8 @@ def ray_config(
     else:
         output.write_text(text)
         typer.echo(f"wrote {output}: serve deploy {output}")
+    if hint := rayserve.node_env_hint(settings.ray):
+        typer.echo(hint, err=True)
 
 
 keys_app = typer.Typer(help="Signing keys for the Content Credentials on exported images.", no_args_is_help=True)

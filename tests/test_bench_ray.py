@@ -23,7 +23,8 @@ def test_quick_ray_bench_measures_the_proxy_replicas_and_a_drain(tmp_path):
         for arm, cost in row["ingress"].items():
             assert cost["added_p50_ms"] == pytest.approx(
                 cost["latency"][arm]["p50_ms"] - cost["latency"][PLAIN]["p50_ms"], abs=0.01)
-            assert cost["p99_ratio"]["low"] <= cost["p99_ratio"]["ratio"] <= cost["p99_ratio"]["high"]
+            for ratio in (cost["p50_ratio"], cost["p99_ratio"]):
+                assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
             assert cost["frames_per_s"][PLAIN] > 0 and cost["frames_per_s"][arm] > 0
     # The ingresses' cost is measured against a replica computing with the plain server's threads.
     assert r["threads"][HAPROXY] == r["threads"][PLAIN] >= 1

@@ -2,6 +2,8 @@
 
 `serve_config(settings)` is the `serve deploy` config for a Settings: its import path names
 `build(args)`. `livegen serve --ray` applies it to a local or named cluster with `deploy`.
+The ingress (Serve's HAProxy or its Python proxy) is the cluster's, set in its nodes' environment
+when they start (`cluster_env`), not in the config.
 """
 
 from __future__ import annotations
@@ -167,6 +169,14 @@ def replicas() -> list[dict[str, Any]]:
     return details["applications"][APP]["deployments"][DEPLOYMENT]["replicas"]
 
 
+def node_env_hint(config: RayConfig) -> str | None:
+    """What the nodes of a cluster started elsewhere need for `config.ingress`, if anything."""
+    if env := cluster_env(config):
+        return (f"Start every node of the Ray cluster with {' '.join(f'{k}={v}' for k, v in env.items())} for the "
+                f"{config.ingress} ingress: Serve reads it when a node starts (docs/deploying.md)")
+    return None
+
+
 @contextlib.contextmanager
 def cluster(config: RayConfig, env: dict[str, str] | None = None, **init: Any) -> Iterator[None]:
     """Ray at `config.address`, or a local cluster whose nodes start with `cluster_env` (and `env`,
@@ -199,9 +209,8 @@ def run(settings: Settings) -> None:
             f"{settings.ray.min_replicas}-{settings.ray.max_replicas}"
         print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} replicas, warm); "
               "Ctrl+C drains the sessions and stops", flush=True)
-        if settings.ray.address is not None and (env := cluster_env(settings.ray)):
-            print(f"A joined cluster's ingress is what its nodes started with: for {settings.ray.ingress}, start "
-                  f"them with {' '.join(f'{k}={v}' for k, v in env.items())} (docs/deploying.md)", flush=True)
+        if settings.ray.address is not None and (hint := node_env_hint(settings.ray)):
+            print(hint, flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
