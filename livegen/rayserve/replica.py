@@ -51,7 +51,10 @@ async def stopping(context: ReplicaContext) -> bool:
     """Whether Serve's controller is stopping this replica (scale-down, redeploy, delete)."""
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     details = await controller.get_serve_instance_details.remote()
-    deployment = details["applications"][context.app_name]["deployments"][context.deployment]
+    application = details["applications"].get(context.app_name)
+    if application is None or context.deployment not in application["deployments"]:
+        return True  # deleted: its replicas are on their way out
+    deployment = application["deployments"][context.deployment]
     return any(r["replica_id"] == context.replica_id.unique_id and r["state"] == "STOPPING"
                for r in deployment["replicas"])
 
