@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
 import statistics
 import time
 from pathlib import Path
@@ -43,6 +45,7 @@ HAPROXY, PROXIED = "Ray Serve, 1 replica, HAProxy ingress", "Ray Serve, 1 replic
 REPLICA_SESSIONS = 8
 DRAIN_SESSIONS = 6
 HOP_FRAMES = 10  # per model and round
+IDLE_S = 10.0
 
 
 def tag(image: bytes) -> int | None:
@@ -113,6 +116,26 @@ def compared(windows: dict[str, list[dict]], arm: str) -> dict:
             "p99_ratio": ratio_interval(p99[arm], p99[PLAIN])}
 
 
+def cpu_ticks(exclude: set[int]) -> dict[int, int]:
+    """CPU time (clock ticks) of every process on the machine but `exclude`, by pid (Linux's /proc)."""
+    ticks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])
+    return {pid: t for pid, t in ticks.items() if pid not in exclude}
+
+
+def idle_cores(exclude: set[int], seconds: float) -> float:
+    """The cores every other process keeps busy over `seconds` of quiet: here Ray's own processes and
+    the idle replica, which take them from a saturated replica's frames."""
+    before, started = cpu_ticks(exclude), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = cpu_ticks(exclude), time.monotonic() - started
+    used = sum(t - before[pid] for pid, t in after.items() if pid in before)
+    return round(used / os.sysconf("SC_CLK_TCK") / elapsed, 3)
+
+
 def cpu_threads(url: str, model: str) -> int:
     """The threads a server's model computes with, as its /readyz says."""
     return httpx.get(f"{url}/readyz").json()["acceleration"][model]["threads"]
@@ -156,6 +179,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
             threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
             deploy(1, cpus=threads[PLAIN])
             threads[HAPROXY] = cpu_threads(serve_url, config.display_name)
+            ray_idle = idle_cores({os.getpid(), plain.process.pid}, 2 if quick else IDLE_S)
             urls = {HAPROXY: f"ws://127.0.0.1:{port}", PROXIED: f"ws://127.0.0.1:{proxy_port}"}
             rows = []
             for sessions in sessions_list:
@@ -181,7 +205,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         plain.kill()
     results = {**header("ray"), "model": config.display_name, "size": "x".join(map(str, config.sizes[0])),
                "ray": ray.__version__, "rounds": rounds, "window_s": round(window_s, 4), "rows": rows,
-               "threads": threads,
+               "threads": threads, "ray_idle_cores": ray_idle, "cores": os.cpu_count(),
                "replicas_frames_per_s": replica_fps, "replica_sessions": REPLICA_SESSIONS,
                "drain": {"sessions": DRAIN_SESSIONS, "moved": len(gaps), "gaps_s": [round(g, 3) for g in gaps],
                          "median_s": round(statistics.median(gaps), 3) if gaps else None,
@@ -212,7 +236,9 @@ def markdown(r: dict) -> str:
                          f"{p50['ratio']}x ({p50['low']}-{p50['high']}) | {p99['ratio']}x ({p99['low']}-{p99['high']}) | "
                          f"{cost['frames_per_s'][PLAIN]} / {cost['frames_per_s'][arm]} |")
     drain = r["drain"]
-    lines += ["", f"Frames/s at {r['replica_sessions']} sessions: 1 replica {r['replicas_frames_per_s']['1']}, "
+    lines += ["", f"With one replica and no session, Ray's processes and the idle replica kept {r['ray_idle_cores']} of "
+                  f"the machine's {r['cores']} cores busy.",
+              f"Frames/s at {r['replica_sessions']} sessions: 1 replica {r['replicas_frames_per_s']['1']}, "
                   f"2 replicas {r['replicas_frames_per_s']['2']} (a redeploy between: not interleaved).",
               f"Drain: {drain['moved']} of {drain['sessions']} streaming sessions were on the stopped replica; "
               f"from their last frame there to their first on the other: median {drain['median_s']} s, "
