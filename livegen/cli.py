@@ -95,15 +95,18 @@ MaxReplicasOption = Annotated[int | None, typer.Option(
     help="Ray: most replicas; above --replicas, Serve autoscales on open sessions.")]
 ReplicaCpusOption = Annotated[float | None, typer.Option(help="Ray: CPUs per replica (default 1).")]
 ReplicaGpusOption = Annotated[float | None, typer.Option(help="Ray: GPUs per replica, a fraction to share one.")]
+RayIngressOption = Annotated[str | None, typer.Option(
+    help="Ray: what takes the connections, `haproxy` (default) or Serve's Python `proxy`; the cluster's nodes "
+         "read it when they start.")]
 
 
 def _ray_config(settings: Settings, replicas: int | None, max_replicas: int | None, cpus: float | None,
-                gpus: float | None, address: str | None = None):
+                gpus: float | None, ingress: str | None, address: str | None = None):
     from pydantic import ValidationError
 
     from livegen.config import RayConfig
 
-    given = dict(min_replicas=replicas, cpus=cpus, gpus=gpus, address=address,
+    given = dict(min_replicas=replicas, cpus=cpus, gpus=gpus, ingress=ingress, address=address,
                  max_replicas=max_replicas if max_replicas is not None else replicas)
     try:
         return RayConfig.model_validate({**settings.ray.model_dump(), **{k: v for k, v in given.items()
@@ -170,6 +173,7 @@ def serve(
     max_replicas: MaxReplicasOption = None,
     replica_cpus: ReplicaCpusOption = None,
     replica_gpus: ReplicaGpusOption = None,
+    ray_ingress: RayIngressOption = None,
     ray_address: Annotated[str | None, typer.Option(help="A Ray cluster to join; a local one if absent.")] = None,
 ) -> None:
     """Load and warm the models, then serve the WebSocket stream and HTTP API."""
@@ -193,7 +197,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _quiet_libraries()
     if ray:
-        settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus, ray_address)
+        settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus, ray_ingress,
+                                   ray_address)
         _rayserve().run(settings)
         return
     from livegen.models import import_image_libraries_early
@@ -348,10 +353,11 @@ def ray_config(
     max_replicas: MaxReplicasOption = None,
     replica_cpus: ReplicaCpusOption = None,
     replica_gpus: ReplicaGpusOption = None,
+    ray_ingress: RayIngressOption = None,
 ) -> None:
     """A `serve deploy` config (also a RayService's serveConfigV2) for these settings and LIVEGEN_* ones."""
     settings = _settings(model, size, "auto", "auto", "auto", False, None, None, host=host, port=port)
-    settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus)
+    settings.ray = _ray_config(settings, replicas, max_replicas, replica_cpus, replica_gpus, ray_ingress)
     _check_access(settings)
     _check_models(settings)
     rayserve = _rayserve()

@@ -352,8 +352,11 @@ def test_ray_config_command_writes_a_serve_config(tmp_path):
     assert options["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 16}
     assert "ingress" not in config["applications"][0]["args"]["ray"]  # the cluster's: its nodes' environment
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in result.stderr  # what the nodes need, said where the config is made
-    proxy = CliRunner().invoke(app, ["ray", "config", "-o", str(output)], env={"LIVEGEN_RAY__INGRESS": "proxy"})
-    assert proxy.exit_code == 0 and "RAY_SERVE" not in proxy.stderr
+    for how in (["--ray-ingress", "proxy"], []):
+        proxy = CliRunner().invoke(app, ["ray", "config", "-o", str(output), *how], env={"LIVEGEN_RAY__INGRESS": "proxy"})
+        assert proxy.exit_code == 0 and "RAY_SERVE" not in proxy.stderr
+    unknown = CliRunner().invoke(app, ["ray", "config", "--ray-ingress", "nginx"])
+    assert unknown.exit_code == 2 and "haproxy" in unknown.output
     bad = CliRunner().invoke(app, ["ray", "config", "--replicas", "3", "--max-replicas", "2"])
     assert bad.exit_code == 2 and "exceeds max_replicas" in bad.output
 
