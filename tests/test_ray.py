@@ -366,3 +366,8 @@ def test_scale_to_zero_is_allowed_with_a_warning(tmp_path, caplog):
     s.ray = s.ray.model_copy(update={"min_replicas": 0, "max_replicas": 2})
     assert deployment_options(s)["autoscaling_config"]["min_replicas"] == 0
     assert "cold start" in caplog.text
+
+
+def test_waiting_for_haproxy_names_what_it_routes_to_when_time_runs_out():
+    with pytest.raises(TimeoutError, match="HAProxy routes to 0 replicas, not 2"):
+        routed(f"http://127.0.0.1:{free_port()}/stats;csv", 2, timeout_s=0.3)  # nothing listens: not yet started

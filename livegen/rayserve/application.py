@@ -150,7 +150,11 @@ def haproxy_replicas(stats_url: str) -> int:
     """How many replicas the HAProxy whose stats page (CSV) this is routes to: UP in its backend.
     Serve tells each node's HAProxy of a replica shortly after the replica runs; until then new
     sessions go to the replicas it knows, or through Serve's Python proxy when it knows none."""
-    rows = csv.DictReader(httpx.get(stats_url).text.removeprefix("# ").splitlines())
+    try:
+        text = httpx.get(stats_url).text
+    except httpx.HTTPError:  # HAProxy still starting
+        return 0
+    rows = csv.DictReader(text.removeprefix("# ").splitlines())
     return sum(row["svname"].startswith("SERVE_REPLICA") and row["status"] == "UP" for row in rows)
 
 
