@@ -211,7 +211,8 @@ def run(settings: Settings) -> None:
             routed(f"http://127.0.0.1:{RAY_SERVE_HAPROXY_STATS_PORT}/stats;csv", settings.ray.min_replicas)
         replicas = settings.ray.min_replicas if settings.ray.min_replicas == settings.ray.max_replicas else \
             f"{settings.ray.min_replicas}-{settings.ray.max_replicas}"
-        print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} replicas, warm); "
+        print(f"livegen on Ray Serve: ws://{settings.host}:{settings.port}/v1/stream ({replicas} "
+              f"replica{'' if replicas == 1 else 's'}, warm); "
               "Ctrl+C drains the sessions and stops", flush=True)
         if settings.ray.address is not None and (hint := node_env_hint(settings.ray)):
             print(hint, flush=True)
