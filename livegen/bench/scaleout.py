@@ -156,8 +156,8 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
     stats = f"http://127.0.0.1:{stats_port}/stats;csv"
 
     def deploy(count: int, cpus: float = 1) -> None:
-        ray_config = base.ray.model_copy(update={"min_replicas": count, "max_replicas": count,
-                                                 "cpus": cpus, "drain_poll_s": 0.1})
+        # Serve's and livegen's defaults otherwise (drain_poll_s too, which costs the controller CPU).
+        ray_config = base.ray.model_copy(update={"min_replicas": count, "max_replicas": count, "cpus": cpus})
         apply(base.model_copy(update={"ray": ray_config, "port": port}))
         routed(stats, count)
 
