@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import io
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +27,14 @@ from livegen.models.embedded import EMBEDDED_MODEL, EMBEDDED_SOURCE
 from livegen.models.sources import resolve_source
 from livegen.protocol import Exported, Frame
 from livegen.rayserve.application import cluster as ray_cluster
-from livegen.rayserve.application import deployment_options, replicas, routed, serve_config
+from livegen.rayserve.application import deployment_options, haproxy_servers, replicas, routed, serve_config
 from livegen.rayserve.application import deploy as apply
 from livegen.rayserve.replica import replica_settings
 from livegen.safety import watermark
 from livegen.safety.provenance import ProvenanceError, load_provenance, read_manifest
+from livegen.server.background import free_port
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settings(keys, replicas: int, port: int = 8000) -> Settings:
@@ -160,8 +153,7 @@ async def test_sessions_spread_over_two_warm_replicas_with_their_own_tags(cluste
 
 def sessions_by_server(stats: str) -> dict[str, int]:
     """Connections each server of HAProxy's livegen backend has taken: replicas, and Serve's proxy as fallback."""
-    rows = csv.DictReader(httpx.get(stats).text.removeprefix("# ").splitlines())
-    return {row["svname"]: int(row["stot"]) for row in rows if row["pxname"] == "http-livegen" and row["svname"] != "BACKEND"}
+    return {row["svname"]: int(row["stot"]) for row in haproxy_servers(stats)}
 
 
 async def test_haproxy_takes_sessions_straight_to_the_replicas(cluster):

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from livegen.bench.load import interleaved
-from livegen.bench.report import Rounds, Series, header, machine_line, ratio_interval, save
+from livegen.bench.report import Rounds, header, machine_line, ratio_interval, save
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, ModelDeployment, Settings
 from livegen.safety import watermark
@@ -108,8 +108,7 @@ def compared(windows: dict[str, list[dict]], arm: str) -> dict:
     frames = {name: Rounds(name, [w["ms"] for w in arm_windows]) for name, arm_windows in windows.items()}
     p99 = {name: Rounds(name, [[float(np.percentile(w["ms"], 99))] for w in arm_windows])
            for name, arm_windows in windows.items()}
-    latency = {name: Series(name, [ms for w in arm_windows for ms in w["ms"]]).summary()
-               for name, arm_windows in windows.items()}
+    latency = {name: rounds.series().summary() for name, rounds in frames.items()}
     return {"latency": latency, "frames_per_s": {name: frames_per_s(ws) for name, ws in windows.items()},
             "added_p50_ms": round(latency[arm]["p50_ms"] - latency[PLAIN]["p50_ms"], 2),
             "p50_ratio": ratio_interval(frames[arm], frames[PLAIN]),
@@ -166,8 +165,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
         while [r["state"] for r in replicas()] != ["RUNNING"] * count:
             time.sleep(0.05)
 
-    width, height = config.sizes[0]
-    plain = ServeProcess(free_port(), ["--model", config.source, "--size", f"{width}x{height}", "--no-speech"])
+    plain = ServeProcess.serving(config, args=["--no-speech"])
     env = {"RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(proxy_port)}
     try:

@@ -146,16 +146,23 @@ def deploy(settings: Settings, timeout_s: float = 600) -> None:
         time.sleep(0.1)
 
 
-def haproxy_replicas(stats_url: str) -> int:
-    """How many replicas the HAProxy whose stats page (CSV) this is routes to: UP in its backend.
-    Serve tells each node's HAProxy of a replica shortly after the replica runs; until then new
-    sessions go to the replicas it knows, or through Serve's Python proxy when it knows none."""
+def haproxy_servers(stats_url: str) -> list[dict[str, str]]:
+    """The servers of livegen's backend on the HAProxy whose stats page (CSV) this is: its replicas
+    (`SERVE_REPLICA...`) and Serve's Python proxy as its fallback; none while HAProxy is starting."""
     try:
         text = httpx.get(stats_url).text
-    except httpx.HTTPError:  # HAProxy still starting
-        return 0
-    rows = csv.DictReader(text.removeprefix("# ").splitlines())
-    return sum(row["svname"].startswith("SERVE_REPLICA") and row["status"] == "UP" for row in rows)
+    except httpx.HTTPError:
+        return []
+    return [row for row in csv.DictReader(text.removeprefix("# ").splitlines())
+            if row["pxname"] == f"http-{APP}" and row["svname"] != "BACKEND"]
+
+
+def haproxy_replicas(stats_url: str) -> int:
+    """How many replicas that HAProxy routes to: UP in its backend. Serve tells each node's HAProxy
+    of a replica shortly after the replica runs; until then new sessions go to the replicas it
+    knows, or through Serve's Python proxy when it knows none."""
+    return sum(row["svname"].startswith("SERVE_REPLICA") and row["status"] == "UP"
+               for row in haproxy_servers(stats_url))
 
 
 def routed(stats_url: str, count: int, timeout_s: float = 60) -> None:

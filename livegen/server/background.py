@@ -52,11 +52,13 @@ class ServeProcess:
             time.sleep(0.01)
 
     @classmethod
-    def serving(cls, config: ModelConfig, env: dict[str, str] | None = None) -> ServeProcess:
-        """One that serves `config` at its sizes (the embedded model is `serve`'s default), on a free port."""
+    def serving(cls, config: ModelConfig, env: dict[str, str] | None = None, args: list[str] | None = None
+                ) -> ServeProcess:
+        """One that serves `config` at its sizes (the embedded model is `serve`'s default), on a free
+        port; `args`: more of `livegen serve`'s."""
         sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
         model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
-        return cls(free_port(), [*model, *sizes], env=env)
+        return cls(free_port(), [*model, *sizes, *(args or [])], env=env)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, as when the machine or the process dies."""
