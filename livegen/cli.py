@@ -202,8 +202,9 @@ def serve(
         _rayserve().run(settings)
         return
     from livegen.models import import_image_libraries_early
+    from livegen.models.packed import has_pack
 
-    if settings.models:
+    if not all(has_pack(model) for model in settings.models):  # a kept pack loads without them
         import_image_libraries_early()
     from livegen.engine import Engine
     from livegen.server.app import create_app

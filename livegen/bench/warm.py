@@ -213,7 +213,7 @@ class Direct(System):
             self.pipe.unet.to(memory_format=torch.channels_last)
             self.pipe.vae.to(memory_format=torch.channels_last)
             self.pipe.unet = TracedUNet(self.pipe.unet)
-            self.text = OnnxTextEncoder(self.pipe.text_encoder, torch.get_num_threads())
+            self.text = OnnxTextEncoder.exported(self.pipe.text_encoder, torch.get_num_threads())
         # A folder whose livegen.json says so was trained to read the prompt's real tokens: the
         # cached and tuned rows read it that way (the same picture as livegen's); `pipe(prompt)` pads it.
         self.real_tokens = reads_real_tokens(Path(self.config.source))

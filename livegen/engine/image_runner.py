@@ -25,6 +25,7 @@ from livegen.engine.runner import ComputeTimeout, Runner, timeout_error
 from livegen.engine.task import Slot, Task
 from livegen.models import LIBRARY_LOADS
 from livegen.models.base import BatchSpec, ImageGenerator, PromptEmbedding
+from livegen.models.packed import keep_pack, load_pack
 from livegen.protocol import Blocked, Frame, Generate
 from livegen.safety.stages import SafetyStages
 
@@ -87,12 +88,14 @@ class ImageRunner(Runner):
         # OpenMP settings are per thread: without this, a worker thread started from a thread
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
         torch.set_num_threads(torch.get_num_threads())
-        # Imported here, not with the engine: diffusers takes seconds to import, which the server's
-        # start and the speech model's warm-up spend meanwhile.
-        with LIBRARY_LOADS:
-            from livegen.models.loader import load_generator
+        self.generator = load_pack(self.config)  # kept by an earlier start: no diffusers to import
+        if self.generator is None:
+            # Imported here, not with the engine: diffusers takes seconds to import, which the server's
+            # start and the speech model's warm-up spend meanwhile.
+            with LIBRARY_LOADS:
+                from livegen.models.loader import load_generator
 
-            self.generator = load_generator(self.config)
+                self.generator = load_generator(self.config)
         self.encode_prompt = lru_cache(maxsize=self.settings.prompt_cache_size)(self.generator.encode_prompt)
         self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers, self.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
@@ -108,6 +111,7 @@ class ImageRunner(Runner):
                 self._compute(tasks)
                 slowest = max(slowest, time.perf_counter() - computed)
         self.generator.warmed()
+        keep_pack(self.generator, self.config)
         log.info("%s warm in %.1fs (%s)", self.name, time.perf_counter() - started,
                  self.generator.describe_acceleration())
         return slowest

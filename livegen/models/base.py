@@ -91,9 +91,25 @@ class ImageGenerator(ABC):
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
         """Encode one prompt. Engines cache the result; it must not depend on anything else."""
 
+    device: torch.device
+    dtype: torch.dtype
+
     @abstractmethod
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents before any packing."""
+
     def make_noise(self, width: int, height: int, seed: int) -> torch.Tensor:
         """Initial latent noise for one image, the same for the same seed and size."""
+        # Drawn on the CPU so the same seed gives the same picture on every device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn((1, *self.latent_shape(width, height)), generator=generator)
+        return noise.to(self.device, self.dtype)
+
+    @staticmethod
+    def generators(seeds: list[int]) -> list[torch.Generator]:
+        """Per-image generators for the sampler's noise, so an image does not depend on what it was batched with."""
+        # seed + 1: the sampler's noise must not repeat the initial noise drawn from `seed`.
+        return [torch.Generator(device="cpu").manual_seed(seed + 1) for seed in seeds]
 
     @abstractmethod
     def encode_images(self, images: np.ndarray) -> torch.Tensor:

@@ -70,6 +70,23 @@ def repeat_tokens(states, lengths):
     return torch.gather(states, 1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
 
 
+def sentence_conditioning(ids, length: int, text_forward, real_tokens: bool):
+    """A MiniLM-conditioned model's reading of one prompt (`ids`: 1 x max length, `length` real
+    tokens): (the denoiser's hidden states, moderation's unit sentence vector).
+
+    The sentence vector is the real tokens' states alone (the same as masking the padding),
+    mean-pooled. A model trained on real tokens takes the same states as its conditioning,
+    repeated: one short forward. Otherwise the pipeline's own reading, every token attended,
+    padding included, as diffusers' encode_prompt runs a BertModel."""
+    import torch
+
+    words = ids[:, :length]
+    states = text_forward(words, torch.ones_like(words))
+    sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
+    hidden = repeat_tokens(states, torch.tensor([length])) if real_tokens else text_forward(ids, torch.ones_like(ids))
+    return hidden, sentence
+
+
 def real_token_embeds(tokenizer, text_encoder, prompts: list[str]):
     """MiniLM's states of each prompt's own tokens, repeated to TEXT_TOKENS: N x TEXT_TOKENS x width.
     Masked attention gives each real token exactly its state in a forward over the real tokens alone."""

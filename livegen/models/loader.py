@@ -28,6 +28,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
+from livegen.models.devices import pick_device, pick_dtype
 from livegen.models.embedded import pipeline_components, reads_real_tokens
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
@@ -50,20 +51,6 @@ def detect_family(pipe: DiffusionPipeline) -> str:
         return "flux"
     scheduler = type(pipe.scheduler).__name__
     return {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}.get(scheduler, "turbo")
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
 
 
 def default_guidance(family: str, pipe: DiffusionPipeline) -> float:

@@ -4,19 +4,25 @@ MiniLM's forward is many small operations: on the 2-core CPU one 32-token prompt
 a TorchScript trace and 5.0 ms in onnxruntime, which fuses them (largest difference 5e-6).
 Exporting the graph takes about 1 s, so it is kept in a cache folder keyed by the encoder's
 weights and the versions that shape the graph: a later start, or a second encoder with the same
-weights in the same process, reads it instead.
+weights in the same process, reads it instead. MiniLM from its package (`minilm_graph`) is keyed
+by its weights file instead of their values: a start that finds it loads neither the weights nor
+transformers (a second on the 2-core CPU).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
+from importlib.metadata import version
 
 import torch
 
 from livegen import cache
+from livegen.models.embedded import load_text_encoder, minilm_path
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +38,12 @@ class _LastHidden(torch.nn.Module):
         return self.encoder(ids, attention_mask=mask, return_dict=False)[0]
 
 
-def _fingerprint(encoder: torch.nn.Module) -> str:
-    import transformers
+def _versions() -> str:
+    return f"{torch.__version__} {version('transformers')}"
 
-    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__} {type(encoder).__name__}".encode())
+
+def _fingerprint(encoder: torch.nn.Module) -> str:
+    digest = hashlib.sha256(f"{_versions()} {type(encoder).__name__}".encode())
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -56,20 +64,38 @@ def _export(encoder: torch.nn.Module) -> bytes:
     return graph.getvalue()
 
 
-def exported_graph(encoder: torch.nn.Module, fresh: bool = False) -> bytes:
-    """The encoder as an ONNX graph: from the cache when it holds one for these weights, unless `fresh`."""
-    name = f"onnx/text-encoder-{_fingerprint(encoder)}.onnx"
+def _kept(name: str, export: Callable[[], bytes], fresh: bool) -> bytes:
     if not fresh and (graph := cache.read(name)):
         return graph
-    graph = _export(encoder)
+    graph = export()
     cache.keep(name, graph)
     return graph
 
 
-class OnnxTextEncoder:
-    """Called as the encoder is, with token ids and an attention mask; answers a float32 tensor."""
+def graph_name(encoder: torch.nn.Module) -> str:
+    """The cache entry of the encoder's graph."""
+    return f"onnx/text-encoder-{_fingerprint(encoder)}.onnx"
 
-    def __init__(self, encoder: torch.nn.Module, threads: int):
+
+def exported_graph(encoder: torch.nn.Module, fresh: bool = False) -> bytes:
+    """The encoder as an ONNX graph: from the cache when it holds one for these weights, unless `fresh`."""
+    return _kept(graph_name(encoder), lambda: _export(encoder), fresh)
+
+
+def minilm_graph(fresh: bool = False) -> bytes:
+    """all-MiniLM-L6-v2's graph, kept under a key of its weights file; exported (and its weights
+    loaded) only when the cache has none for this file and these versions, or if `fresh`."""
+    weights = minilm_path() / "model.safetensors"
+    key = hashlib.sha256(f"{cache.file_key(weights)} {_versions()}".encode()).hexdigest()[:32]
+    return _kept(f"onnx/minilm-{key}.onnx", lambda: _export(load_text_encoder().eval()), fresh)
+
+
+class OnnxTextEncoder:
+    """Called as the encoder is, with token ids and an attention mask; answers a float32 tensor.
+
+    `graph(fresh)`: the encoder's ONNX graph, as `exported_graph` or `minilm_graph` give it."""
+
+    def __init__(self, graph: Callable[[bool], bytes], threads: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -79,11 +105,16 @@ class OnnxTextEncoder:
         # follows (the UNet: 15 -> 33 ms on the 2-core CPU).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(exported_graph(encoder), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(graph(False), options, providers=["CPUExecutionProvider"])
         except Exception:  # a damaged cached graph: export afresh, and replace it
             log.warning("the cached text encoder graph did not load; exporting it again", exc_info=True)
-            self.session = ort.InferenceSession(exported_graph(encoder, fresh=True), options,
+            self.session = ort.InferenceSession(graph(True), options,
                                                 providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def exported(cls, encoder: torch.nn.Module, threads: int) -> OnnxTextEncoder:
+        """For an encoder in memory: its graph kept under a fingerprint of its weights."""
+        return cls(functools.partial(exported_graph, encoder), threads)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         (hidden,) = self.session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import Any
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 
 from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription
 
-# Image-to-image stretches the schedule to steps/strength; schedulers such as LCM's allow 50 at most.
+# Image-to-image stretches the schedule to steps/strength, to 50 steps at most (LCM and TCD: fewer).
 MAX_SCHEDULE = 50
 
 
@@ -19,6 +18,13 @@ def vae_scale_factor(vae: Any) -> int:
     if "upsampling_scaling_factor" in config:  # AutoencoderTiny
         return config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
     return 2 ** (len(config.block_out_channels) - 1)
+
+
+def schedule_length(spec: BatchSpec, longest: int) -> int:
+    """The schedule `spec` runs on: image-to-image places its `steps` on one of steps/strength, at most `longest`."""
+    if spec.strength is None:
+        return spec.steps
+    return min(longest, max(spec.steps, round(spec.steps / spec.strength)))
 
 
 class DiffusersGenerator(ImageGenerator):
@@ -74,20 +80,15 @@ class DiffusersGenerator(ImageGenerator):
         threads = {"threads": torch.get_num_threads()} if self.device.type == "cpu" else {}
         return {"mode": self.acceleration, **graphs, **threads}
 
-    # ------------------------------------------------------------------ noise and schedule
-
-    @abstractmethod
-    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
-        """(channels, height, width) of one image's latents before any packing."""
-
-    def make_noise(self, width: int, height: int, seed: int) -> torch.Tensor:
-        # Drawn on the CPU so the same seed gives the same picture on every device.
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn((1, *self.latent_shape(width, height)), generator=generator)
-        return noise.to(self.device, self.dtype)
+    # ------------------------------------------------------------------ schedule
 
     def set_timesteps(self, total: int, spec: BatchSpec) -> None:
         self.scheduler.set_timesteps(total, device=self.device)
+
+    @property
+    def longest_schedule(self) -> int:
+        """LCM's and TCD's schedulers take at most the steps they were distilled for."""
+        return min(MAX_SCHEDULE, self.scheduler.config.get("original_inference_steps") or MAX_SCHEDULE)
 
     def schedule(self, spec: BatchSpec) -> torch.Tensor:
         """The timesteps to run: `steps` of them, starting at the noise level `strength` asks for.
@@ -95,29 +96,24 @@ class DiffusersGenerator(ImageGenerator):
         Image-to-image keeps `steps` as the number of denoiser evaluations (the real-time budget)
         and places them on a schedule of steps/strength, instead of cutting the schedule short.
         """
-        total = spec.steps
-        if spec.strength is not None:
-            total = min(MAX_SCHEDULE, max(spec.steps, round(spec.steps / spec.strength)))
+        total = schedule_length(spec, self.longest_schedule)
         self.set_timesteps(total, spec)
         begin = (total - spec.steps) * self.scheduler.order
         self.scheduler.set_begin_index(begin)
         return self.scheduler.timesteps[begin:]
-
-    @staticmethod
-    def generators(seeds: list[int]) -> list[torch.Generator]:
-        """Per-image generators, so an image does not depend on what it was batched with."""
-        # seed + 1: the sampler's noise must not repeat the initial noise drawn from `seed`.
-        return [torch.Generator(device="cpu").manual_seed(seed + 1) for seed in seeds]
 
     # ------------------------------------------------------------------ VAE
 
     def _vae_shift(self) -> float:
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
-    @torch.inference_mode()
     def encode_images(self, images: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
-        pixels = (pixels.to(self.vae.dtype) / 127.5 - 1.0).contiguous()
+        return self.encode_pixels(torch.from_numpy(images).to(self.device))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device -> latents."""
+        pixels = (pixels.permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1.0).contiguous()
         encoded = self.vae.encode(pixels)
         # The mean, not a sample: a still camera frame should give a still latent.
         latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents

@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 
 from livegen.models.base import BatchSpec, PromptEmbedding
-from livegen.models.embedded import repeat_tokens
+from livegen.models.embedded import sentence_conditioning
 from livegen.models.pipeline import DiffusersGenerator
 
 CFG_GUIDANCE = 2.0  # any guidance above 1 turns classifier-free guidance on, which the warm-up must see
@@ -37,20 +37,10 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if not self.reads_sentences:
             embeds, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
-        # Moderation's sentence vector: the real tokens alone (the same as masking the padding),
-        # mean-pooled, unit length. A model trained on real tokens takes the same states as its
-        # conditioning, repeated: one short forward. Otherwise the pipeline's own reading, every
-        # token attended, padding included, as diffusers' encode_prompt runs a BertModel.
         tokens = self.pipe.tokenizer([prompt], padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
                                      truncation=True, return_tensors="pt")
-        ids = tokens.input_ids.to(self.device)
-        words = ids[:, : int(tokens.attention_mask.sum())]
-        states = self.text_forward(words, torch.ones_like(words))
-        sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
-        if self.real_tokens:
-            hidden = repeat_tokens(states, torch.tensor([words.shape[1]]))
-        else:
-            hidden = self.text_forward(ids, torch.ones_like(ids))
+        hidden, sentence = sentence_conditioning(tokens.input_ids.to(self.device), int(tokens.attention_mask.sum()),
+                                                 self.text_forward, self.real_tokens)
         return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)
 
     def text_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -62,7 +52,7 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if self.reads_sentences:
             from livegen.models.onnx_text import OnnxTextEncoder
 
-            self.text_forward = OnnxTextEncoder(self.pipe.text_encoder, torch.get_num_threads())  # type: ignore[method-assign]
+            self.text_forward = OnnxTextEncoder.exported(self.pipe.text_encoder, torch.get_num_threads())  # type: ignore[method-assign]
 
     @cached_property
     def empty_prompt(self) -> PromptEmbedding:

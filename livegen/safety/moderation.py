@@ -34,6 +34,8 @@ import numpy as np
 if TYPE_CHECKING:  # pooling is numpy's now; torch names only the encoder's tensors
     import torch
 
+    from livegen.models.tokens import Tokenizer
+
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.toml"
 SPEECH_POLICY = Path(__file__).resolve().parent / "speech_policy.toml"  # what a voice must not say
 VERDICT_CACHE_SIZE = 1024
@@ -41,15 +43,15 @@ VERDICT_CACHE_SIZE = 1024
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
 
 
-def sentence_embedder(tokenizer, encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TextEmbedder:
+def sentence_embedder(tokenizer: Tokenizer, encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TextEmbedder:
     """MiniLM's sentence vectors: `encoder(ids, mask)`'s last hidden states averaged over the real
     tokens, unit length. Pooled in numpy: a torch op that size starts an OpenMP team on the calling
     thread (the speech runner's), and a second team on the 2-core CPU made every picture ~1.5x slower."""
 
     def embed(texts: list[str]) -> np.ndarray:
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        hidden = encoder(tokens.input_ids, tokens.attention_mask).numpy().astype(np.float32)
-        mask = tokens.attention_mask.numpy()[..., None].astype(np.float32)
+        ids, attention = tokenizer(texts)
+        hidden = encoder(ids, attention).numpy().astype(np.float32)
+        mask = attention.numpy()[..., None].astype(np.float32)
         pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
@@ -61,10 +63,11 @@ def minilm_embedder() -> TextEmbedder:
     """A MiniLM of moderation's own, shared by the runners whose model has another text encoder and
     by reply moderation. In onnxruntime on one thread: called between pieces of speech, a torch
     forward took 23-48 ms against 10 ms alone, slowed by Kokoro's spinning onnxruntime threads."""
-    from livegen.models.embedded import load_text_encoder, load_tokenizer
-    from livegen.models.onnx_text import OnnxTextEncoder
+    from livegen.models.embedded import TEXT_TOKENS, minilm_path
+    from livegen.models.onnx_text import OnnxTextEncoder, minilm_graph
+    from livegen.models.tokens import Tokenizer
 
-    return sentence_embedder(load_tokenizer(), OnnxTextEncoder(load_text_encoder().eval(), threads=1))
+    return sentence_embedder(Tokenizer.read(minilm_path(), TEXT_TOKENS), OnnxTextEncoder(minilm_graph, threads=1))
 
 
 class PolicyError(ValueError):

@@ -23,7 +23,7 @@ from diffusers import AutoencoderTiny, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import autoencoder, distill, loop, teacher
 from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, SHARPEN, STUDENT, SharpenRecipe
 from livegen.training.text import embed_captions

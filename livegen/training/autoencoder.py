@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import loop
 from livegen.training.dataset import EmojiDataset
 from livegen.training.recipe import AUTOENCODER, LATENT_CHANNELS, SEED, AutoencoderRecipe

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 from torch import nn
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import autoencoder, loop
 from livegen.training.dataset import EmojiDataset
 from livegen.training.recipe import CLASSIFIER, SEED, ClassifierRecipe

@@ -25,7 +25,7 @@ from diffusers import LCMScheduler, UNet2DConditionModel
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.training_utils import EMAModel
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import loop, teacher
 from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, STUDENT, StudentRecipe
 from livegen.training.text import CaptionEmbeddings, embed_captions

@@ -20,7 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import adversarial, distill, loop, teacher
 from livegen.training.recipe import ADAPT, PLAIN_PROMPT_SHARE, SEED, STUDENT, AdaptRecipe
 from livegen.training.text import embed_captions

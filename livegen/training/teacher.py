@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 
-from livegen.models.loader import pick_device
+from livegen.models.devices import pick_device
 from livegen.training import autoencoder, loop
 from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, TEACHER, TeacherRecipe
 from livegen.training.text import CaptionEmbeddings, embed_captions

@@ -1,0 +1,300 @@
+"""A warm CPU model kept in the cache folder, so that a later start serves it without diffusers.
+
+Importing diffusers and transformers took about 2.5 s of a 7 s cold start on the 2-core CPU. A
+model that runs as TorchScript traces with MiniLM as its text encoder and its guidance as an
+embedding (the embedded model's kind) needs neither once its parts are traced. After its first
+warm-up, `keep_pack` writes:
+
+- the UNet with its guidance embedding, and the VAE's encoder and decoder, as saved traces, one
+  per served size (the batch size stays symbolic);
+- the sampler as tables: each schedule the engine can ask for (pipeline.schedule_length) and, at
+  each step, the numbers diffusers' scheduler gives. Its step is linear in the sample, the
+  prediction and the noise drawn, and adding noise is linear in the image and the noise: the pack
+  records those coefficients, probed from the scheduler itself and checked on random inputs,
+  rather than restating its formulas;
+- the tokenizer's tokenizer.json, the cache entry of the text encoder's ONNX graph, and the
+  model's description; the manifest last, so a pack is whole or absent.
+
+`load_pack` reads it when the model's files, the library versions and the model's settings are
+those it was made with (they name it); the engine then warms it as it warms any model. A pack that
+cannot be read is logged and the model loads through diffusers, as it does when there is none.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from importlib.metadata import version
+
+import numpy as np
+import torch
+
+from livegen import cache
+from livegen.config import ModelConfig
+from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription, PromptEmbedding
+from livegen.models.devices import pick_device, pick_dtype
+from livegen.models.embedded import minilm_path, sentence_conditioning
+from livegen.models.onnx_text import OnnxTextEncoder
+from livegen.models.pipeline import schedule_length
+from livegen.models.sources import resolve_source
+from livegen.models.tokens import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+LINEAR_RTOL = 1e-4  # a probed step must predict a random input's step this closely
+
+
+class NotPackable(Exception):
+    """The model's sampler is not the linear kind the tables can hold."""
+
+
+def pack_name(config: ModelConfig) -> str:
+    """The pack's folder in the cache: named by everything that shapes what it holds."""
+    folder = resolve_source(config.source)
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    parts = [config.model_dump_json(), torch.__version__, version("diffusers"), version("transformers"),
+             *(cache.file_key(path) for path in files)]
+    try:  # the text encoder of a folder without one (pipeline_components)
+        parts.append(cache.file_key(minilm_path() / "model.safetensors"))
+    except Exception:
+        pass
+    return "packs/" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def has_pack(config: ModelConfig) -> bool:
+    try:
+        return (cache.cache_dir() / pack_name(config) / MANIFEST).is_file()
+    except Exception:  # a source that does not resolve: the loader reports it
+        return False
+
+
+# ---------------------------------------------------------------------- making a pack
+
+
+def packable(generator: ImageGenerator) -> bool:
+    from livegen.models.unet import StableDiffusionGenerator, StableDiffusionXLGenerator
+
+    return (isinstance(generator, StableDiffusionGenerator) and not isinstance(generator, StableDiffusionXLGenerator)
+            and generator.device.type == "cpu" and generator.acceleration == "TorchScript traces"
+            and generator.reads_sentences and generator.guidance_embedding_dim is not None
+            and generator.scheduler.order == 1)
+
+
+class _Denoiser(torch.nn.Module):
+    """The UNet and its guidance embedding, as the generator's loop calls them."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.unet = generator.pipe.unet
+        self.embed = generator.pipe.get_guidance_scale_embedding
+        self.dim = generator.guidance_embedding_dim
+
+    def forward(self, sample: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        cond = self.embed(w, embedding_dim=self.dim).to(sample.dtype)
+        return self.unet(sample, t, encoder_hidden_states=hidden, timestep_cond=cond, return_dict=False)[0]
+
+
+class _Stage(torch.nn.Module):
+    """A generator's VAE stage (a method over tensors) with the VAE as a submodule, which tracing needs."""
+
+    def __init__(self, vae: torch.nn.Module, stage: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.vae = vae
+        self.stage = stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(x)
+
+
+def _probe(scheduler, total: int, index: int, t: torch.Tensor) -> list[float]:
+    """Step `index` of the `total`-step schedule: [scale, sample, prediction, noise, image, image noise]
+    coefficients, as diffusers' scheduler computes them."""
+    scheduler.set_timesteps(total, device="cpu")
+    scheduler.set_begin_index(index)
+    scale = float(scheduler.scale_model_input(torch.ones(1, 1, 1, 1), t))
+    rng = np.random.default_rng(index)
+    a, b = rng.standard_normal(2)
+    sample = torch.tensor([1.0, 0.0, 0.0, a]).reshape(1, 4, 1, 1)
+    pred = torch.tensor([0.0, 1.0, 0.0, b]).reshape(1, 4, 1, 1)
+    drawn = torch.randn((1, 4, 1, 1), generator=torch.Generator().manual_seed(0))
+    out = scheduler.step(pred, t, sample, generator=[torch.Generator().manual_seed(0)], return_dict=False)[0].flatten()
+    c = float(out[2] / drawn.flatten()[2])
+    s, p = float(out[0] - c * drawn.flatten()[0]), float(out[1] - c * drawn.flatten()[1])
+    image, noise = torch.tensor([1.0, 0.0, a]).reshape(1, 3, 1, 1), torch.tensor([0.0, 1.0, b]).reshape(1, 3, 1, 1)
+    added = scheduler.add_noise(image, noise, t.reshape(1)).flatten()
+    i, n = float(added[0]), float(added[1])
+    linear = (abs(float(out[3]) - (s * a + p * b + c * float(drawn.flatten()[3]))) <= LINEAR_RTOL * (1 + abs(float(out[3])))
+              and abs(float(added[2]) - (i * a + n * b)) <= LINEAR_RTOL * (1 + abs(float(added[2]))))
+    if not linear:
+        raise NotPackable(f"{type(scheduler).__name__}'s step {index} of {total} is not linear")
+    return [scale, s, p, c, i, n]
+
+
+def sampler_tables(scheduler, longest: int) -> tuple[list[list[list[float]]], str]:
+    """For each schedule of 1 to `longest` steps, [timestep, *coefficients] at each step; and the
+    timesteps' dtype."""
+    scheduler = copy.deepcopy(scheduler)
+    tables = []
+    for total in range(1, longest + 1):
+        scheduler.set_timesteps(total, device="cpu")
+        timesteps = scheduler.timesteps.clone()
+        tables.append([[float(t), *_probe(scheduler, total, index, t)] for index, t in enumerate(timesteps)])
+    return tables, str(timesteps.dtype).removeprefix("torch.")
+
+
+def _keep_traces(generator, name: str, width: int, height: int, t: torch.Tensor) -> None:
+    """One size's traces, at batch 2 (the batch size stays symbolic); `name` has a {} for the part."""
+    latents = torch.randn(2, *generator.latent_shape(width, height)).contiguous(memory_format=torch.channels_last)
+    hidden = generator.encode_prompt("a pack").tensors["prompt_embeds"].repeat(2, 1, 1)
+    pixels = torch.full((2, height, width, 3), 127, dtype=torch.uint8)
+    traces = {"unet": torch.jit.trace(_Denoiser(generator), (latents, t, hidden, torch.ones(2)), check_trace=False),
+              "encoder": torch.jit.trace(_Stage(generator.vae, generator.encode_pixels), pixels, check_trace=False),
+              "decoder": torch.jit.trace(_Stage(generator.vae, generator.decode_on_device), latents, check_trace=False)}
+    for part, trace in traces.items():
+        buffer = io.BytesIO()
+        torch.jit.save(trace, buffer)
+        cache.keep(name.format(part), buffer.getvalue())
+
+
+@torch.inference_mode()
+def keep_pack(generator: ImageGenerator, config: ModelConfig) -> None:
+    """After the first warm-up of a packable model: write its pack, if the cache has none."""
+    if not packable(generator) or has_pack(config):
+        return
+    from livegen.models.onnx_text import graph_name
+
+    name = pack_name(config)
+    try:
+        tables, timestep_dtype = sampler_tables(generator.scheduler, generator.longest_schedule)
+    except NotPackable as exc:
+        log.info("%s: not kept for faster starts (%s)", generator.name, exc)
+        return
+    t = torch.tensor(tables[0][0][0]).to(getattr(torch, timestep_dtype))
+    with warnings.catch_warnings():  # diffusers' shape checks become constants: expected
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        for width, height in generator.description.sizes:
+            _keep_traces(generator, f"{name}/{{}}-{width}x{height}.pt", width, height, t)
+    cache.keep(f"{name}/{TOKENIZER}", generator.pipe.tokenizer.backend_tokenizer.to_str().encode())
+    manifest = {"description": dataclasses.asdict(generator.description), "latent_channels": generator.latent_shape(8, 8)[0],
+                "vae_scale": generator.vae_scale, "real_tokens": generator.real_tokens,
+                "max_length": generator.pipe.tokenizer.model_max_length,
+                "text_graph": graph_name(generator.pipe.text_encoder),
+                "timestep_dtype": timestep_dtype, "init_noise_sigma": float(generator.scheduler.init_noise_sigma),
+                "schedules": tables}
+    cache.keep(f"{name}/{MANIFEST}", json.dumps(manifest).encode())
+    log.info("%s: kept in the cache folder (%s); later starts load it without diffusers", generator.name, name)
+
+
+# ---------------------------------------------------------------------- serving from a pack
+
+
+def _read(name: str) -> bytes:
+    data = cache.read(name)
+    if data is None:
+        raise FileNotFoundError(f"{name} is missing from the cache folder")
+    return data
+
+
+def _module(name: str) -> torch.jit.ScriptModule:
+    return torch.jit.load(io.BytesIO(_read(name)), map_location="cpu")
+
+
+def load_pack(config: ModelConfig) -> PackedGenerator | None:
+    """The model from its pack, or None when there is none (or it cannot be read: logged)."""
+    if config.compile or pick_device(config.device).type != "cpu" or not has_pack(config):
+        return None
+    name = pack_name(config)
+    try:
+        return PackedGenerator(name, json.loads(_read(f"{name}/{MANIFEST}")))
+    except Exception:
+        log.warning("%s: the kept pack %s could not be read; loading through diffusers, which keeps it again",
+                    config.display_name, name, exc_info=True)
+        (cache.cache_dir() / name / MANIFEST).unlink(missing_ok=True)
+        return None
+
+
+class PackedGenerator(ImageGenerator):
+    """A packable model served from its pack: the same stages, frames and sentence vectors as the
+    diffusers-loaded generator it was made from (tests/test_packed.py compares them)."""
+
+    def __init__(self, name: str, manifest: dict):
+        description = manifest["description"]
+        self.description = ModelDescription(**{**description, "sizes": [tuple(size) for size in description["sizes"]]})
+        self.device = torch.device("cpu")
+        self.dtype = pick_dtype(self.description.dtype, self.device)
+        self.channels, self.vae_scale = manifest["latent_channels"], manifest["vae_scale"]
+        self.real_tokens, self.max_length = manifest["real_tokens"], manifest["max_length"]
+        self.timestep_dtype = getattr(torch, manifest["timestep_dtype"])
+        self.init_noise_sigma = manifest["init_noise_sigma"]
+        self.schedules = manifest["schedules"]
+        graph = _read(manifest["text_graph"])
+        self.text_forward = OnnxTextEncoder(lambda fresh: graph, torch.get_num_threads())
+        self.tokenizer = Tokenizer(_read(f"{name}/{TOKENIZER}").decode(), self.max_length)
+        self.unets, self.encoders, self.decoders = {}, {}, {}
+        for width, height in self.description.sizes:
+            self.unets[(width, height)] = _module(f"{name}/unet-{width}x{height}.pt")
+            self.encoders[(width, height)] = _module(f"{name}/encoder-{width}x{height}.pt")
+            self.decoders[self.latent_shape(width, height)[1:]] = _module(f"{name}/decoder-{width}x{height}.pt")
+        log.info("loaded %s from its pack %s (no diffusers)", self.name, name)
+
+    @property
+    def reads_sentences(self) -> bool:
+        return True
+
+    def describe_acceleration(self) -> dict:
+        return {"mode": "TorchScript traces", "kept": True, "threads": torch.get_num_threads()}
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        return (self.channels, height // self.vae_scale, width // self.vae_scale)
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        ids, mask = self.tokenizer([prompt], pad_to=self.max_length)
+        hidden, sentence = sentence_conditioning(ids, int(mask.sum()), self.text_forward, self.real_tokens)
+        return PromptEmbedding({"prompt_embeds": hidden.to(self.dtype)}, sentence=sentence)
+
+    def _steps(self, spec: BatchSpec) -> list[list[float]]:
+        """As DiffusersGenerator.schedule: the last `steps` of the schedule's steps."""
+        total = schedule_length(spec, len(self.schedules))
+        return self.schedules[total - 1][total - spec.steps:]
+
+    @torch.inference_mode()
+    def encode_images(self, images: np.ndarray) -> torch.Tensor:
+        _, height, width, _ = images.shape
+        return self.encoders[(width, height)](torch.from_numpy(images))
+
+    @torch.inference_mode()
+    def denoise(self, spec, prompts, noise, image_latents, seeds, should_stop):
+        batch = noise.shape[0]
+        steps = self._steps(spec)
+        hidden = PromptEmbedding.stack(prompts)["prompt_embeds"]
+        w = torch.full((batch,), spec.guidance - 1.0)
+        unet = self.unets[(spec.width, spec.height)]
+        if image_latents is None:
+            latents = noise * self.init_noise_sigma
+        else:
+            image, image_noise = steps[0][5:7]
+            latents = image * image_latents + image_noise * noise
+        generators = self.generators(seeds)
+        for t, scale, on_sample, on_pred, on_noise, _, _ in steps:
+            if should_stop():
+                return None
+            model_input = (latents * scale).contiguous(memory_format=torch.channels_last)
+            pred = unet(model_input, torch.tensor(t, dtype=self.timestep_dtype), hidden, w)
+            latents = on_sample * latents + on_pred * pred
+            if on_noise:
+                latents = latents + on_noise * torch.cat(
+                    [torch.randn((1, *pred.shape[1:]), generator=g, dtype=pred.dtype) for g in generators])
+        return latents
+
+    @torch.inference_mode()
+    def decode_on_device(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoders[tuple(latents.shape[2:])](latents)
