@@ -149,3 +149,5 @@ def test_a_start_that_finds_the_pack_imports_neither_diffusers_nor_transformers(
     assert first == "False ['diffusers', 'transformers']"
     assert second == "True []"
     assert any((tmp_path / "packs").iterdir())
+    [text_graph] = (tmp_path / "onnx").iterdir()  # the image model's MiniLM is moderation's: one copy
+    assert text_graph.name.startswith("minilm-")

@@ -80,13 +80,13 @@ def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp
     export = onnx_text._export
     monkeypatch.setattr(onnx_text, "_export", lambda encoder: exports.append(1) or export(encoder))
     ids = torch.randint(1000, 5000, (1, 12))
-    first = onnx_text.OnnxTextEncoder.exported(generator.pipe.text_encoder, 1)(ids, torch.ones_like(ids))
+    first = onnx_text.OnnxTextEncoder(onnx_text.exported_graph(generator.pipe.text_encoder), 1)(ids, torch.ones_like(ids))
     assert len(exports) == 1
-    onnx_text.OnnxTextEncoder.exported(generator.pipe.text_encoder, 1)  # the same weights: read from the cache
+    onnx_text.OnnxTextEncoder(onnx_text.exported_graph(generator.pipe.text_encoder), 1)  # the same weights: read from the cache
     assert len(exports) == 1
     [kept] = (tmp_path / "onnx").iterdir()
     kept.write_bytes(b"not an onnx graph")
-    again = onnx_text.OnnxTextEncoder.exported(generator.pipe.text_encoder, 1)(ids, torch.ones_like(ids))
+    again = onnx_text.OnnxTextEncoder(onnx_text.exported_graph(generator.pipe.text_encoder), 1)(ids, torch.ones_like(ids))
     assert len(exports) == 2 and kept.read_bytes() != b"not an onnx graph"
     torch.testing.assert_close(again, first)
 

@@ -206,14 +206,14 @@ class Direct(System):
         import torch
 
         from livegen.bench.naive import _load
-        from livegen.models.onnx_text import OnnxTextEncoder
+        from livegen.models.onnx_text import OnnxTextEncoder, exported_graph
 
         self.pipe = _load(Path(self.config.source))
         if self.tuned:
             self.pipe.unet.to(memory_format=torch.channels_last)
             self.pipe.vae.to(memory_format=torch.channels_last)
             self.pipe.unet = TracedUNet(self.pipe.unet)
-            self.text = OnnxTextEncoder.exported(self.pipe.text_encoder, torch.get_num_threads())
+            self.text = OnnxTextEncoder(exported_graph(self.pipe.text_encoder), torch.get_num_threads())
         # A folder whose livegen.json says so was trained to read the prompt's real tokens: the
         # cached and tuned rows read it that way (the same picture as livegen's); `pipe(prompt)` pads it.
         self.real_tokens = reads_real_tokens(Path(self.config.source))

@@ -124,6 +124,7 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     generator = _generator_class(pipe, family)(pipe, description, device, dtype)
     if isinstance(generator, StableDiffusionGenerator):
         generator.real_tokens = reads_real_tokens(path)
+        generator.packaged_encoder = "text_encoder" in extra
     if config.compile:
         generator.compile()
     elif device.type == "cuda" and config.cuda_graphs:

@@ -4,19 +4,19 @@ MiniLM's forward is many small operations: on the 2-core CPU one 32-token prompt
 a TorchScript trace and 5.0 ms in onnxruntime, which fuses them (largest difference 5e-6).
 Exporting the graph takes about 1 s, so it is kept in a cache folder keyed by the encoder's
 weights and the versions that shape the graph: a later start, or a second encoder with the same
-weights in the same process, reads it instead. MiniLM from its package (`minilm_graph`) is keyed
-by its weights file instead of their values: a start that finds it loads neither the weights nor
-transformers (a second on the 2-core CPU).
+weights in the same process, reads it instead. MiniLM from its package (`minilm_graph`: moderation's,
+and the embedded model's) is keyed by its weights file instead of their values: a start that finds
+it loads neither the weights nor transformers (a second on the 2-core CPU).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
 
 import torch
@@ -64,38 +64,39 @@ def _export(encoder: torch.nn.Module) -> bytes:
     return graph.getvalue()
 
 
-def _kept(name: str, export: Callable[[], bytes], fresh: bool) -> bytes:
-    if not fresh and (graph := cache.read(name)):
+@dataclass(frozen=True)
+class Graph:
+    """An encoder's ONNX graph as a cache entry: its `name`, and how to export it when the cache has none."""
+
+    name: str
+    export: Callable[[], bytes]
+
+    def read(self, fresh: bool = False) -> bytes:
+        """From the cache when it holds the graph, unless `fresh`; else exported and kept."""
+        if not fresh and (graph := cache.read(self.name)):
+            return graph
+        graph = self.export()
+        cache.keep(self.name, graph)
         return graph
-    graph = export()
-    cache.keep(name, graph)
-    return graph
 
 
-def graph_name(encoder: torch.nn.Module) -> str:
-    """The cache entry of the encoder's graph."""
-    return f"onnx/text-encoder-{_fingerprint(encoder)}.onnx"
+def exported_graph(encoder: torch.nn.Module) -> Graph:
+    """An encoder in memory, kept under a fingerprint of its weights."""
+    return Graph(f"onnx/text-encoder-{_fingerprint(encoder)}.onnx", lambda: _export(encoder))
 
 
-def exported_graph(encoder: torch.nn.Module, fresh: bool = False) -> bytes:
-    """The encoder as an ONNX graph: from the cache when it holds one for these weights, unless `fresh`."""
-    return _kept(graph_name(encoder), lambda: _export(encoder), fresh)
-
-
-def minilm_graph(fresh: bool = False) -> bytes:
-    """all-MiniLM-L6-v2's graph, kept under a key of its weights file; exported (and its weights
-    loaded) only when the cache has none for this file and these versions, or if `fresh`."""
+def minilm_graph() -> Graph:
+    """all-MiniLM-L6-v2 from its package, kept under a key of its weights file: a start that finds it
+    loads neither the weights nor transformers."""
     weights = minilm_path() / "model.safetensors"
     key = hashlib.sha256(f"{cache.file_key(weights)} {_versions()}".encode()).hexdigest()[:32]
-    return _kept(f"onnx/minilm-{key}.onnx", lambda: _export(load_text_encoder().eval()), fresh)
+    return Graph(f"onnx/minilm-{key}.onnx", lambda: _export(load_text_encoder().eval()))
 
 
 class OnnxTextEncoder:
-    """Called as the encoder is, with token ids and an attention mask; answers a float32 tensor.
+    """Called as the encoder is, with token ids and an attention mask; answers a float32 tensor."""
 
-    `graph(fresh)`: the encoder's ONNX graph, as `exported_graph` or `minilm_graph` give it."""
-
-    def __init__(self, graph: Callable[[bool], bytes], threads: int):
+    def __init__(self, graph: Graph, threads: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -105,16 +106,11 @@ class OnnxTextEncoder:
         # follows (the UNet: 15 -> 33 ms on the 2-core CPU).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(graph(False), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(graph.read(), options, providers=["CPUExecutionProvider"])
         except Exception:  # a damaged cached graph: export afresh, and replace it
             log.warning("the cached text encoder graph did not load; exporting it again", exc_info=True)
-            self.session = ort.InferenceSession(graph(True), options,
+            self.session = ort.InferenceSession(graph.read(fresh=True), options,
                                                 providers=["CPUExecutionProvider"])
-
-    @classmethod
-    def exported(cls, encoder: torch.nn.Module, threads: int) -> OnnxTextEncoder:
-        """For an encoder in memory: its graph kept under a fingerprint of its weights."""
-        return cls(functools.partial(exported_graph, encoder), threads)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         (hidden,) = self.session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})

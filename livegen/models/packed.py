@@ -40,7 +40,7 @@ from livegen.config import ModelConfig
 from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription, PromptEmbedding
 from livegen.models.devices import pick_device, pick_dtype
 from livegen.models.embedded import minilm_path, sentence_conditioning
-from livegen.models.onnx_text import OnnxTextEncoder
+from livegen.models.onnx_text import Graph, OnnxTextEncoder
 from livegen.models.pipeline import schedule_length
 from livegen.models.sources import resolve_source
 from livegen.models.tokens import Tokenizer
@@ -169,8 +169,6 @@ def keep_pack(generator: ImageGenerator, config: ModelConfig) -> None:
     """After the first warm-up of a packable model: write its pack, if the cache has none."""
     if not packable(generator) or has_pack(config):
         return
-    from livegen.models.onnx_text import graph_name
-
     name = pack_name(config)
     try:
         tables, timestep_dtype = sampler_tables(generator.scheduler, generator.longest_schedule)
@@ -186,7 +184,7 @@ def keep_pack(generator: ImageGenerator, config: ModelConfig) -> None:
     manifest = {"description": dataclasses.asdict(generator.description), "latent_channels": generator.latent_shape(8, 8)[0],
                 "vae_scale": generator.vae_scale, "real_tokens": generator.real_tokens,
                 "max_length": generator.pipe.tokenizer.model_max_length,
-                "text_graph": graph_name(generator.pipe.text_encoder),
+                "text_graph": generator.text_graph.name,
                 "timestep_dtype": timestep_dtype, "init_noise_sigma": float(generator.scheduler.init_noise_sigma),
                 "schedules": tables}
     cache.keep(f"{name}/{MANIFEST}", json.dumps(manifest).encode())
@@ -201,6 +199,10 @@ def _read(name: str) -> bytes:
     if data is None:
         raise FileNotFoundError(f"{name} is missing from the cache folder")
     return data
+
+
+def _not_exported() -> bytes:
+    raise FileNotFoundError("the text encoder's graph is missing from the cache folder, or damaged")
 
 
 def _module(name: str) -> torch.jit.ScriptModule:
@@ -235,8 +237,7 @@ class PackedGenerator(ImageGenerator):
         self.timestep_dtype = getattr(torch, manifest["timestep_dtype"])
         self.init_noise_sigma = manifest["init_noise_sigma"]
         self.schedules = manifest["schedules"]
-        graph = _read(manifest["text_graph"])
-        self.text_forward = OnnxTextEncoder(lambda fresh: graph, torch.get_num_threads())
+        self.text_forward = OnnxTextEncoder(Graph(manifest["text_graph"], _not_exported), torch.get_num_threads())
         self.tokenizer = Tokenizer(_read(f"{name}/{TOKENIZER}").decode(), self.max_length)
         self.unets, self.encoders, self.decoders = {}, {}, {}
         for width, height in self.description.sizes:

@@ -23,6 +23,7 @@ MINILM_WIDTH = 384  # all-MiniLM-L6-v2's hidden size: the encoder moderation rea
 
 class StableDiffusionGenerator(DiffusersGenerator):
     real_tokens = False  # conditioned on the prompt's real tokens, repeated (models/embedded.py); set by the loader
+    packaged_encoder = False  # its text encoder is MiniLM from its package (embedded.pipeline_components); set by the loader
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         return (self.pipe.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
@@ -50,9 +51,11 @@ class StableDiffusionGenerator(DiffusersGenerator):
     def trace(self) -> None:
         super().trace()
         if self.reads_sentences:
-            from livegen.models.onnx_text import OnnxTextEncoder
+            from livegen.models.onnx_text import OnnxTextEncoder, exported_graph, minilm_graph
 
-            self.text_forward = OnnxTextEncoder.exported(self.pipe.text_encoder, torch.get_num_threads())  # type: ignore[method-assign]
+            # MiniLM from its package: the graph moderation reads too, one copy in the cache.
+            self.text_graph = minilm_graph() if self.packaged_encoder else exported_graph(self.pipe.text_encoder)
+            self.text_forward = OnnxTextEncoder(self.text_graph, torch.get_num_threads())  # type: ignore[method-assign]
 
     @cached_property
     def empty_prompt(self) -> PromptEmbedding:

@@ -67,7 +67,7 @@ def minilm_embedder() -> TextEmbedder:
     from livegen.models.onnx_text import OnnxTextEncoder, minilm_graph
     from livegen.models.tokens import Tokenizer
 
-    return sentence_embedder(Tokenizer.read(minilm_path(), TEXT_TOKENS), OnnxTextEncoder(minilm_graph, threads=1))
+    return sentence_embedder(Tokenizer.read(minilm_path(), TEXT_TOKENS), OnnxTextEncoder(minilm_graph(), threads=1))
 
 
 class PolicyError(ValueError):
