@@ -22,6 +22,7 @@ cannot be read is logged and the model loads through diffusers, as it does when 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -37,7 +38,7 @@ import torch
 
 from livegen import cache
 from livegen.config import ModelConfig
-from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription, PromptEmbedding
+from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription, ModelError, PromptEmbedding
 from livegen.models.devices import pick_device, pick_dtype
 from livegen.models.embedded import minilm_path, sentence_conditioning
 from livegen.models.onnx_text import Graph, OnnxTextEncoder
@@ -62,17 +63,15 @@ def pack_name(config: ModelConfig) -> str:
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     parts = [config.model_dump_json(), torch.__version__, version("diffusers"), version("transformers"),
              *(cache.file_key(path) for path in files)]
-    try:  # the text encoder of a folder without one (pipeline_components)
+    with contextlib.suppress(ModelError):  # the text encoder of a folder without one (pipeline_components)
         parts.append(cache.file_key(minilm_path() / "model.safetensors"))
-    except Exception:
-        pass
     return "packs/" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def has_pack(config: ModelConfig) -> bool:
     try:
         return (cache.cache_dir() / pack_name(config) / MANIFEST).is_file()
-    except Exception:  # a source that does not resolve: the loader reports it
+    except ModelError:  # a source that does not resolve: the loader reports it
         return False
 
 
