@@ -93,7 +93,7 @@ def test_a_scheduler_whose_step_is_not_linear_is_not_packed(pair):
         packed.sampler_tables(scheduler, 2)
 
 
-def test_a_change_to_the_models_files_or_settings_names_another_pack(pair, tmp_path):
+def test_a_change_to_the_models_files_settings_or_code_names_another_pack(pair, tmp_path, monkeypatch):
     folder = tmp_path / "emoji"
     shutil.copytree(EMBEDDED_MODEL, folder)
     config = ModelConfig(source=str(folder), sizes=[(64, 64)], guidance=3.0)
@@ -102,6 +102,13 @@ def test_a_change_to_the_models_files_or_settings_names_another_pack(pair, tmp_p
     assert packed.pack_name(config.model_copy(update={"guidance": 2.0})) != name
     unet = folder / "unet" / "config.json"
     unet.write_text(json.dumps({**json.loads(unet.read_text()), "_note": "changed"}))
+    assert packed.pack_name(config) != name
+    code = tmp_path / "packed.py"  # the code that makes the pack, edited at the same version
+    monkeypatch.setattr(packed, "__file__", str(code))
+    for module in packed.CODE:
+        (tmp_path / module).write_text("# one version")
+    name = packed.pack_name(config)
+    code.write_text("# another version, longer")
     assert packed.pack_name(config) != name
 
 

@@ -32,6 +32,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
+# The modules whose code the traces and tables hold: an edit to one makes a new pack, even at the same version.
+CODE = ("packed.py", "pipeline.py", "unet.py", "embedded.py")
 LINEAR_RTOL = 1e-4  # a probed step must predict a random input's step this closely
 
 
@@ -61,8 +64,9 @@ def pack_name(config: ModelConfig) -> str:
     """The pack's folder in the cache: named by everything that shapes what it holds."""
     folder = resolve_source(config.source)
     files = sorted(path for path in folder.rglob("*") if path.is_file())
+    code = [Path(__file__).with_name(module) for module in CODE]
     parts = [config.model_dump_json(), torch.__version__, version("diffusers"), version("transformers"),
-             *(cache.file_key(path) for path in files)]
+             *(cache.file_key(path) for path in [*files, *code])]
     with contextlib.suppress(ModelError):  # the text encoder of a folder without one (pipeline_components)
         parts.append(cache.file_key(minilm_path() / "model.safetensors"))
     return "packs/" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
