@@ -14,6 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from livegen.config import ModelConfig, embedded_model
 from livegen.models import packed
@@ -21,6 +23,7 @@ from livegen.models.base import BatchSpec
 from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.models.loader import load_generator
 from livegen.models.pipeline import DiffusersGenerator
+from livegen.protocol import MAX_SEED, MAX_STEPS
 
 PROMPTS = ["a smiling cat", "x", "a red fox in the snow at night holding a lantern, seen from far away in the woods"]
 
@@ -63,6 +66,19 @@ def test_the_pack_draws_what_the_diffusers_model_draws(pair, steps, strength, ba
     latents, pictures = run(generator, spec, list(range(7, 7 + batch)), image)
     pack_latents, pack_pictures = run(from_pack, spec, list(range(7, 7 + batch)), image)
     torch.testing.assert_close(pack_latents, latents, atol=2e-4, rtol=1e-4)
+    assert np.abs(pack_pictures.astype(int) - pictures.astype(int)).max() <= 1
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, MAX_STEPS), strength=st.none() | st.floats(0.001, 1.0), guidance=st.floats(0.0, 30.0),
+       seeds=st.lists(st.integers(0, MAX_SEED), min_size=1, max_size=3))
+def test_any_request_the_protocol_takes_gives_the_same_picture(pair, steps, strength, guidance, seeds):
+    generator, from_pack = pair
+    spec = BatchSpec(64, 64, steps, guidance, strength)
+    image = np.full((64, 64, 3), 90, np.uint8) if strength else None
+    latents, pictures = run(generator, spec, seeds, image)
+    pack_latents, pack_pictures = run(from_pack, spec, seeds, image)
+    torch.testing.assert_close(pack_latents, latents, atol=5e-4, rtol=1e-4)
     assert np.abs(pack_pictures.astype(int) - pictures.astype(int)).max() <= 1
 
 
