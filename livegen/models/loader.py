@@ -15,7 +15,6 @@ import json
 import logging
 import os
 
-import torch
 from diffusers import (
     AutoencoderTiny,
     DiffusionPipeline,
