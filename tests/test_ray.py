@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,3 +364,13 @@ def test_scale_to_zero_is_allowed_with_a_warning(tmp_path, caplog):
 def test_waiting_for_haproxy_names_what_it_routes_to_when_time_runs_out():
     with pytest.raises(TimeoutError, match="HAProxy routes to 0 replicas, not 2"):
         routed(f"http://127.0.0.1:{free_port()}/stats;csv", 2, timeout_s=0.3)  # nothing listens: not yet started
+
+
+def test_free_ports_come_from_outside_the_ranges_other_processes_are_handed():
+    """Not the kernel's ephemeral ports (any port-0 bind, such as the processes Ray starts) nor Ray's worker ports."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(20):
+        port = free_port()
+        assert 19999 < port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # and free

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -21,9 +22,24 @@ from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.server.app import create_app
 
 
+# Below Linux's ephemeral ports (32768-60999), which any process binding port 0 may be handed, and
+# above Ray's worker ports (10002-19999): a port picked here is not given to another process before
+# its server binds it. With ports from the ephemeral range, the Ray Serve bench's HAProxy once
+# failed to start its listeners (a port in use), most likely taken by one of the dozens of
+# processes Ray starts between the pick and HAProxy's bind.
+PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
     """A loopback port free right now, for a server in another process."""
-    with socket.socket() as sock:
+    for port in random.sample(PORTS, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the range is full: any port
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
