@@ -16,8 +16,9 @@ warm-up, `keep_pack` writes:
   model's description; the manifest last, so a pack is whole or absent.
 
 `load_pack` reads it when the model's files, the library versions and the model's settings are
-those it was made with (they name it); the engine then warms it as it warms any model. A pack that
-cannot be read is logged and the model loads through diffusers, as it does when there is none.
+those it was made with (they name it, with the livegen code they hold); the engine then warms it
+as it warms any model. A pack that cannot be read is logged, and the model loads through diffusers
+(as when there is none), which writes the pack again.
 """
 
 from __future__ import annotations
@@ -127,15 +128,15 @@ def _probe(scheduler, total: int, index: int, t: torch.Tensor) -> list[float]:
     a, b = rng.standard_normal(2)
     sample = torch.tensor([1.0, 0.0, 0.0, a]).reshape(1, 4, 1, 1)
     pred = torch.tensor([0.0, 1.0, 0.0, b]).reshape(1, 4, 1, 1)
-    drawn = torch.randn((1, 4, 1, 1), generator=torch.Generator().manual_seed(0))
-    out = scheduler.step(pred, t, sample, generator=[torch.Generator().manual_seed(0)], return_dict=False)[0].flatten()
-    c = float(out[2] / drawn.flatten()[2])
-    s, p = float(out[0] - c * drawn.flatten()[0]), float(out[1] - c * drawn.flatten()[1])
+    drawn = torch.randn((1, 4, 1, 1), generator=torch.Generator().manual_seed(0)).flatten().tolist()
+    out = scheduler.step(pred, t, sample, generator=[torch.Generator().manual_seed(0)], return_dict=False)[0]
+    out = out.flatten().tolist()
+    c = out[2] / drawn[2]  # sample and prediction 0: the noise's share alone
+    s, p = out[0] - c * drawn[0], out[1] - c * drawn[1]
     image, noise = torch.tensor([1.0, 0.0, a]).reshape(1, 3, 1, 1), torch.tensor([0.0, 1.0, b]).reshape(1, 3, 1, 1)
-    added = scheduler.add_noise(image, noise, t.reshape(1)).flatten()
-    i, n = float(added[0]), float(added[1])
-    linear = (abs(float(out[3]) - (s * a + p * b + c * float(drawn.flatten()[3]))) <= LINEAR_RTOL * (1 + abs(float(out[3])))
-              and abs(float(added[2]) - (i * a + n * b)) <= LINEAR_RTOL * (1 + abs(float(added[2]))))
+    i, n, added = scheduler.add_noise(image, noise, t.reshape(1)).flatten().tolist()
+    linear = (abs(out[3] - (s * a + p * b + c * drawn[3])) <= LINEAR_RTOL * (1 + abs(out[3]))
+              and abs(added - (i * a + n * b)) <= LINEAR_RTOL * (1 + abs(added)))
     if not linear:
         raise NotPackable(f"{type(scheduler).__name__}'s step {index} of {total} is not linear")
     return [scale, s, p, c, i, n]
