@@ -229,10 +229,13 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
+                                                         (evaluate.TEXT_ONLY, None),
                                                          ("student", 1), ("student", 2), ("student", 4),
                                                          ("student, pipe(prompt)", 1)]  # it reads real tokens
     assert rows[0]["top1"] == rows[0]["natural_top1"] == rows[0]["natural_unseen_top1"] == 1.0
     assert all(0 <= r[k] <= 1 for r in rows for k in ("top1", "natural_top1", "natural_unseen_top1"))
+    text_only = rows[2]  # a prompt that is a training caption finds that caption: its emoji
+    assert text_only["kid"] is None and text_only["natural_top1"] >= 0.5 and text_only["top1"] >= 0.9
     assert (tmp_path / "model-grid.png").is_file()
     assert (docs_grid.stat().st_mtime_ns if docs_grid.exists() else None) == before
 

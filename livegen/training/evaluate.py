@@ -7,6 +7,8 @@ look like real emoji? Measured for the teacher at many step counts and the stude
   hand-written paraphrases (livegen/training/paraphrases.json); and the natural-prompt split
   (natural_prompts.json: everyday prompts written apart from the captions), also scored on
   the prompts no training caption equals ("unseen").
+- A text-only reference: each prompt's nearest training caption by MiniLM sentence similarity,
+  read as its emoji (`caption_lookup`): what the text encoder alone tells apart, with no picture.
 - KID (Binkowski et al. 2018): unbiased squared MMD with the cubic polynomial kernel between
   generated and real features, averaged over random subsets.
 
@@ -41,6 +43,7 @@ NATURAL = Path(__file__).resolve().parent / "natural_prompts.json"
 CAPTION_PROMPTS = 300
 SETTINGS = (("teacher", 1), ("teacher", 2), ("teacher", 4), ("teacher", 8), ("teacher", 25), ("teacher", 50),
             ("student", 1), ("student", 2), ("student", 4))  # fmt: skip
+TEXT_ONLY = "MiniLM's nearest training caption (no picture)"
 GRID_PROMPTS = ("a kitty", "a red car", "a face with heart eyes", "a slice of pizza", "a rocket",
                 "the flag of japan", "a thumbs up with dark skin", "a snowman")  # fmt: skip
 
@@ -57,7 +60,7 @@ class Row:
     steps: int | None  # None for the reference rows
     top1: float
     top5: float
-    kid: float
+    kid: float | None  # None for the text-only row: it makes no pictures
     natural_top1: float
     natural_top5: float
     natural_unseen_top1: float
@@ -82,16 +85,37 @@ def listed_prompts(dataset: EmojiDataset, path: Path) -> list[Prompt]:
     return prompts
 
 
+def ranked_accuracy(similarity: torch.Tensor, targets: list[tuple[int, ...]], k: int = 5) -> tuple[float, float]:
+    """Share of rows (queries x emoji) whose most similar emoji (top-1) / any of the k most is a target."""
+    nearest = similarity.topk(k, dim=1).indices.tolist()
+    top1 = np.mean([ranked[0] in wanted for ranked, wanted in zip(nearest, targets)])
+    topk = np.mean([any(r in wanted for r in ranked) for ranked, wanted in zip(nearest, targets)])
+    return float(top1), float(topk)
+
+
 def retrieval_accuracy(
     queries: torch.Tensor, gallery: torch.Tensor, targets: list[tuple[int, ...]], k: int = 5
 ) -> tuple[float, float]:
     """Share of queries whose nearest gallery item (top-1) / any of the k nearest is a target."""
     centre = gallery.mean(dim=0)  # cosine about the gallery's mean, so shared feature directions do not dominate
     similarity = F.normalize(queries - centre, dim=1) @ F.normalize(gallery - centre, dim=1).T
-    nearest = similarity.topk(k, dim=1).indices.tolist()
-    top1 = np.mean([ranked[0] in wanted for ranked, wanted in zip(nearest, targets)])
-    topk = np.mean([any(r in wanted for r in ranked) for ranked, wanted in zip(nearest, targets)])
-    return float(top1), float(topk)
+    return ranked_accuracy(similarity, targets, k)
+
+
+def caption_lookup(data: EmojiDataset, prompts: list[str], batch: int = 256) -> torch.Tensor:
+    """Each prompt's MiniLM sentence similarity to every emoji's nearest training caption (prompts x
+    emoji). Read as the nearest emoji, it is what the text encoder alone tells apart: a baseline for
+    how much of a prompt the model's conditioning could carry."""
+    from livegen.safety.moderation import minilm_embedder
+
+    embed = minilm_embedder()
+    owners = [i for i, record in enumerate(data.records) for _ in record.training_captions]
+    captions = [caption for record in data.records for caption in record.training_captions]
+    vectors = np.concatenate([embed(captions[i : i + batch]) for i in range(0, len(captions), batch)])
+    queries = np.concatenate([embed(prompts[i : i + batch]) for i in range(0, len(prompts), batch)])
+    nearest = np.full((len(data), len(prompts)), -np.inf, np.float32)
+    np.maximum.at(nearest, owners, vectors @ queries.T)
+    return torch.from_numpy(nearest.T.copy())
 
 
 def kid(x: torch.Tensor, y: torch.Tensor, subset_size: int = 100, subsets: int = 50) -> float:
@@ -193,6 +217,11 @@ def evaluate(
     rows = [score("real images", None, data.tensor()[[p.targets[0] for p in prompts + natural]])]
     noise = torch.rand((len(texts), 3, data.size, data.size), generator=torch.Generator().manual_seed(SEED))
     rows.append(score("uniform noise", None, noise * 2 - 1))
+    lookup = caption_lookup(data, texts)
+    natural_lookup = lookup[len(prompts) :]
+    rows.append(Row(TEXT_ONLY, None, *ranked_accuracy(lookup[: len(prompts)], [p.targets for p in prompts]), None,
+                    *ranked_accuracy(natural_lookup, [p.targets for p in natural]),
+                    ranked_accuracy(natural_lookup[unseen], [natural[i].targets for i in unseen])[0]))
     columns = {}
     settings = [(name, steps, real_tokens[name]) for name, steps in SETTINGS if name in pipelines]
     if real_tokens["student"]:  # the same weights through `pipe(prompt)`, as plain diffusers calls them
@@ -214,6 +243,6 @@ def evaluate(
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| model | steps | top-1 | top-5 | KID | natural top-1 | natural top-5 | natural unseen top-1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {r.kid:.3g} | {r.natural_top1:.1%} | "
+    lines += [f"| {r.model} | {r.steps or '-'} | {r.top1:.1%} | {r.top5:.1%} | {'-' if r.kid is None else f'{r.kid:.3g}'} | {r.natural_top1:.1%} | "
               f"{r.natural_top5:.1%} | {r.natural_unseen_top1:.1%} |" for r in rows]
     return "\n".join(lines)
