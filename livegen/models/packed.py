@@ -73,11 +73,18 @@ def pack_name(config: ModelConfig) -> str:
     return "packs/" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def has_pack(config: ModelConfig) -> bool:
+def _kept_name(config: ModelConfig) -> tuple[str | None, bool]:
+    """The pack's name (None for a source that does not resolve: the loader reports it), and
+    whether the cache holds it whole."""
     try:
-        return (cache.cache_dir() / pack_name(config) / MANIFEST).is_file()
-    except ModelError:  # a source that does not resolve: the loader reports it
-        return False
+        name = pack_name(config)
+    except ModelError:
+        return None, False
+    return name, (cache.cache_dir() / name / MANIFEST).is_file()
+
+
+def has_pack(config: ModelConfig) -> bool:
+    return _kept_name(config)[1]
 
 
 # ---------------------------------------------------------------------- making a pack
@@ -171,9 +178,11 @@ def _keep_traces(generator, name: str, width: int, height: int, t: torch.Tensor)
 @torch.inference_mode()
 def keep_pack(generator: ImageGenerator, config: ModelConfig) -> None:
     """After the first warm-up of a packable model: write its pack, if the cache has none."""
-    if not packable(generator) or has_pack(config):
+    if not packable(generator):
         return
-    name = pack_name(config)
+    name, kept = _kept_name(config)
+    if kept or name is None:
+        return
     try:
         tables, timestep_dtype = sampler_tables(generator.scheduler, generator.longest_schedule)
     except NotPackable as exc:
@@ -215,9 +224,11 @@ def _module(name: str) -> torch.jit.ScriptModule:
 
 def load_pack(config: ModelConfig) -> PackedGenerator | None:
     """The model from its pack, or None when there is none (or it cannot be read: logged)."""
-    if config.compile or pick_device(config.device).type != "cpu" or not has_pack(config):
+    if config.compile or pick_device(config.device).type != "cpu":
         return None
-    name = pack_name(config)
+    name, kept = _kept_name(config)
+    if not kept:
+        return None
     try:
         return PackedGenerator(name, json.loads(_read(f"{name}/{MANIFEST}")))
     except Exception:

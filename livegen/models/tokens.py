@@ -23,7 +23,6 @@ class Tokenizer:
         self.pad_id = padding["pad_id"] if padding else self.backend.token_to_id("[PAD]")
         self.backend.no_padding()
         self.backend.enable_truncation(max_length)
-        self.max_length = max_length
 
     @classmethod
     def read(cls, folder: Path, max_length: int) -> Tokenizer:
