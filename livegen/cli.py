@@ -537,16 +537,17 @@ WorkdirOption = Annotated[Path, typer.Option(help="Work folder for the dataset, 
 StepsOption = Annotated[int | None, typer.Option(help="Training steps; the recipe's if absent.")]
 TrainDeviceOption = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
 WORKDIR = Path("build/emoji")
-STAGES = ("autoencoder", "decoder", "teacher", "student", "sharpen", "classifier")
+STAGES = ("autoencoder", "decoder", "teacher", "student", "sharpen", "recall", "classifier")
 
 
 def _train_stage(stage: str, workdir: Path, steps: int | None, device: str) -> None:
-    from livegen.training import adversarial, autoencoder, classifier, distill, teacher
+    from livegen.training import adversarial, autoencoder, classifier, distill, recall, teacher
     from livegen.training.dataset import DatasetError
 
     _quiet_libraries()
     train = {"autoencoder": autoencoder.train, "decoder": autoencoder.refine_decoder, "teacher": teacher.train,
-             "student": distill.train, "sharpen": adversarial.train, "classifier": classifier.train}[stage]  # fmt: skip
+             "student": distill.train, "sharpen": adversarial.train, "recall": recall.train,
+             "classifier": classifier.train}[stage]  # fmt: skip
     try:
         train(workdir, steps=steps, device=device)
     except DatasetError as exc:
@@ -604,6 +605,28 @@ def train_adopt_autoencoder(
                f"{autoencoder.stage_psnr(workdir, 'decoder'):.1f} dB")
 
 
+@train_app.command("recall")
+def train_recall(
+    student: Annotated[Path | None, typer.Option("--from", help="A trained student pipeline folder to start from, "
+                                                  "e.g. livegen/weights/emoji; the work folder's sharpened one if absent.")] = None,
+    workdir: WorkdirOption = WORKDIR,
+    steps: StepsOption = None,
+    device: TrainDeviceOption = "auto",
+) -> None:
+    """Sharpen the student again, each emoji drawn from its name: the text livegen conditions on
+    (models/concepts.py). Into WORKDIR/recall, which `export` then writes."""
+    from livegen.training import recall
+    from livegen.training.dataset import DatasetError
+
+    _quiet_libraries()
+    try:
+        recall.train(workdir, student, steps=steps, device=device)
+    except DatasetError as exc:
+        typer.echo(f"livegen: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"recall: done, in {workdir / 'recall'}")
+
+
 @train_app.command("adapt")
 def train_adapt(
     student: Annotated[Path, typer.Argument(help="A trained student pipeline folder, e.g. livegen/weights/emoji.")],
@@ -624,6 +647,20 @@ def train_adapt(
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"adapt: done, in {workdir / 'adapt'}")
+
+
+@train_app.command("concepts")
+def train_concepts(
+    folder: Annotated[Path, typer.Argument(help="A model pipeline folder, e.g. livegen/weights/emoji.")],
+    workdir: WorkdirOption = WORKDIR,
+) -> None:
+    """Write the dataset's concept index into a model folder (`export` writes it too): livegen then
+    draws each prompt as the emoji it most likely means (models/concepts.py)."""
+    from livegen.training.export import concept_index
+
+    _quiet_libraries()
+    concept_index(workdir).write(folder)
+    typer.echo(f"{folder}: concept index written")
 
 
 @train_app.command("export")

@@ -16,12 +16,14 @@ from diffusers import AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionM
 from typer.testing import CliRunner
 
 from livegen.cli import app
+from livegen.models.concepts import Concepts
 from livegen.models.embedded import EMBEDDED_MODEL, pipeline_components, reads_real_tokens
-from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, reading, teacher
+from livegen.safety.moderation import minilm_embedder
+from livegen.training import adversarial, autoencoder, classifier, distill, evaluate, loop, reading, recall, teacher
 from livegen.training.classifier import EmojiClassifier, augment
 from livegen.training.dataset import EmojiDataset, build, cldr_annotations, describe, enrich, render
 from livegen.training.evaluate import PARAPHRASES, kid, retrieval_accuracy
-from livegen.training.recipe import SHARPEN, STUDENT, AutoencoderRecipe, UNetRecipe
+from livegen.training.recipe import PLAIN_PROMPT_SHARE, SHARPEN, STUDENT, AutoencoderRecipe, UNetRecipe
 from livegen.training.text import READING, CaptionEmbeddings
 
 TINY_UNET = UNetRecipe(
@@ -163,7 +165,7 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
         assert (tmp_path / stage / "model" / "config.json").is_file()
     assert torch.load(tmp_path / "latents.pt").shape == (16, 8, 8, 8)
 
-    for stage in ("teacher", "student", "sharpen"):
+    for stage in ("teacher", "student", "sharpen", "recall"):
         result = CliRunner().invoke(app, ["train", stage, "--workdir", str(tmp_path), "--steps", "1", "--device", "cpu"])
         assert result.exit_code == 0, result.output
         assert (tmp_path / stage / "checkpoint.pt").is_file()
@@ -176,10 +178,15 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
     elsewhere = tmp_path / "elsewhere"
     result = CliRunner().invoke(app, ["train", "export", "--workdir", str(tmp_path), "--to", str(elsewhere)])
     assert result.exit_code == 0 and (elsewhere / "unet" / "config.json").is_file(), result.output
-    sharpened = UNet2DConditionModel.from_pretrained(tmp_path / "sharpen" / "unet")
+    recalled = UNet2DConditionModel.from_pretrained(tmp_path / "recall" / "unet")  # the last stage
     exported = UNet2DConditionModel.from_pretrained(output / "unet")
-    assert all(torch.equal(a.half(), b) for a, b in zip(sharpened.parameters(), exported.parameters()))
+    assert all(torch.equal(a.half(), b) for a, b in zip(recalled.parameters(), exported.parameters()))
     assert reads_real_tokens(output)
+    for folder in (output, tmp_path / "teacher" / "pipeline"):  # both draw a prompt as its nearest emoji's name
+        concepts = Concepts.read(folder)
+        assert concepts.phrases == tuple(r.training_captions for r in dataset.records[:16])
+        name = dataset.records[3].captions[0]
+        assert concepts.drawn_text(name, minilm_embedder()([name])[0]) == name
     pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
     image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
@@ -208,6 +215,36 @@ def test_adapt_fine_tunes_a_trained_student_and_export_writes_it(dataset, tmp_pa
     assert reads_real_tokens(tmp_path / "export") and not (tmp_path / "teacher").exists()
 
 
+def test_recall_sharpens_a_trained_student_on_the_names_and_export_writes_it(dataset, tmp_path):
+    EmojiDataset(dataset.images[:16], dataset.records[:16]).save(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "adopt-autoencoder", str(EMBEDDED_MODEL / "vae"), "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "recall", "--from", str(EMBEDDED_MODEL), "--workdir", str(tmp_path),
+                                 "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    shipped = UNet2DConditionModel.from_pretrained(EMBEDDED_MODEL / "unet").float()
+    recalled = UNet2DConditionModel.from_pretrained(tmp_path / "recall" / "unet")
+    assert any(not torch.equal(a, b) for a, b in zip(shipped.parameters(), recalled.parameters()))
+    result = runner.invoke(app, ["train", "export", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "export" / "unet")
+    assert all(torch.equal(a.half(), b) for a, b in zip(recalled.parameters(), exported.parameters()))
+
+
+def test_recall_conditions_on_the_name_by_its_real_tokens_or_any_caption_padded():
+    owner = torch.tensor([0, 0, 0, 1, 1])  # image 0 has captions 0-2 (its name first), image 1 has 3-4
+    real, padded = torch.arange(5.0).view(5, 1, 1), 10 + torch.arange(5.0).view(5, 1, 1)
+    captions = CaptionEmbeddings(real, padded, owner, torch.zeros(1), torch.zeros(1))
+    images = torch.tensor([0, 1] * 500)
+    text = recall.names(captions, images, torch.Generator().manual_seed(0)).flatten()
+    names = torch.where(images == 0, 0.0, 3.0)
+    read_padded = text >= 10
+    assert torch.equal(text[~read_padded], names[~read_padded])
+    assert abs(read_padded.float().mean().item() - PLAIN_PROMPT_SHARE) < 0.05
+    assert set((text[read_padded & (images == 0)] - 10).tolist()) == {0.0, 1.0, 2.0}  # any caption of its own
+
+
 def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(dataset, tmp_path, monkeypatch):
     """`make eval` without `make model`: no autoencoder, teacher or export in the work folder. The
     classifier (1 step here) learns the round trips through the shipped model's own autoencoder;
@@ -231,6 +268,7 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
                                                          (evaluate.TEXT_ONLY, None),
                                                          ("student", 1), ("student", 2), ("student", 4),
+                                                         ("student, prompt as typed", 1),  # it has a concept index
                                                          ("student, pipe(prompt)", 1)]  # it reads real tokens
     assert rows[0]["top1"] == rows[0]["natural_top1"] == rows[0]["natural_unseen_top1"] == 1.0
     assert all(0 <= r[k] <= 1 for r in rows for k in ("top1", "natural_top1", "natural_unseen_top1"))

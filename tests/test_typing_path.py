@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from livegen.config import ModelConfig, SafetyConfig, embedded_model
+from livegen.config import ModelConfig, SafetyConfig
+from livegen.models.concepts import FOLDER as CONCEPTS
 from livegen.models import onnx_text
 from livegen.models.embedded import CONDITIONING_FILE, EMBEDDED_MODEL, real_token_embeds
 from livegen.models.loader import load_generator
@@ -24,19 +25,25 @@ from livegen.safety.stages import SafetyStages
 PROMPTS = ["a smiling cat", "x", "a red fox in the snow at night holding a lantern, seen from far away in the woods"]
 
 
+def shipped_without(tmp_path_factory, *parts: str):
+    """The shipped model from a copy of its folder without `parts`."""
+    folder = tmp_path_factory.mktemp("emoji") / "emoji"
+    shutil.copytree(EMBEDDED_MODEL, folder, ignore=shutil.ignore_patterns(*parts))
+    return load_generator(ModelConfig(source=str(folder), sizes=[(64, 64)]))
+
+
 @pytest.fixture(scope="module")
-def generator():
-    """The shipped model, trained to read its prompts' real tokens (its livegen.json says so)."""
-    return load_generator(embedded_model())
+def generator(tmp_path_factory):
+    """The shipped weights, trained to read their prompts' real tokens (livegen.json says so), reading
+    the prompt as typed: without the concept index, which draws a concept's name instead
+    (tests/test_concepts.py counts its forwards)."""
+    return shipped_without(tmp_path_factory, CONCEPTS)
 
 
 @pytest.fixture(scope="module")
 def padded(tmp_path_factory):
     """The same weights without the marker: prompts read as plain diffusers reads them."""
-    folder = tmp_path_factory.mktemp("padded") / "emoji"
-    shutil.copytree(EMBEDDED_MODEL, folder)
-    (folder / CONDITIONING_FILE).unlink()
-    return load_generator(ModelConfig(source=str(folder), sizes=[(64, 64)]))
+    return shipped_without(tmp_path_factory, CONCEPTS, CONDITIONING_FILE)
 
 
 def test_the_padded_reading_is_the_pipelines_and_the_sentence_vector_moderations(padded):

@@ -21,7 +21,8 @@ bootstrap interval over rounds. Systems:
 - the naive server (bench/naive.py): HTTP per frame with the student warm, in the rounds; the
   teacher at 50 steps and serverless are too slow for rounds and run after them, fewer frames.
 Then pixel checks: the same seed and prompt asked of livegen (watermark off), the direct calls and
-StreamDiffusion, pictures compared (max abs difference, PSNR).
+StreamDiffusion (asked for the concept name livegen draws the prompt as, where the model has a
+concept index), pictures compared (max abs difference, PSNR).
 
 Writes warm.json, warm.md and latency-cdf.png (one curve per row).
 """
@@ -435,6 +436,16 @@ def rotation(keys: list[str], round_index: int) -> list[str]:
     return keys[shift:] + keys[:shift]
 
 
+def drawn_text(model: Path, prompt: str) -> str:
+    """The text livegen conditions the model's picture on: with a concept index (models/concepts.py)
+    its nearest concept's name, so the pixel checks ask the peers for one and the same conditioning."""
+    from livegen.models.concepts import Concepts
+    from livegen.safety.moderation import minilm_embedder
+
+    concepts = Concepts.read(model)
+    return prompt if concepts is None else concepts.drawn_text(prompt, minilm_embedder()([prompt])[0])
+
+
 def compare(a: bytes, b: bytes) -> dict:
     x = np.asarray(Image.open(io.BytesIO(a)).convert("RGB"), np.float64)
     y = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.float64)
@@ -471,7 +482,8 @@ def run(config: ModelConfig, rounds: int, block: int, output: Path, peer_python:
                     samples[key].rounds.append(answer["ms"])
                     stages.get(key, []).extend(answer.get("stages", []))
                 progress.advance(task)
-        pictures = {name: workers[name].picture(PROMPT, CHECK_SEED)
+        drawn = drawn_text(Path(config.source), PROMPT)  # what livegen draws for PROMPT: asked of the peers
+        pictures = {name: workers[name].picture(PROMPT if name == "engine" else drawn, CHECK_SEED)
                     for name in ("engine", "direct", "direct_tuned", "streamdiffusion") if name in workers}
     finally:
         for worker in workers.values():
@@ -506,7 +518,7 @@ def run(config: ModelConfig, rounds: int, block: int, output: Path, peer_python:
         "rounds_ms": {key: s.rounds for key, s in samples.items()},
         "server_stages_p50_ms": {"cached": stage_medians(stages["livegen"]),
                                  "new": stage_medians(stages["livegen_new_prompt"])},
-        "pictures": {"prompt": PROMPT, "seed": CHECK_SEED, "checks": checks},
+        "pictures": {"prompt": PROMPT, "drawn": drawn, "seed": CHECK_SEED, "checks": checks},
     }
     save(results, markdown(results), output)
     latency_cdf([samples[key].series() for key in samples] + list(naive.values()),
@@ -546,7 +558,8 @@ def markdown(r: dict) -> str:
               f"livegen over WebSocket, a new prompt against the cached prompt: {interval(new)}.",
               f"Server stages of livegen's cached frames, p50 ms: {stages['cached']}.",
               f"Server stages of livegen's new-prompt frames, p50 ms: {stages['new']}.", "",
-              f"Pixel checks, prompt \"{r['pictures']['prompt']}\", seed {r['pictures']['seed']} (livegen's "
+              f"Pixel checks, prompt \"{r['pictures']['prompt']}\" (the peers asked for \"{r['pictures']['drawn']}\", "
+              f"what livegen draws for it), seed {r['pictures']['seed']} (livegen's "
               "engine with the watermark off, which changes pixels on purpose):", "",
               "| livegen against | max abs difference | mean abs difference | PSNR dB |", "|---|---|---|---|"]
     for c in r["pictures"]["checks"]:

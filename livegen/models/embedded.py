@@ -7,6 +7,7 @@ component except `text_encoder/`; `pipeline_components` fills that gap for from_
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ TEXT_TOKENS = 32  # prompts are padded to this many tokens (SD pads CLIP to 77 t
 # gives the picture's conditioning and moderation's sentence vector. diffusers ignores the file.
 CONDITIONING_FILE = "livegen.json"
 IMAGE_SIZE = 64
+NAMES_KEPT = 256  # concept names whose states PromptReader keeps
 GUIDANCE = 3.0  # the student's guidance embedding default; the teacher is evaluated at the same scale
 
 
@@ -70,21 +72,43 @@ def repeat_tokens(states, lengths):
     return torch.gather(states, 1, index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
 
 
-def sentence_conditioning(ids, length: int, text_forward, real_tokens: bool):
-    """A MiniLM-conditioned model's reading of one prompt (`ids`: 1 x max length, `length` real
-    tokens): (the denoiser's hidden states, moderation's unit sentence vector).
+class PromptReader:
+    """A MiniLM-conditioned model's reading of prompts (`owner`: its generator, which gives
+    `tokenize(text)` -> (ids: 1 x max length, real tokens), `text_forward`, `real_tokens` and
+    `concepts`). Called with a prompt: (the denoiser's hidden states, moderation's unit sentence vector).
 
     The sentence vector is the real tokens' states alone (the same as masking the padding),
-    mean-pooled. A model trained on real tokens takes the same states as its conditioning,
-    repeated: one short forward. Otherwise the pipeline's own reading, every token attended,
-    padding included, as diffusers' encode_prompt runs a BertModel."""
-    import torch
+    mean-pooled: always the prompt as typed. A model with a concept index (models/concepts.py)
+    draws the nearest concept's name instead of a non-blank prompt; the last NAMES_KEPT names'
+    states are kept, as the prompts typed letter by letter mostly land on a few. A model trained
+    on real tokens takes the drawn text's states as its conditioning, repeated: one short forward.
+    Otherwise the pipeline's own reading, every token attended, padding included, as diffusers'
+    encode_prompt runs a BertModel."""
 
-    words = ids[:, :length]
-    states = text_forward(words, torch.ones_like(words))
-    sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
-    hidden = repeat_tokens(states, torch.tensor([length])) if real_tokens else text_forward(ids, torch.ones_like(ids))
-    return hidden, sentence
+    def __init__(self, owner):
+        self.owner = owner
+        self.read_name = functools.lru_cache(maxsize=NAMES_KEPT)(self.read)
+
+    def read(self, text: str):
+        """(ids, real tokens, the real tokens' states)."""
+        import torch
+
+        ids, length = self.owner.tokenize(text)
+        words = ids[:, :length]
+        return ids, length, self.owner.text_forward(words, torch.ones_like(words))
+
+    def __call__(self, prompt: str):
+        import torch
+
+        ids, length, states = self.read(prompt)
+        sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
+        concepts = self.owner.concepts
+        drawn = prompt if concepts is None else concepts.drawn_text(prompt, sentence)
+        if drawn != prompt:
+            ids, length, states = self.read_name(drawn)
+        if self.owner.real_tokens:
+            return repeat_tokens(states, torch.tensor([length])), sentence
+        return self.owner.text_forward(ids, torch.ones_like(ids)), sentence
 
 
 def real_token_embeds(tokenizer, text_encoder, prompts: list[str]):

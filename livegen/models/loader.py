@@ -28,6 +28,7 @@ from diffusers.utils import logging as diffusers_logging
 from livegen.config import ModelConfig
 from livegen.models.base import ModelDescription, ModelError
 from livegen.models.devices import pick_device, pick_dtype
+from livegen.models.concepts import Concepts
 from livegen.models.embedded import pipeline_components, reads_real_tokens
 from livegen.models.flux import FluxGenerator
 from livegen.models.pipeline import DiffusersGenerator
@@ -124,6 +125,7 @@ def load_generator(config: ModelConfig) -> DiffusersGenerator:
     if isinstance(generator, StableDiffusionGenerator):
         generator.real_tokens = reads_real_tokens(path)
         generator.packaged_encoder = "text_encoder" in extra
+        generator.concepts = Concepts.read(path)
     if config.compile:
         generator.compile()
     elif device.type == "cuda" and config.cuda_graphs:

@@ -41,8 +41,9 @@ import torch
 from livegen import cache
 from livegen.config import ModelConfig
 from livegen.models.base import BatchSpec, ImageGenerator, ModelDescription, ModelError, PromptEmbedding
+from livegen.models.concepts import Concepts
 from livegen.models.devices import pick_device, pick_dtype
-from livegen.models.embedded import minilm_path, sentence_conditioning
+from livegen.models.embedded import PromptReader, minilm_path
 from livegen.models.onnx_text import Graph, OnnxTextEncoder
 from livegen.models.pipeline import schedule_length
 from livegen.models.sources import resolve_source
@@ -230,7 +231,7 @@ def load_pack(config: ModelConfig) -> PackedGenerator | None:
     if not kept:
         return None
     try:
-        return PackedGenerator(name, json.loads(_read(f"{name}/{MANIFEST}")))
+        return PackedGenerator(name, json.loads(_read(f"{name}/{MANIFEST}")), Concepts.read(resolve_source(config.source)))
     except Exception:
         log.warning("%s: the kept pack %s could not be read; loading through diffusers, which keeps it again",
                     config.display_name, name, exc_info=True)
@@ -242,7 +243,10 @@ class PackedGenerator(ImageGenerator):
     """A packable model served from its pack: the same stages, frames and sentence vectors as the
     diffusers-loaded generator it was made from (tests/test_packed.py compares them)."""
 
-    def __init__(self, name: str, manifest: dict):
+    def __init__(self, name: str, manifest: dict, concepts: Concepts | None = None):
+        """`concepts`: the model folder's concept index (its files name the pack, so it is the one traced)."""
+        self.concepts = concepts
+        self.read_prompt = PromptReader(self)
         description = manifest["description"]
         self.description = ModelDescription(**{**description, "sizes": [tuple(size) for size in description["sizes"]]})
         self.device = torch.device("cpu")
@@ -273,9 +277,12 @@ class PackedGenerator(ImageGenerator):
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
-        ids, mask = self.tokenizer([prompt], pad_to=self.max_length)
-        hidden, sentence = sentence_conditioning(ids, int(mask.sum()), self.text_forward, self.real_tokens)
+        hidden, sentence = self.read_prompt(prompt)
         return PromptEmbedding({"prompt_embeds": hidden.to(self.dtype)}, sentence=sentence)
+
+    def tokenize(self, text: str) -> tuple[torch.Tensor, int]:
+        ids, mask = self.tokenizer([text], pad_to=self.max_length)
+        return ids, int(mask.sum())
 
     def _steps(self, spec: BatchSpec) -> list[list[float]]:
         """As DiffusersGenerator.schedule: the last `steps` of the schedule's steps."""

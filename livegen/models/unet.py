@@ -14,7 +14,8 @@ from functools import cached_property
 import torch
 
 from livegen.models.base import BatchSpec, PromptEmbedding
-from livegen.models.embedded import sentence_conditioning
+from livegen.models.concepts import Concepts
+from livegen.models.embedded import PromptReader
 from livegen.models.pipeline import DiffusersGenerator
 
 CFG_GUIDANCE = 2.0  # any guidance above 1 turns classifier-free guidance on, which the warm-up must see
@@ -24,6 +25,7 @@ MINILM_WIDTH = 384  # all-MiniLM-L6-v2's hidden size: the encoder moderation rea
 class StableDiffusionGenerator(DiffusersGenerator):
     real_tokens = False  # conditioned on the prompt's real tokens, repeated (models/embedded.py); set by the loader
     packaged_encoder = False  # its text encoder is MiniLM from its package (embedded.pipeline_components); set by the loader
+    concepts: Concepts | None = None  # the folder's concept index (models/concepts.py); set by the loader
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         return (self.pipe.unet.config.in_channels, height // self.vae_scale, width // self.vae_scale)
@@ -38,11 +40,18 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if not self.reads_sentences:
             embeds, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
-        tokens = self.pipe.tokenizer([prompt], padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt")
-        hidden, sentence = sentence_conditioning(tokens.input_ids.to(self.device), int(tokens.attention_mask.sum()),
-                                                 self.text_forward, self.real_tokens)
+        hidden, sentence = self.read_prompt(prompt)
         return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)
+
+    @cached_property
+    def read_prompt(self) -> PromptReader:
+        return PromptReader(self)
+
+    def tokenize(self, text: str) -> tuple[torch.Tensor, int]:
+        tokenizer = self.pipe.tokenizer
+        tokens = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                           return_tensors="pt")
+        return tokens.input_ids.to(self.device), int(tokens.attention_mask.sum())
 
     def text_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The text encoder's last hidden states; onnxruntime's after `trace()` (models/onnx_text.py)."""

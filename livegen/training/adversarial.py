@@ -15,6 +15,7 @@ real latent, which keeps each picture on its prompt while the adversarial term m
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 from livegen.models.devices import pick_device
 from livegen.training import autoencoder, distill, loop, teacher
 from livegen.training.recipe import PLAIN_PROMPT_SHARE, SEED, SHARPEN, STUDENT, SharpenRecipe
-from livegen.training.text import embed_captions
+from livegen.training.text import CaptionEmbeddings, embed_captions
 
 @functools.cache
 def later_timesteps() -> torch.Tensor:
@@ -111,21 +112,30 @@ def decode(vae: AutoencoderTiny, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor).sample
 
 
+def any_caption(captions: CaptionEmbeddings, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One random training caption of each image, read as livegen or as `pipe(prompt)` reads it."""
+    return captions.sample(images, generator, PLAIN_PROMPT_SHARE)[0]
+
+
 def train(
     workdir: Path,
     recipe: SharpenRecipe = SHARPEN,
     steps: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    stage: str = "sharpen",
+    start: UNet2DConditionModel | None = None,
+    prompts: Callable[[CaptionEmbeddings, torch.Tensor, torch.Generator], torch.Tensor] = any_caption,
 ) -> UNet2DConditionModel:
-    """Sharpen the student stage's UNet into workdir/sharpen."""
+    """Sharpen `start` (the student stage's UNet if absent) into workdir/`stage`, each image
+    conditioned on what `prompts` picks for it."""
     dev = pick_device(device)
     latents = teacher.scaled_latents(workdir)
     captions = embed_captions(workdir, progress=progress)
     solver = distill.Solver(teacher.noise_schedule().alphas_cumprod, STUDENT.solver_steps)
 
     torch.manual_seed(SEED)
-    student = distill.load(workdir).to(dev).train()
+    student = (start if start is not None else distill.load(workdir)).to(dev).train()
     vae = autoencoder.load(workdir, "decoder").to(dev).requires_grad_(False)
     discriminator = Discriminator(student.config.cross_attention_dim).to(dev)
     ema = EMAModel(student.parameters(), decay=recipe.ema_decay)
@@ -137,7 +147,7 @@ def train(
 
     def train_step(step: int, generator: torch.Generator) -> dict[str, float]:
         index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
-        text = captions.sample(index, generator, PLAIN_PROMPT_SHARE)[0].to(dev)
+        text = prompts(captions, index, generator).to(dev)
         real = latents[index].to(dev)
         fake = student_sample(student, solver, real, text, generator, recipe)
         fake_pictures = decode(vae, fake)
@@ -161,9 +171,9 @@ def train(
 
     objects = {"model": student, "discriminator": discriminator, "ema": ema, "optimizer": optimizer,
                "discriminator_optimizer": discriminator_optimizer}  # fmt: skip
-    loop.run(loop.Stage(workdir / "sharpen"), total, train_step, objects, SEED, progress=progress)
+    loop.run(loop.Stage(workdir / stage), total, train_step, objects, SEED, progress=progress)
     ema.copy_to(student.parameters())
-    student.eval().cpu().save_pretrained(workdir / "sharpen" / "unet")
+    student.eval().cpu().save_pretrained(workdir / stage / "unet")
     return student
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from livegen.models.concepts import Concepts
 from livegen.models.embedded import EMBEDDED_MODEL, GUIDANCE, pipeline_components, reads_real_tokens, real_token_embeds
 from livegen.training import classifier, dataset
 from livegen.training.dataset import EmojiDataset
@@ -142,10 +143,16 @@ def load_pipeline(path: Path):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], steps: int, guidance: float, real_tokens: bool, batch: int = 128) -> torch.Tensor:
+def generate(pipe, prompts: list[str], steps: int, guidance: float, real_tokens: bool, concepts: Concepts | None = None,
+             batch: int = 128) -> torch.Tensor:
     """One image per prompt in [-1, 1]; image i always starts from the noise of seed SEED + i.
     `real_tokens`: conditioned as livegen serves such a model (embedded.real_token_embeds), else
-    as `pipe(prompt)` does."""
+    as `pipe(prompt)` does. With `concepts`, each prompt is drawn as its nearest concept's name,
+    as livegen serves a folder with a concept index (models/concepts.py)."""
+    if concepts is not None:
+        from livegen.safety.moderation import minilm_embedder
+
+        prompts = [concepts.drawn_text(p, v) for p, v in zip(prompts, minilm_embedder()(prompts))]
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
@@ -202,6 +209,7 @@ def evaluate(
     folders = {"student": student, "teacher": workdir / "teacher" / "pipeline"}
     pipelines = {name: load_pipeline(f) for name, f in folders.items() if (f / "model_index.json").is_file()}
     real_tokens = {name: reads_real_tokens(folders[name]) for name in pipelines}
+    concepts = {name: Concepts.read(folders[name]) for name in pipelines}
     seen = {c.lower() for record in data.records for c in record.training_captions}
     unseen = [i for i, p in enumerate(natural) if p.text.lower() not in seen]
 
@@ -223,14 +231,17 @@ def evaluate(
                     *ranked_accuracy(natural_lookup, [p.targets for p in natural]),
                     ranked_accuracy(natural_lookup[unseen], [natural[i].targets for i in unseen])[0]))
     columns = {}
-    settings = [(name, steps, real_tokens[name]) for name, steps in SETTINGS if name in pipelines]
-    if real_tokens["student"]:  # the same weights through `pipe(prompt)`, as plain diffusers calls them
-        settings.append(("student", 1, False))
-    for name, steps, tokens in tqdm(settings, desc="evaluate", disable=not progress):
+    # (row, pipeline, steps, real tokens, concepts): each model as livegen serves it, then the student
+    # reading the prompt as typed, and through `pipe(prompt)`, as plain diffusers calls it.
+    settings = [(name, name, steps, real_tokens[name], concepts[name]) for name, steps in SETTINGS if name in pipelines]
+    if concepts["student"] is not None:
+        settings.append(("student, prompt as typed", "student", 1, real_tokens["student"], None))
+    if real_tokens["student"] or concepts["student"] is not None:
+        settings.append(("student, pipe(prompt)", "student", 1, False, None))
+    for label, name, steps, tokens, index in tqdm(settings, desc="evaluate", disable=not progress):
         pipe = pipelines[name]
-        label = name if tokens == real_tokens[name] else f"{name}, pipe(prompt)"
-        rows.append(score(label, steps, generate(pipe, texts, steps, guidance, tokens)))
-        columns[f"{label} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance, tokens)
+        rows.append(score(label, steps, generate(pipe, texts, steps, guidance, tokens, index)))
+        columns[f"{label} {steps}"] = generate(pipe, list(GRID_PROMPTS), steps, guidance, tokens, index)
     if grid is not None:
         grid.parent.mkdir(parents=True, exist_ok=True)
         save_grid(columns, grid)

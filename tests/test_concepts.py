@@ -1,0 +1,112 @@
+"""A model folder with a concept index draws each prompt as its nearest concept's name, and
+moderation still reads the prompt as typed (models/concepts.py)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from livegen.config import embedded_model
+from livegen.models.concepts import FOLDER, Concepts
+from livegen.models.embedded import EMBEDDED_MODEL
+from livegen.models.loader import load_generator
+from livegen.safety.moderation import minilm_embedder
+
+SMALL = (("honeybee", "bee", "insect"), ("house", "home", "building"), ("old key", "key", "lock", "password"),
+         ("thumbs up, dark skin tone", "thumbs up dark skin tone"),
+         ("thumbs up, medium-dark skin tone", "thumbs up medium-dark skin tone"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Concepts:
+    concepts = Concepts.read(EMBEDDED_MODEL)
+    assert concepts is not None
+    return concepts
+
+
+def drawn(concepts: Concepts, prompt: str) -> str:
+    return concepts.drawn_text(prompt, minilm_embedder()([prompt])[0])
+
+
+def test_an_index_is_written_and_read_back(tmp_path):
+    index = Concepts.build(SMALL, minilm_embedder(), batch=4)
+    assert index.vectors.shape == (len(SMALL), 384)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1, atol=1e-5)
+    index.write(tmp_path)
+    back = Concepts.read(tmp_path)
+    assert back.phrases == SMALL
+    np.testing.assert_allclose(back.vectors, index.vectors, atol=2e-3)  # kept in float16
+
+
+def test_a_folder_without_an_index_has_none(tmp_path):
+    assert Concepts.read(tmp_path) is None
+
+
+@pytest.mark.parametrize(("prompt", "name"), [("a bug that makes honey", "honeybee"), ("my home", "house"),
+                                              ("a password", "old key"), ("thumbs up dark skin", "thumbs up, dark skin tone"),
+                                              ("thumbs up, medium dark skin", "thumbs up, medium-dark skin tone")])  # fmt: skip
+def test_a_prompt_is_drawn_as_the_concept_it_means(prompt, name):
+    assert drawn(Concepts.build(SMALL, minilm_embedder()), prompt) == name
+
+
+def test_the_shipped_index_reads_everyday_prompts(shipped):
+    assert len(shipped.phrases) == shipped.vectors.shape[0] > 3000
+    assert drawn(shipped, "a bug that makes honey") == "honeybee"
+    assert drawn(shipped, "a cop") == "police officer"
+    assert drawn(shipped, "two cats") == "cat"
+    assert drawn(shipped, "thumbs up with dark skin tone") == "thumbs up, dark skin tone"
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n"])
+def test_a_blank_prompt_stays_blank(shipped, prompt):
+    assert drawn(shipped, prompt) == prompt  # the unconditional side of guidance
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_is_drawn_as_a_name_or_left_blank(shipped, prompt):
+    names = {group[0] for group in shipped.phrases}
+    result = drawn(shipped, prompt)
+    assert result == prompt if not prompt.strip() else result in names
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    """The shipped model, and the same folder without its concept index."""
+    plain = tmp_path_factory.mktemp("no-index") / "emoji"
+    shutil.copytree(EMBEDDED_MODEL, plain, ignore=shutil.ignore_patterns(FOLDER))
+    return load_generator(embedded_model()), load_generator(embedded_model().model_copy(update={"source": str(plain)}))
+
+
+def test_the_model_draws_the_name_and_moderation_reads_the_typed_prompt(generators):
+    with_index, without = generators
+    typed, name = with_index.encode_prompt("a bug that makes honey"), with_index.encode_prompt("honeybee")
+    torch.testing.assert_close(typed.tensors["prompt_embeds"], name.tensors["prompt_embeds"])
+    np.testing.assert_allclose(typed.sentence, minilm_embedder()(["a bug that makes honey"])[0], atol=1e-4)
+    assert float(typed.sentence @ name.sentence) < 0.99
+    as_typed = without.encode_prompt("a bug that makes honey").tensors["prompt_embeds"]
+    assert not torch.allclose(as_typed, name.tensors["prompt_embeds"])
+    torch.testing.assert_close(with_index.encode_prompt("").tensors["prompt_embeds"],
+                               without.encode_prompt("").tensors["prompt_embeds"])
+
+
+def test_a_name_is_read_once_while_prompts_land_on_it(generators):
+    with_index, _ = generators
+    reader = with_index.read_prompt
+    reader.read_name.cache_clear()
+    calls = []
+    forward = with_index.text_forward
+    with_index.text_forward = lambda ids, mask: calls.append(ids.shape[1]) or forward(ids, mask)
+    try:
+        for prompt, forwards in [("a bug that makes honey", 2), ("a bee making honey", 1), ("bees", 1), ("honeybee", 1)]:
+            calls.clear()
+            with_index.encode_prompt(prompt)
+            assert len(calls) == forwards, prompt  # the typed prompt's, then the name's unless kept
+        assert reader.read_name.cache_info().currsize == 1
+    finally:
+        with_index.text_forward = forward
