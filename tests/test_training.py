@@ -266,7 +266,7 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["model"], r["steps"]) for r in rows] == [("real images", None), ("uniform noise", None),
-                                                         (evaluate.TEXT_ONLY, None),
+                                                         (evaluate.TEXT_ONLY, None), (evaluate.CONCEPT_ONLY, None),
                                                          ("student", 1), ("student", 2), ("student", 4),
                                                          ("student, prompt as typed", 1),  # it has a concept index
                                                          ("student, pipe(prompt)", 1)]  # it reads real tokens
@@ -274,6 +274,9 @@ def test_eval_measures_the_shipped_model_in_a_work_folder_without_a_build(datase
     assert all(0 <= r[k] <= 1 for r in rows for k in ("top1", "natural_top1", "natural_unseen_top1"))
     text_only = rows[2]  # a prompt that is a training caption finds that caption: its emoji
     assert text_only["kid"] is None and text_only["natural_top1"] >= 0.5 and text_only["top1"] >= 0.9
+    assert rows[3]["kid"] is None and rows[3]["natural_top1"] >= 0.5  # the index finds that caption's emoji too
+    assert rows[0]["natural_pixel_top1"] == 1.0  # a real emoji is nearest its own round trip
+    assert rows[1]["natural_pixel_top1"] <= 0.5 and rows[2]["natural_pixel_top1"] is rows[3]["natural_pixel_top1"] is None
     assert (tmp_path / "model-grid.png").is_file()
     assert (docs_grid.stat().st_mtime_ns if docs_grid.exists() else None) == before
 
@@ -467,6 +470,13 @@ def test_one_classifier_step_lowers_its_loss(dataset):
     )
     assert after < before
     assert model.eval().embed(images).shape == (16, 32)
+
+
+def test_the_pixel_judge_names_the_nearest_gallery_image():
+    gallery = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    near = gallery + 0.01 * torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert evaluate.pixel_nearest(near, gallery, [(i,) for i in range(5)]) == 1.0
+    assert evaluate.pixel_nearest(near, gallery, [((i + 1) % 5, (i + 2) % 5) for i in range(5)]) == 0.0
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_the_gap():

@@ -61,8 +61,9 @@ class Concepts:
         np.save(folder / VECTORS, self.vectors.astype(np.float16))
         (folder / PHRASES).write_bytes(gzip.compress(json.dumps(self.phrases).encode(), mtime=0))
 
-    def nearest(self, prompt: str, sentence: np.ndarray) -> int:
-        """The concept `prompt` (whose unit sentence vector is `sentence`) most likely means."""
+    def ranked(self, prompt: str, sentence: np.ndarray) -> list[int]:
+        """The CANDIDATES concepts `prompt` (whose unit sentence vector is `sentence`) most likely
+        means, the likeliest first."""
         from rapidfuzz import fuzz
 
         # einsum, not BLAS: a BLAS thread team beside torch's made this 8 ms rather than 0.25 on the 2-core CPU
@@ -71,12 +72,12 @@ class Concepts:
         candidates = np.argpartition(-similarity, count - 1)[:count]
         text = prompt.lower()
         spelling = np.array([max(fuzz.WRatio(text, phrase) for phrase in self.phrases[i]) for i in candidates])
-        return int(candidates[np.argmax(similarity[candidates] + SPELLING_WEIGHT * spelling / 100)])
+        return candidates[np.argsort(-(similarity[candidates] + SPELLING_WEIGHT * spelling / 100), kind="stable")].tolist()
 
     def drawn_text(self, prompt: str, sentence: np.ndarray) -> str:
         """What the model draws for `prompt`: its nearest concept's name; a blank prompt (the
         unconditional side of guidance) stays blank."""
-        return self.phrases[self.nearest(prompt, sentence)][0] if prompt.strip() else prompt
+        return self.phrases[self.ranked(prompt, sentence)[0]][0] if prompt.strip() else prompt
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
