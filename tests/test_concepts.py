@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livegen.config import embedded_model
-from livegen.models.concepts import FOLDER, Concepts
+from livegen.models.concepts import FOLDER, TOKEN, Concepts
 from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.models.loader import load_generator
 from livegen.safety.moderation import minilm_embedder
@@ -30,7 +30,7 @@ def shipped() -> Concepts:
 
 
 def drawn(concepts: Concepts, prompt: str) -> str:
-    return concepts.drawn_text(prompt, minilm_embedder()([prompt])[0])
+    return concepts.drawn_text(prompt, minilm_embedder())
 
 
 def test_an_index_is_written_and_read_back(tmp_path):
@@ -52,6 +52,32 @@ def test_a_folder_without_an_index_has_none(tmp_path):
                                               ("thumbs up, medium dark skin", "thumbs up, medium-dark skin tone")])  # fmt: skip
 def test_a_prompt_is_drawn_as_the_concept_it_means(prompt, name):
     assert drawn(Concepts.build(SMALL, minilm_embedder()), prompt) == name
+
+
+@pytest.mark.parametrize(("typed", "respelled"), [("a elefant", "a elephant"), ("an umbrela, please", "an umbrella, please"),
+                                                  ("A Hambuger!", "a hamburger!")])  # fmt: skip
+def test_a_word_nobody_spells_so_is_respelled_as_the_caption_word_it_slips_from(shipped, typed, respelled):
+    assert shipped.respelled(typed) == respelled
+
+
+@pytest.mark.parametrize("prompt", ["a grandpa", "a cat", "two cats on a mat", "a bqx", "a donut", "a spooky ladybug",
+                                    "a motorbike"])
+def test_english_words_caption_words_and_short_ones_are_left_alone(shipped, prompt):
+    assert shipped.respelled(prompt) is prompt
+    assert shipped.word_counts["cat"] >= 3 and "ladybug" in shipped.known_words  # MiniLM splits it in pieces
+    assert shipped.respelled("a hous") == "a house"  # 4 letters: the shortest respelled
+
+
+def test_a_respelled_prompt_is_drawn_as_what_it_slipped_from(shipped):
+    assert drawn(shipped, "a elefant") == "elephant"
+    assert drawn(shipped, "a mushrom") == "mushroom"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=200))
+def test_respelling_keeps_a_prompts_shape(shipped, prompt):
+    respelled = shipped.respelled(prompt)
+    assert respelled == prompt or len(TOKEN.findall(respelled)) == len(TOKEN.findall(prompt.lower()))
 
 
 def test_the_shipped_index_reads_everyday_prompts(shipped):

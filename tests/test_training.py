@@ -186,7 +186,7 @@ def test_train_commands_run_every_shipped_stage_and_export_a_pipeline_diffusers_
         concepts = Concepts.read(folder)
         assert concepts.phrases == tuple(r.training_captions for r in dataset.records[:16])
         name = dataset.records[3].captions[0]
-        assert concepts.drawn_text(name, minilm_embedder()([name])[0]) == name
+        assert concepts.drawn_text(name, minilm_embedder()) == name
     pipe = StableDiffusionPipeline.from_pretrained(output, **pipeline_components(output))
     image = pipe("a cat", num_inference_steps=1, output_type="np").images[0]
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()

@@ -443,7 +443,7 @@ def drawn_text(model: Path, prompt: str) -> str:
     from livegen.safety.moderation import minilm_embedder
 
     concepts = Concepts.read(model)
-    return prompt if concepts is None else concepts.drawn_text(prompt, minilm_embedder()([prompt])[0])
+    return prompt if concepts is None else concepts.drawn_text(prompt, minilm_embedder())
 
 
 def compare(a: bytes, b: bytes) -> dict:

@@ -6,7 +6,9 @@ honey"), where MiniLM's sentence similarity alone finds the right emoji (docs/mo
 folder with a `concepts/` index therefore has each prompt drawn as its nearest concept's name:
 
 1. the prompt's MiniLM sentence vector (moderation's, computed anyway) against each concept's
-   mean caption vector, which weighs all the ways the training captions say it;
+   mean caption vector, which weighs all the ways the training captions say it. A word that is
+   neither English nor used by the captions is first respelled as the nearest word they use
+   often ("elefant" as "elephant"), and the respelled prompt read again;
 2. the closest CANDIDATES re-ranked by spelling similarity to their captions (RapidFuzz WRatio):
    what a sentence vector blurs, such as "dark" against "medium-dark skin tone", or a typing slip;
 3. the name (the concept's first caption) conditions the picture. Moderation still reads what
@@ -15,28 +17,40 @@ folder with a `concepts/` index therefore has each prompt drawn as its nearest c
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+TextEmbedder = Callable[[list[str]], np.ndarray]  # texts to unit sentence vectors, texts x width
+
 FOLDER = "concepts"
 VECTORS = "vectors.npy"
 PHRASES = "phrases.json.gz"
+WORD = re.compile(r"[a-z]+")
+TOKEN = re.compile(r"[a-z]+|[^a-z]+")  # words and what lies between them, so a respelled prompt keeps its shape
 CANDIDATES = 20  # by sentence similarity, then re-ranked by spelling
 SPELLING_WEIGHT = 1.0  # of WRatio / 100 against cosine similarity; chosen on the caption split (docs/model.md)
+# Respelling, chosen on the caption split and generated typing slips of the names (docs/model.md):
+COMMON = 3  # a word in at least this many captions is a word (a generated typing slip is in one)
+RESPELL_CUTOFF = 70  # the least RapidFuzz ratio of a word to its respelling
+SHORTEST_RESPELLED = 4  # letters; shorter words are left alone
 
 
 @dataclass(frozen=True)
 class Concepts:
     vectors: np.ndarray  # concepts x width, float32, unit length: each concept's mean caption vector
     phrases: tuple[tuple[str, ...], ...]  # each concept's captions, its name first
+    known_words: frozenset[str] = frozenset()  # words never respelled (`read`)
 
     @classmethod
-    def build(cls, phrases: Sequence[Sequence[str]], embed: Callable[[list[str]], np.ndarray],
+    def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, known_words: frozenset[str] = frozenset(),
               batch: int = 256) -> Concepts:
         """`embed`: unit sentence vectors of texts (moderation.sentence_embedder's)."""
         texts = [text for group in phrases for text in group]
@@ -44,16 +58,42 @@ class Concepts:
         vectors = np.concatenate([embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
         sums = np.zeros((len(phrases), vectors.shape[1]), np.float32)
         np.add.at(sums, owners, vectors)
-        return cls(_unit(sums), tuple(tuple(group) for group in phrases))
+        return cls(_unit(sums), tuple(tuple(group) for group in phrases), known_words)
 
     @classmethod
     def read(cls, model_folder: Path) -> Concepts | None:
-        """The folder's index, or None when it has none (the prompt is then read as typed)."""
+        """The folder's index, or None when it has none (the prompt is then read as typed). Words
+        never respelled: English words, and those its text encoder knows whole (its tokenizer's vocab.txt)."""
         folder = model_folder / FOLDER
         if not (folder / VECTORS).is_file():
             return None
         phrases = json.loads(gzip.decompress((folder / PHRASES).read_bytes()))
-        return cls(_unit(np.load(folder / VECTORS).astype(np.float32)), tuple(map(tuple, phrases)))
+        return cls(_unit(np.load(folder / VECTORS).astype(np.float32)), tuple(map(tuple, phrases)),
+                   vocabulary(model_folder / "tokenizer") | english_words())
+
+    @functools.cached_property
+    def word_counts(self) -> Counter[str]:
+        """How many captions use each word."""
+        return Counter(word for group in self.phrases for phrase in group for word in WORD.findall(phrase.lower()))
+
+    @functools.cached_property
+    def common_words(self) -> list[str]:
+        return [word for word, count in self.word_counts.items() if count >= COMMON]
+
+    def respelled(self, prompt: str) -> str:
+        """`prompt` with each word neither the text encoder nor the captions know replaced by the
+        likeliest common caption word it could be a slip of; `prompt` itself if none is."""
+        from rapidfuzz import fuzz, process
+
+        pieces, changed = [], False
+        for piece in TOKEN.findall(prompt.lower()):
+            if (len(piece) >= SHORTEST_RESPELLED and piece.isalpha() and piece not in self.known_words
+                    and self.word_counts[piece] < COMMON):
+                near = process.extract(piece, self.common_words, scorer=fuzz.ratio, score_cutoff=RESPELL_CUTOFF, limit=5)
+                if near:  # the closest; of equals, the word more captions use
+                    piece, changed = max(near, key=lambda match: (match[1], self.word_counts[match[0]]))[0], True
+            pieces.append(piece)
+        return "".join(pieces) if changed else prompt
 
     def write(self, model_folder: Path) -> None:
         folder = model_folder / FOLDER
@@ -61,11 +101,14 @@ class Concepts:
         np.save(folder / VECTORS, self.vectors.astype(np.float16))
         (folder / PHRASES).write_bytes(gzip.compress(json.dumps(self.phrases).encode(), mtime=0))
 
-    def ranked(self, prompt: str, sentence: np.ndarray) -> list[int]:
-        """The CANDIDATES concepts `prompt` (whose unit sentence vector is `sentence`) most likely
-        means, the likeliest first."""
+    def ranked(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> list[int]:
+        """The CANDIDATES concepts `prompt` most likely means, the likeliest first. `embed`: unit
+        sentence vectors of texts (moderation.sentence_embedder's); `sentence`: the prompt's, if known."""
         from rapidfuzz import fuzz
 
+        respelled = self.respelled(prompt)
+        if respelled != prompt or sentence is None:
+            prompt, sentence = respelled, embed([respelled])[0]
         # einsum, not BLAS: a BLAS thread team beside torch's made this 8 ms rather than 0.25 on the 2-core CPU
         similarity = np.einsum("cw,w->c", self.vectors, sentence.astype(np.float32))
         count = min(CANDIDATES, len(similarity))
@@ -74,10 +117,27 @@ class Concepts:
         spelling = np.array([max(fuzz.WRatio(text, phrase) for phrase in self.phrases[i]) for i in candidates])
         return candidates[np.argsort(-(similarity[candidates] + SPELLING_WEIGHT * spelling / 100), kind="stable")].tolist()
 
-    def drawn_text(self, prompt: str, sentence: np.ndarray) -> str:
+    def drawn_text(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> str:
         """What the model draws for `prompt`: its nearest concept's name; a blank prompt (the
         unconditional side of guidance) stays blank."""
-        return self.phrases[self.ranked(prompt, sentence)[0]][0] if prompt.strip() else prompt
+        return self.phrases[self.ranked(prompt, embed, sentence)[0]][0] if prompt.strip() else prompt
+
+
+@functools.cache
+def english_words() -> frozenset[str]:
+    """The 160,000 words of pyspellchecker's English dictionary: "donut" or "ladybug" is a word,
+    not a slip of a caption's word, though MiniLM splits it into pieces."""
+    from spellchecker import SpellChecker
+
+    return frozenset(SpellChecker().word_frequency.keys())
+
+
+def vocabulary(tokenizer_folder: Path) -> frozenset[str]:
+    """The whole words of a WordPiece vocab.txt (its "##" pieces left out); empty without one."""
+    file = tokenizer_folder / "vocab.txt"
+    if not file.is_file():
+        return frozenset()
+    return frozenset(word for word in file.read_text(encoding="utf-8").split() if not word.startswith("##"))
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

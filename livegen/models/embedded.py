@@ -97,13 +97,26 @@ class PromptReader:
         words = ids[:, :length]
         return ids, length, self.owner.text_forward(words, torch.ones_like(words))
 
+    @staticmethod
+    def sentence(states):
+        """The unit mean of one text's real-token states: its sentence vector."""
+        import torch
+
+        return torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
+
+    def sentences(self, texts: list[str]):
+        """Sentence vectors of other texts (the concept index's respelled prompt), texts x width."""
+        import numpy as np
+
+        return np.stack([self.sentence(self.read(text)[2]) for text in texts])
+
     def __call__(self, prompt: str):
         import torch
 
         ids, length, states = self.read(prompt)
-        sentence = torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
+        sentence = self.sentence(states)
         concepts = self.owner.concepts
-        drawn = prompt if concepts is None else concepts.drawn_text(prompt, sentence)
+        drawn = prompt if concepts is None else concepts.drawn_text(prompt, self.sentences, sentence)
         if drawn != prompt:
             ids, length, states = self.read_name(drawn)
         if self.owner.real_tokens:

@@ -175,7 +175,8 @@ def generate(pipe, prompts: list[str], steps: int, guidance: float, real_tokens:
     if concepts is not None:
         from livegen.safety.moderation import minilm_embedder
 
-        prompts = [concepts.drawn_text(p, v) for p, v in zip(prompts, minilm_embedder()(prompts))]
+        embed = minilm_embedder()
+        prompts = [concepts.drawn_text(p, embed, v) for p, v in zip(prompts, embed(prompts))]
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
@@ -260,8 +261,9 @@ def evaluate(
 
         index = concepts["student"]
         emoji_of = {record.captions[0]: i for i, record in enumerate(data.records)}  # concepts by name: any order
-        picks = [[emoji_of.get(index.phrases[c][0], -1) for c in index.ranked(t, v)]
-                 for t, v in zip(texts, minilm_embedder()(texts))]
+        embed = minilm_embedder()
+        picks = [[emoji_of.get(index.phrases[c][0], -1) for c in index.ranked(t, embed, v)]
+                 for t, v in zip(texts, embed(texts))]
         natural_picks = picks[len(prompts) :]
         rows.append(Row(CONCEPT_ONLY, None, *hit_rates(picks[: len(prompts)], [p.targets for p in prompts]), None,
                         *hit_rates(natural_picks, [p.targets for p in natural]),
