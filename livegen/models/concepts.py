@@ -50,15 +50,15 @@ class Concepts:
     known_words: frozenset[str] = frozenset()  # words never respelled (`read`)
 
     @classmethod
-    def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, known_words: frozenset[str] = frozenset(),
-              batch: int = 256) -> Concepts:
-        """`embed`: unit sentence vectors of texts (moderation.sentence_embedder's)."""
+    def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, batch: int = 256) -> Concepts:
+        """`embed`: unit sentence vectors of texts (moderation.sentence_embedder's). What `read`
+        gives from the folder `write` fills, but for its known words."""
         texts = [text for group in phrases for text in group]
         owners = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
         vectors = np.concatenate([embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
         sums = np.zeros((len(phrases), vectors.shape[1]), np.float32)
         np.add.at(sums, owners, vectors)
-        return cls(_unit(sums), tuple(tuple(group) for group in phrases), known_words)
+        return cls(_unit(sums), tuple(tuple(group) for group in phrases))
 
     @classmethod
     def read(cls, model_folder: Path) -> Concepts | None:

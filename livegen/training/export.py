@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel
 
-from livegen.models.concepts import Concepts, english_words, vocabulary
+from livegen.models.concepts import Concepts
 from livegen.models.embedded import load_text_encoder, load_tokenizer, mark_real_tokens, minilm_path
 from livegen.training import adversarial, autoencoder, distill, reading, recall, teacher
 from livegen.training.dataset import EmojiDataset
@@ -42,8 +42,7 @@ def concept_index(workdir: Path) -> Concepts:
     from livegen.safety.moderation import minilm_embedder
 
     records = EmojiDataset.load(workdir).records
-    return Concepts.build([record.training_captions for record in records], minilm_embedder(),
-                          vocabulary(minilm_path()) | english_words())
+    return Concepts.build([record.training_captions for record in records], minilm_embedder())
 
 
 def save(pipe: StableDiffusionPipeline, folder: Path, concepts: Concepts) -> None:
