@@ -23,7 +23,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,13 @@ class Concepts:
     vectors: np.ndarray  # concepts x width, float32, unit length: each concept's mean caption vector
     phrases: tuple[tuple[str, ...], ...]  # each concept's captions, its name first
     known_words: frozenset[str] = frozenset()  # words never respelled (`read`)
+    word_counts: Counter[str] = field(init=False, repr=False, compare=False)  # how many captions use each word
+    common_words: list[str] = field(init=False, repr=False, compare=False)  # those COMMON captions use
+
+    def __post_init__(self) -> None:  # counted once here, not on the first prompt with a slip
+        counts = Counter(word for group in self.phrases for phrase in group for word in WORD.findall(phrase.lower()))
+        object.__setattr__(self, "word_counts", counts)
+        object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
 
     @classmethod
     def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, batch: int = 256) -> Concepts:
@@ -70,15 +77,6 @@ class Concepts:
         phrases = json.loads(gzip.decompress((folder / PHRASES).read_bytes()))
         return cls(_unit(np.load(folder / VECTORS).astype(np.float32)), tuple(map(tuple, phrases)),
                    vocabulary(model_folder / "tokenizer") | english_words())
-
-    @functools.cached_property
-    def word_counts(self) -> Counter[str]:
-        """How many captions use each word."""
-        return Counter(word for group in self.phrases for phrase in group for word in WORD.findall(phrase.lower()))
-
-    @functools.cached_property
-    def common_words(self) -> list[str]:
-        return [word for word, count in self.word_counts.items() if count >= COMMON]
 
     def respelled(self, prompt: str) -> str:
         """`prompt` with each word neither the text encoder nor the captions know replaced by the
