@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livegen.config import embedded_model
-from livegen.models.concepts import FOLDER, TOKEN, Concepts
+from livegen.models.concepts import FOLDER, READ_WORDS, TOKEN, Concepts
 from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.models.loader import load_generator
 from livegen.safety.moderation import minilm_embedder
@@ -136,3 +136,10 @@ def test_a_name_is_read_once_while_prompts_land_on_it(generators):
         assert reader.read_name.cache_info().currsize == 1
     finally:
         with_index.text_forward = forward
+
+
+def test_spelling_reads_a_prompts_first_words_only(shipped, monkeypatch):
+    seen = []
+    monkeypatch.setattr(Concepts, "respelled", lambda self, text: seen.append(text) or text)
+    shipped.ranked("elefant " * 200, minilm_embedder())  # the longest prompt the server takes is 1,000 characters
+    assert seen == [" ".join(["elefant"] * READ_WORDS)]  # MiniLM reads 32 tokens: later words never count
