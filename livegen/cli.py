@@ -540,16 +540,18 @@ WORKDIR = Path("build/emoji")
 STAGES = ("autoencoder", "decoder", "teacher", "student", "sharpen", "recall", "classifier")
 
 
-def _train_stage(stage: str, workdir: Path, steps: int | None, device: str) -> None:
-    from livegen.training import adversarial, autoencoder, classifier, distill, recall, teacher
+def _train_stage(stage: str, workdir: Path, steps: int | None, device: str, student_folder: Path | None = None) -> None:
+    """One stage into workdir/`stage`; `student_folder`: the trained student recall and adapt start from."""
+    from livegen.training import adversarial, autoencoder, classifier, distill, reading, recall, teacher
     from livegen.training.dataset import DatasetError
 
     _quiet_libraries()
     train = {"autoencoder": autoencoder.train, "decoder": autoencoder.refine_decoder, "teacher": teacher.train,
              "student": distill.train, "sharpen": adversarial.train, "recall": recall.train,
-             "classifier": classifier.train}[stage]  # fmt: skip
+             "adapt": reading.train, "classifier": classifier.train}[stage]  # fmt: skip
+    start = {} if student_folder is None else {"student_folder": student_folder}
     try:
-        train(workdir, steps=steps, device=device)
+        train(workdir, steps=steps, device=device, **start)
     except DatasetError as exc:
         typer.echo(f"livegen: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -615,16 +617,7 @@ def train_recall(
 ) -> None:
     """Sharpen the student again, each emoji drawn from its name: the text livegen conditions on
     (models/concepts.py). Into WORKDIR/recall, which `export` then writes."""
-    from livegen.training import recall
-    from livegen.training.dataset import DatasetError
-
-    _quiet_libraries()
-    try:
-        recall.train(workdir, student, steps=steps, device=device)
-    except DatasetError as exc:
-        typer.echo(f"livegen: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(f"recall: done, in {workdir / 'recall'}")
+    _train_stage("recall", workdir, steps, device, student)
 
 
 @train_app.command("adapt")
@@ -637,16 +630,7 @@ def train_adapt(
     """Teach a student trained on padded prompts to read their real tokens (one short text forward
     per new prompt; its own padded reading is the target), into WORKDIR/adapt, which `export` then
     writes. Needs the dataset and the autoencoder stages (or `adopt-autoencoder` of the student's own)."""
-    from livegen.training import reading
-    from livegen.training.dataset import DatasetError
-
-    _quiet_libraries()
-    try:
-        reading.train(workdir, student, steps=steps, device=device)
-    except DatasetError as exc:
-        typer.echo(f"livegen: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(f"adapt: done, in {workdir / 'adapt'}")
+    _train_stage("adapt", workdir, steps, device, student)
 
 
 @train_app.command("concepts")
