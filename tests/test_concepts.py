@@ -138,6 +138,25 @@ def test_a_name_is_read_once_while_prompts_land_on_it(generators):
         with_index.text_forward = forward
 
 
+def test_a_slip_is_read_in_the_same_forward_as_its_respelling(generators):
+    with_index, _ = generators
+    prompt = "a cute elefant"
+    text, respelled = with_index.concepts.reading(prompt)
+    assert respelled and text == "a cute elephant"
+    with_index.read_prompt.read_name.cache_clear()
+    calls = []
+    forward = with_index.text_forward
+    with_index.text_forward = lambda ids, mask: calls.append(tuple(ids.shape)) or forward(ids, mask)
+    try:
+        embedding = with_index.encode_prompt(prompt)
+    finally:
+        with_index.text_forward = forward
+    assert calls[0][0] == 2 and len(calls) == 2  # typed and respelled together, then the name
+    name = with_index.concepts.drawn_text(prompt, minilm_embedder())
+    torch.testing.assert_close(embedding.tensors["prompt_embeds"], with_index.encode_prompt(name).tensors["prompt_embeds"])
+    np.testing.assert_allclose(embedding.sentence, minilm_embedder()([prompt])[0], atol=1e-4)  # moderation: as typed
+
+
 def test_spelling_reads_a_prompts_first_words_only(shipped, monkeypatch):
     seen = []
     monkeypatch.setattr(Concepts, "respelled", lambda self, text: seen.append(text) or text)

@@ -101,27 +101,41 @@ class Concepts:
         np.save(folder / VECTORS, self.vectors.astype(np.float16))
         (folder / PHRASES).write_bytes(gzip.compress(json.dumps(self.phrases).encode(), mtime=0))
 
-    def ranked(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> list[int]:
-        """The CANDIDATES concepts `prompt` most likely means, the likeliest first. `embed`: unit
-        sentence vectors of texts (moderation.sentence_embedder's); `sentence`: the prompt's, if known."""
-        from rapidfuzz import fuzz
-
+    def reading(self, prompt: str) -> tuple[str, bool]:
+        """What the index reads for `prompt`: its first READ_WORDS words with slips respelled, and
+        whether any was (if not, the prompt's own sentence vector stands for the reading's)."""
         read = " ".join(prompt.split()[:READ_WORDS])
         respelled = self.respelled(read)
-        if respelled != read or sentence is None:
-            sentence = embed([respelled])[0]
+        return respelled, respelled != read
+
+    def ranked_reading(self, text: str, sentence: np.ndarray) -> list[int]:
+        """The CANDIDATES concepts `text` (a prompt's `reading`) most likely means, the likeliest
+        first; `sentence`: its unit sentence vector (moderation.sentence_embedder's)."""
+        from rapidfuzz import fuzz, process
+
         # einsum, not BLAS: a BLAS thread team beside torch's made this 8 ms rather than 0.25 on the 2-core CPU
         similarity = np.einsum("cw,w->c", self.vectors, sentence.astype(np.float32))
         count = min(CANDIDATES, len(similarity))
         candidates = np.argpartition(-similarity, count - 1)[:count]
-        text = respelled.lower()
-        spelling = np.array([max(fuzz.WRatio(text, phrase) for phrase in self.phrases[i]) for i in candidates])
+        text = text.lower()
+        spelling = np.array([process.extractOne(text, self.phrases[i], scorer=fuzz.WRatio)[1] for i in candidates])
         return candidates[np.argsort(-(similarity[candidates] + SPELLING_WEIGHT * spelling / 100), kind="stable")].tolist()
+
+    def ranked(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> list[int]:
+        """`ranked_reading` of a prompt as typed. `embed`: unit sentence vectors of texts
+        (moderation.sentence_embedder's); `sentence`: the prompt's, if known."""
+        text, respelled = self.reading(prompt)
+        if respelled or sentence is None:
+            sentence = embed([text])[0]
+        return self.ranked_reading(text, sentence)
+
+    def name(self, concept: int) -> str:
+        return self.phrases[concept][0]
 
     def drawn_text(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> str:
         """What the model draws for `prompt`: its nearest concept's name; a blank prompt (the
         unconditional side of guidance) stays blank."""
-        return self.phrases[self.ranked(prompt, embed, sentence)[0]][0] if prompt.strip() else prompt
+        return self.name(self.ranked(prompt, embed, sentence)[0]) if prompt.strip() else prompt
 
 
 @functools.cache

@@ -79,11 +79,12 @@ class PromptReader:
 
     The sentence vector is the real tokens' states alone (the same as masking the padding),
     mean-pooled: always the prompt as typed. A model with a concept index (models/concepts.py)
-    draws the nearest concept's name instead of a non-blank prompt; the last NAMES_KEPT names'
-    states are kept, as the prompts typed letter by letter mostly land on a few. A model trained
-    on real tokens takes the drawn text's states as its conditioning, repeated: one short forward.
-    Otherwise the pipeline's own reading, every token attended, padding included, as diffusers'
-    encode_prompt runs a BertModel."""
+    draws the nearest concept's name instead of a non-blank prompt: a prompt with a typing slip is
+    read in the same forward as its respelling, and the last NAMES_KEPT names' states are kept, as
+    the prompts typed letter by letter mostly land on a few. A model trained on real tokens takes
+    the drawn text's states as its conditioning, repeated: one short forward. Otherwise the
+    pipeline's own reading, every token attended, padding included, as diffusers' encode_prompt
+    runs a BertModel."""
 
     def __init__(self, owner):
         self.owner = owner
@@ -91,11 +92,19 @@ class PromptReader:
 
     def read(self, text: str):
         """(ids, real tokens, the real tokens' states)."""
+        return self.read_together([text])[0]
+
+    def read_together(self, texts: list[str]):
+        """`read` of each text, in one forward: the padding masked, each text's real tokens get
+        the states they get alone, and MiniLM's weights are read from memory once."""
         import torch
 
-        ids, length = self.owner.tokenize(text)
-        words = ids[:, :length]
-        return ids, length, self.owner.text_forward(words, torch.ones_like(words))
+        tokens = [self.owner.tokenize(text) for text in texts]
+        lengths = torch.tensor([length for _, length in tokens])
+        longest = int(lengths.max())
+        ids = torch.cat([ids[:, :longest] for ids, _ in tokens])
+        states = self.owner.text_forward(ids, (torch.arange(longest, device=ids.device) < lengths.to(ids.device)[:, None]).long())
+        return [(ids, length, states[i : i + 1, :length]) for i, (ids, length) in enumerate(tokens)]
 
     @staticmethod
     def sentence(states):
@@ -104,21 +113,20 @@ class PromptReader:
 
         return torch.nn.functional.normalize(states.float().mean(1), dim=-1)[0].cpu().numpy()
 
-    def sentences(self, texts: list[str]):
-        """Sentence vectors of other texts (the concept index's respelled prompt), texts x width."""
-        import numpy as np
-
-        return np.stack([self.sentence(self.read(text)[2]) for text in texts])
-
     def __call__(self, prompt: str):
         import torch
 
-        ids, length, states = self.read(prompt)
-        sentence = self.sentence(states)
         concepts = self.owner.concepts
-        drawn = prompt if concepts is None else concepts.drawn_text(prompt, self.sentences, sentence)
-        if drawn != prompt:
-            ids, length, states = self.read_name(drawn)
+        if concepts is None or not prompt.strip():  # read as typed; a blank prompt stays blank
+            ids, length, states = self.read(prompt)
+            sentence = self.sentence(states)
+        else:
+            text, respelled = concepts.reading(prompt)
+            typed, *reading = self.read_together([prompt, text] if respelled else [prompt])
+            sentence = self.sentence(typed[2])
+            read_vector = self.sentence(reading[0][2]) if reading else sentence
+            drawn = concepts.name(concepts.ranked_reading(text, read_vector)[0])
+            ids, length, states = typed if drawn == prompt else self.read_name(drawn)
         if self.owner.real_tokens:
             return repeat_tokens(states, torch.tensor([length])), sentence
         return self.owner.text_forward(ids, torch.ones_like(ids)), sentence

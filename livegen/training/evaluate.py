@@ -262,7 +262,7 @@ def evaluate(
         index = concepts["student"]
         emoji_of = {record.captions[0]: i for i, record in enumerate(data.records)}  # concepts by name: any order
         embed = minilm_embedder()
-        picks = [[emoji_of.get(index.phrases[c][0], -1) for c in index.ranked(t, embed, v)]
+        picks = [[emoji_of.get(index.name(c), -1) for c in index.ranked(t, embed, v)]
                  for t, v in zip(texts, embed(texts))]
         natural_picks = picks[len(prompts) :]
         rows.append(Row(CONCEPT_ONLY, None, *hit_rates(picks[: len(prompts)], [p.targets for p in prompts]), None,
