@@ -20,6 +20,7 @@ from livegen.safety.moderation import minilm_embedder
 SMALL = (("honeybee", "bee", "insect"), ("house", "home", "building"), ("old key", "key", "lock", "password"),
          ("thumbs up, dark skin tone", "thumbs up dark skin tone"),
          ("thumbs up, medium-dark skin tone", "thumbs up medium-dark skin tone"))  # fmt: skip
+SMALL_EMOJI = ("🐝", "🏠", "🗝️", "👍🏿", "👍🏾")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,12 @@ def drawn(concepts: Concepts, prompt: str) -> str:
 
 
 def test_an_index_is_written_and_read_back(tmp_path):
-    index = Concepts.build(SMALL, minilm_embedder(), batch=4)
+    index = Concepts.build(SMALL, minilm_embedder(), SMALL_EMOJI, batch=4)
     assert index.vectors.shape == (len(SMALL), 384)
     np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1, atol=1e-5)
     index.write(tmp_path)
     back = Concepts.read(tmp_path)
-    assert back.phrases == SMALL
+    assert back.phrases == SMALL and back.emoji == SMALL_EMOJI
     np.testing.assert_allclose(back.vectors, index.vectors, atol=2e-3)  # kept in float16
 
 
@@ -71,6 +72,29 @@ def test_english_words_caption_words_and_short_ones_are_left_alone(shipped, prom
 def test_a_respelled_prompt_is_drawn_as_what_it_slipped_from(shipped):
     assert drawn(shipped, "a elefant") == "elephant"
     assert drawn(shipped, "a mushrom") == "mushroom"
+
+
+@pytest.mark.parametrize(("prompt", "name"), [("🐝", "honeybee"), ("a 🏠 at night", "house"), ("🗝", "old key"),
+                                              ("👍🏾", "thumbs up, medium-dark skin tone"), ("👍🏿👍🏿", "thumbs up, dark skin tone")])  # fmt: skip
+def test_a_typed_emoji_is_drawn_as_itself(prompt, name):
+    index = Concepts.build(SMALL, minilm_embedder(), SMALL_EMOJI)
+    assert drawn(index, prompt) == name  # the variation selector typed or not; a skin tone is part of its emoji
+    assert drawn(Concepts.build(SMALL, minilm_embedder()), "a 🏠 at night") != "house"  # an index without emoji
+
+
+def test_the_shipped_index_knows_its_emoji(shipped):
+    assert len(shipped.emoji) == len(shipped.phrases)
+    assert shipped.named_emoji("a 🐝 on a 🌻") == "a  honeybee  on a  sunflower "
+    assert drawn(shipped, "🐝") == "honeybee" and drawn(shipped, "❤️") == drawn(shipped, "❤") == "red heart"
+    assert shipped.named_emoji("a bee, é") == "a bee, é"  # nothing it knows: the prompt itself
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["🐝", "🏠", "\u200d", "\ufe0f", "👍", "🏿", "a", " ", "é"]), max_size=1000))
+def test_any_run_of_emoji_is_read_in_bounded_words(shipped, prompt):
+    text, _ = shipped.reading(prompt)
+    assert len(text.split()) <= READ_WORDS
+    assert drawn(shipped, prompt) in {group[0] for group in shipped.phrases} or not prompt.strip()
 
 
 @settings(max_examples=60, deadline=None)

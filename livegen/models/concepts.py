@@ -13,6 +13,9 @@ folder with a `concepts/` index therefore has each prompt drawn as its nearest c
    what a sentence vector blurs, such as "dark" against "medium-dark skin tone", or a typing slip;
 3. the name (the concept's first caption) conditions the picture. Moderation still reads what
    the user typed.
+
+An emoji typed in the prompt, which MiniLM reads as an unknown token, is read as its concept's
+name ("a 🐝" as "a honeybee") where the index knows each concept's emoji.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ TextEmbedder = Callable[[list[str]], np.ndarray]  # texts to unit sentence vecto
 FOLDER = "concepts"
 VECTORS = "vectors.npy"
 PHRASES = "phrases.json.gz"
+EMOJI = "emoji.json"  # each concept's emoji, where concepts have one
+VARIATION_SELECTOR = "\ufe0f"  # typed with or without it: the same emoji
 WORD = re.compile(r"[a-z]+")
 TOKEN = re.compile(r"[a-z]+|[^a-z]+")  # words and what lies between them, so a respelled prompt keeps its shape
 CANDIDATES = 20  # by sentence similarity, then re-ranked by spelling
@@ -49,24 +54,31 @@ class Concepts:
     vectors: np.ndarray  # concepts x width, float32, unit length: each concept's mean caption vector
     phrases: tuple[tuple[str, ...], ...]  # each concept's captions, its name first
     known_words: frozenset[str] = frozenset()  # words never respelled (`read`)
+    emoji: tuple[str, ...] = ()  # each concept's emoji, or none
     word_counts: Counter[str] = field(init=False, repr=False, compare=False)  # how many captions use each word
     common_words: list[str] = field(init=False, repr=False, compare=False)  # those COMMON captions use
+    concept_of_emoji: dict[str, int] = field(init=False, repr=False, compare=False)  # without variation selectors
+    longest_emoji: int = field(init=False, repr=False, compare=False)  # code points
 
     def __post_init__(self) -> None:  # counted once here, not on the first prompt with a slip
         counts = Counter(word for group in self.phrases for phrase in group for word in WORD.findall(phrase.lower()))
         object.__setattr__(self, "word_counts", counts)
         object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
+        keys = {char.replace(VARIATION_SELECTOR, ""): i for i, char in enumerate(self.emoji)}
+        object.__setattr__(self, "concept_of_emoji", keys)
+        object.__setattr__(self, "longest_emoji", max(map(len, keys), default=0))
 
     @classmethod
-    def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, batch: int = 256) -> Concepts:
-        """`embed`: unit sentence vectors of texts (moderation.sentence_embedder's). What `read`
-        gives from the folder `write` fills, but for its known words."""
+    def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, emoji: Sequence[str] = (),
+              batch: int = 256) -> Concepts:
+        """`embed`: unit sentence vectors of texts (moderation.sentence_embedder's); `emoji`: each
+        concept's, if any. What `read` gives from the folder `write` fills, but for its known words."""
         texts = [text for group in phrases for text in group]
         owners = np.repeat(np.arange(len(phrases)), [len(group) for group in phrases])
         vectors = np.concatenate([embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
         sums = np.zeros((len(phrases), vectors.shape[1]), np.float32)
         np.add.at(sums, owners, vectors)
-        return cls(_unit(sums), tuple(tuple(group) for group in phrases))
+        return cls(_unit(sums), tuple(tuple(group) for group in phrases), emoji=tuple(emoji))
 
     @classmethod
     def read(cls, model_folder: Path) -> Concepts | None:
@@ -76,8 +88,9 @@ class Concepts:
         if not (folder / VECTORS).is_file():
             return None
         phrases = json.loads(gzip.decompress((folder / PHRASES).read_bytes()))
+        emoji = json.loads((folder / EMOJI).read_text(encoding="utf-8")) if (folder / EMOJI).is_file() else ()
         return cls(_unit(np.load(folder / VECTORS).astype(np.float32)), tuple(map(tuple, phrases)),
-                   vocabulary(model_folder / "tokenizer") | english_words())
+                   vocabulary(model_folder / "tokenizer") | english_words(), tuple(emoji))
 
     def respelled(self, prompt: str) -> str:
         """`prompt` with each word of 4 letters or more that is neither a known word nor common in the
@@ -100,12 +113,35 @@ class Concepts:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / VECTORS, self.vectors.astype(np.float16))
         (folder / PHRASES).write_bytes(gzip.compress(json.dumps(self.phrases).encode(), mtime=0))
+        if self.emoji:
+            (folder / EMOJI).write_text(json.dumps(self.emoji, ensure_ascii=False), encoding="utf-8")
+
+    def named_emoji(self, prompt: str) -> str:
+        """`prompt` with each emoji the index knows written as its concept's name, the longest
+        sequence first ("👍🏽" is one concept, not a thumb and a skin tone); `prompt` itself if none."""
+        if prompt.isascii() or not self.concept_of_emoji:
+            return prompt
+        text = prompt.replace(VARIATION_SELECTOR, "")
+        pieces, start, named = [], 0, False
+        while start < len(text):
+            for end in range(min(len(text), start + self.longest_emoji), start, -1):
+                concept = self.concept_of_emoji.get(text[start:end])
+                if concept is not None:
+                    pieces.append(f" {self.name(concept)} ")
+                    start, named = end, True
+                    break
+            else:
+                pieces.append(text[start])
+                start += 1
+        return "".join(pieces) if named else prompt
 
     def reading(self, prompt: str) -> tuple[str, bool]:
-        """What the index reads for `prompt`: its first READ_WORDS words with slips respelled, and
-        whether any was (if not, the prompt's own sentence vector stands for the reading's)."""
+        """What the index reads for `prompt`: its first READ_WORDS words, its emoji named and its
+        slips respelled, and whether that changed a word (if not, the prompt's own sentence vector
+        stands for the reading's)."""
         read = " ".join(prompt.split()[:READ_WORDS])
-        respelled = self.respelled(read)
+        named = " ".join(self.named_emoji(read).split()[:READ_WORDS])
+        respelled = self.respelled(named)
         return respelled, respelled != read
 
     def ranked_reading(self, text: str, sentence: np.ndarray) -> list[int]:

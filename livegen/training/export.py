@@ -38,11 +38,12 @@ def pipeline(vae: AutoencoderTiny, unet: UNet2DConditionModel, scheduler: Schedu
 
 
 def concept_index(workdir: Path) -> Concepts:
-    """The dataset's emoji as concepts, each with its training captions (models/concepts.py)."""
+    """The dataset's emoji as concepts, each with its training captions and its emoji (models/concepts.py)."""
     from livegen.safety.moderation import minilm_embedder
 
     records = EmojiDataset.load(workdir).records
-    return Concepts.build([record.training_captions for record in records], minilm_embedder())
+    return Concepts.build([record.training_captions for record in records], minilm_embedder(),
+                          [record.char for record in records])
 
 
 def save(pipe: StableDiffusionPipeline, folder: Path, concepts: Concepts) -> None:
