@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from livegen.config import embedded_model
-from livegen.models.concepts import FOLDER, READ_WORDS, TOKEN, Concepts
+from livegen.models.concepts import FOLDER, READ_WORDS, TOKEN, Concepts, english_words
 from livegen.models.embedded import EMBEDDED_MODEL
 from livegen.models.loader import load_generator
 from livegen.safety.moderation import minilm_embedder
@@ -67,6 +67,21 @@ def test_english_words_caption_words_and_short_ones_are_left_alone(shipped, prom
     assert shipped.respelled(prompt) is prompt
     assert shipped.word_counts["cat"] >= 3 and "ladybug" in shipped.known_words  # MiniLM splits it in pieces
     assert shipped.respelled("a hous") == "a house"  # 4 letters: the shortest respelled
+
+
+def test_english_words_are_kept_for_the_next_start(tmp_path, monkeypatch):
+    import spellchecker
+
+    words = english_words()
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path))
+    english_words.cache_clear()
+    assert english_words() == words and list(tmp_path.glob("words/english-*.txt"))
+    english_words.cache_clear()
+    monkeypatch.setattr(spellchecker, "SpellChecker", None)  # the kept words only
+    try:
+        assert english_words() == words
+    finally:
+        english_words.cache_clear()
 
 
 def test_a_respelled_prompt_is_drawn_as_what_it_slipped_from(shipped):

@@ -61,7 +61,7 @@ class Concepts:
     longest_emoji: int = field(init=False, repr=False, compare=False)  # code points
 
     def __post_init__(self) -> None:  # counted once here, not on the first prompt with a slip
-        counts = Counter(word for group in self.phrases for phrase in group for word in WORD.findall(phrase.lower()))
+        counts = Counter(WORD.findall("\n".join(phrase for group in self.phrases for phrase in group).lower()))
         object.__setattr__(self, "word_counts", counts)
         object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
         keys = {char.replace(VARIATION_SELECTOR, ""): i for i, char in enumerate(self.emoji)}
@@ -177,10 +177,19 @@ class Concepts:
 @functools.cache
 def english_words() -> frozenset[str]:
     """The 160,000 words of pyspellchecker's English dictionary: "donut" or "ladybug" is a word,
-    not a slip of a caption's word, though MiniLM splits it into pieces."""
-    from spellchecker import SpellChecker
+    not a slip of a caption's word, though MiniLM splits it into pieces. Kept in the cache folder
+    as plain lines, keyed by the dictionary's file: a start reads them in a tenth of the time
+    pyspellchecker takes to load its word frequencies."""
+    import spellchecker
 
-    return frozenset(SpellChecker().word_frequency.keys())
+    from livegen import cache
+
+    name = f"words/english-{cache.file_key(Path(spellchecker.__file__).parent / 'resources' / 'en.json.gz')}.txt"
+    if (kept := cache.read(name)) is not None:
+        return frozenset(kept.decode().split("\n"))
+    words = frozenset(spellchecker.SpellChecker().word_frequency.keys())
+    cache.keep(name, "\n".join(sorted(words)).encode())
+    return words
 
 
 def vocabulary(tokenizer_folder: Path) -> frozenset[str]:
