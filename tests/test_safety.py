@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,7 +24,7 @@ from livegen.models.base import ModelError
 from livegen.protocol import Blocked, Exported, Frame
 from livegen.safety import watermark
 from livegen.safety.checks import SafetyCheckerModel, load_checker
-from livegen.safety.moderation import Moderator, Policy, PolicyError, minilm_embedder
+from livegen.safety.moderation import Moderator, Policy, PolicyError, emoji_named, minilm_embedder
 from livegen.safety.provenance import read_manifest
 from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
@@ -55,6 +58,26 @@ def test_terms_and_patterns_match_whole_words_in_any_case(tmp_path: Path):
     assert moderator.check("A DURIAN on a plate").category == "fruit"
     assert moderator.check("a jack fruit").reason.startswith("pattern")
     assert not moderator.check("durians").blocked and not moderator.check("a banana").blocked
+
+
+@pytest.fixture(scope="module")
+def bee_policy(tmp_path_factory) -> Policy:
+    policy = tmp_path_factory.mktemp("policy") / "policy.toml"
+    policy.write_text('[[category]]\nname = "insects"\nterms = ["bee"]\n')
+    return Policy.load(policy)
+
+
+def test_a_typed_emoji_is_checked_by_its_name_and_aliases(bee_policy: Policy):
+    # Models draw what an emoji shows (the embedded model's concept index reads "a 🐝" as "a honeybee")
+    verdict = Moderator(bee_policy, None).check("a 🐝 on a 🌻")
+    assert verdict.category == "insects" and verdict.reason == "term 'bee' in 'a honeybee (bee) on a sunflower', its emoji named"
+    assert emoji_named("a 🔫, é") == "a water pistol (gun) , é" and emoji_named("é, plain") == "é, plain"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["🐝", "🌻", "\u200d", "\ufe0f", "👍", "🏿", "b", "e", "E", " ", "é", "-"]), max_size=60))
+def test_a_term_is_found_typed_or_as_an_emoji_and_nowhere_else(bee_policy: Policy, prompt: str):
+    assert Moderator(bee_policy, None).check(prompt).blocked == ("🐝" in prompt or bool(re.search(r"\bbee\b", prompt, re.I)))
 
 
 def test_the_threshold_decides_what_similarity_blocks(tmp_path: Path):

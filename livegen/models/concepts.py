@@ -58,7 +58,6 @@ class Concepts:
     word_counts: Counter[str] = field(init=False, repr=False, compare=False)  # how many captions use each word
     common_words: list[str] = field(init=False, repr=False, compare=False)  # those COMMON captions use
     concept_of_emoji: dict[str, int] = field(init=False, repr=False, compare=False)  # without variation selectors
-    longest_emoji: int = field(init=False, repr=False, compare=False)  # code points
 
     def __post_init__(self) -> None:  # counted once here, not on the first prompt with a slip
         counts = Counter(WORD.findall("\n".join(phrase for group in self.phrases for phrase in group).lower()))
@@ -66,7 +65,6 @@ class Concepts:
         object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
         keys = {char.replace(VARIATION_SELECTOR, ""): i for i, char in enumerate(self.emoji)}
         object.__setattr__(self, "concept_of_emoji", keys)
-        object.__setattr__(self, "longest_emoji", max(map(len, keys), default=0))
 
     @classmethod
     def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, emoji: Sequence[str] = (),
@@ -117,23 +115,18 @@ class Concepts:
             (folder / EMOJI).write_text(json.dumps(self.emoji, ensure_ascii=False), encoding="utf-8")
 
     def named_emoji(self, prompt: str) -> str:
-        """`prompt` with each emoji the index knows written as its concept's name, the longest
-        sequence first ("👍🏽" is one concept, not a thumb and a skin tone); `prompt` itself if none."""
+        """`prompt` with each emoji the index knows written as its concept's name; `prompt` itself if
+        none. The `emoji` package finds them, the longest sequence first: "👍🏽" is one concept, not a
+        thumb and a skin tone."""
         if prompt.isascii() or not self.concept_of_emoji:
             return prompt
-        text = prompt.replace(VARIATION_SELECTOR, "")
-        pieces, start, named = [], 0, False
-        while start < len(text):
-            for end in range(min(len(text), start + self.longest_emoji), start, -1):
-                concept = self.concept_of_emoji.get(text[start:end])
-                if concept is not None:
-                    pieces.append(f" {self.name(concept)} ")
-                    start, named = end, True
-                    break
-            else:
-                pieces.append(text[start])
-                start += 1
-        return "".join(pieces) if named else prompt
+        import emoji
+
+        def name(chars: str, _data: dict) -> str:
+            concept = self.concept_of_emoji.get(chars.replace(VARIATION_SELECTOR, ""))
+            return chars if concept is None else f" {self.name(concept)} "
+
+        return emoji.replace_emoji(prompt, replace=name)
 
     def reading(self, prompt: str) -> tuple[str, bool]:
         """What the index reads for `prompt`: its first READ_WORDS words, its emoji named and its

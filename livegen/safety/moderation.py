@@ -13,7 +13,9 @@ A policy is a TOML file (the shipped one is `policy.toml` beside this module):
 
 Terms and patterns are exact; descriptions catch paraphrases: a prompt is embedded with
 all-MiniLM-L6-v2 (mean-pooled over its tokens, unit length, as it was trained to be compared) and
-blocked when its cosine similarity to a description reaches the threshold. The embedded model runs
+blocked when its cosine similarity to a description reaches the threshold. A prompt with emoji is
+checked twice, as typed and with each emoji written as its English name and aliases ("a 🔫" as "a
+water pistol (gun)"): models draw what an emoji shows, and a policy names it in words. The embedded model runs
 MiniLM as its text encoder already; other models' encoders (CLIP, T5) give similarities on another
 scale, so thresholds calibrated once would not carry over, and moderation loads its own MiniLM
 beside them. Verdicts are cached per prompt, like prompt embeddings.
@@ -68,6 +70,24 @@ def minilm_embedder() -> TextEmbedder:
     from livegen.models.tokens import Tokenizer
 
     return sentence_embedder(Tokenizer.read(minilm_path(), TEXT_TOKENS), OnnxTextEncoder(minilm_graph(), threads=1))
+
+
+def emoji_named(prompt: str) -> str:
+    """`prompt` with each emoji written as its CLDR English name and the `emoji` package's aliases;
+    `prompt` itself if it has none."""
+    if prompt.isascii():
+        return prompt
+    import emoji
+
+    def words(name: str) -> str:
+        return name.strip(":").replace("_", " ")
+
+    def named(_chars: str, data: dict) -> str:
+        aliases = ", ".join(words(alias) for alias in data.get("alias", ()))
+        return f" {words(data['en'])} ({aliases}) " if aliases else f" {words(data['en'])} "
+
+    text = emoji.replace_emoji(prompt, replace=named)
+    return prompt if text == prompt else " ".join(text.split())
 
 
 class PolicyError(ValueError):
@@ -138,18 +158,24 @@ class Moderator:
         self.check = lru_cache(maxsize=VERDICT_CACHE_SIZE)(self._check)
 
     def _check(self, prompt: str) -> Verdict:
-        for category, words in self._words:
-            if match := words.search(prompt):
-                return Verdict(True, category.name, f"term {match.group(0)!r}")
+        named = emoji_named(prompt)
+        readings = [(prompt, "")] if named == prompt else [(prompt, ""), (named, f" in {named!r}, its emoji named")]
+        for category, words in self._words:  # the policy's order, each on both readings: its first category wins
+            for text, where in readings:
+                if match := words.search(text):
+                    return Verdict(True, category.name, f"term {match.group(0)!r}{where}")
         for category, pattern in self._patterns:
-            if pattern.search(prompt):
-                return Verdict(True, category.name, f"pattern {pattern.pattern!r}")
+            for text, where in readings:
+                if pattern.search(text):
+                    return Verdict(True, category.name, f"pattern {pattern.pattern!r}{where}")
         if self._vectors is None or not prompt.strip():
             return ALLOWED
-        similarities = self._vectors @ self._embed([prompt])[0]  # type: ignore[misc]
-        for index in np.argsort(-similarities):
+        similarities = self._vectors @ self._embed([text for text, _ in readings]).T  # type: ignore[misc]
+        for index in np.argsort(-similarities.max(1)):
             category, description = self._descriptions[index]
             threshold = category.threshold or self.policy.threshold
-            if similarities[index] >= threshold:
-                return Verdict(True, category.name, f"close to {description!r} ({similarities[index]:.2f})")
+            reading = int(np.argmax(similarities[index]))
+            if similarities[index, reading] >= threshold:
+                return Verdict(True, category.name,
+                               f"close to {description!r} ({similarities[index, reading]:.2f}){readings[reading][1]}")
         return ALLOWED
