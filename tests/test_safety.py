@@ -72,6 +72,7 @@ def test_a_typed_emoji_is_checked_by_its_name_and_aliases(bee_policy: Policy):
     verdict = Moderator(bee_policy, None).check("a 🐝 on a 🌻")
     assert verdict.category == "insects" and verdict.reason == "term 'bee' in 'a honeybee (bee) on a sunflower', its emoji named"
     assert emoji_named("a 🔫, é") == "a water pistol (gun) , é" and emoji_named("é, plain") == "é, plain"
+    assert len(Moderator(bee_policy, None).check("🌻" * 999 + "🐝").reason) < 200  # the reading quoted in part
 
 
 @settings(max_examples=200, deadline=None)

@@ -24,6 +24,7 @@ beside them. Verdicts are cached per prompt, like prompt embeddings.
 from __future__ import annotations
 
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pooling is numpy's now; torch names only the encoder's tens
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.toml"
 SPEECH_POLICY = Path(__file__).resolve().parent / "speech_policy.toml"  # what a voice must not say
 VERDICT_CACHE_SIZE = 1024
+QUOTED_CHARS = 120  # of a prompt's reading with its emoji named, in a verdict's reason
 
 TextEmbedder = Callable[[list[str]], np.ndarray]  # texts -> (N, D) unit vectors
 
@@ -159,7 +161,8 @@ class Moderator:
 
     def _check(self, prompt: str) -> Verdict:
         named = emoji_named(prompt)
-        readings = [(prompt, "")] if named == prompt else [(prompt, ""), (named, f" in {named!r}, its emoji named")]
+        quoted = textwrap.shorten(named, QUOTED_CHARS, placeholder=" ...")  # a thousand emoji name thousands of words
+        readings = [(prompt, "")] if named == prompt else [(prompt, ""), (named, f" in {quoted!r}, its emoji named")]
         for category, words in self._words:  # the policy's order, each on both readings: its first category wins
             for text, where in readings:
                 if match := words.search(text):
