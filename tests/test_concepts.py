@@ -154,8 +154,9 @@ def test_the_model_draws_the_name_and_moderation_reads_the_typed_prompt(generato
     torch.testing.assert_close(typed.tensors["prompt_embeds"], name.tensors["prompt_embeds"])
     np.testing.assert_allclose(typed.sentence, minilm_embedder()(["a bug that makes honey"])[0], atol=1e-4)
     assert float(typed.sentence @ name.sentence) < 0.99
-    as_typed = without.encode_prompt("a bug that makes honey").tensors["prompt_embeds"]
-    assert not torch.allclose(as_typed, name.tensors["prompt_embeds"])
+    assert typed.drawn == "honeybee" and name.drawn is None and with_index.encode_prompt("").drawn is None
+    as_typed = without.encode_prompt("a bug that makes honey")
+    assert not torch.allclose(as_typed.tensors["prompt_embeds"], name.tensors["prompt_embeds"]) and as_typed.drawn is None
     torch.testing.assert_close(with_index.encode_prompt("").tensors["prompt_embeds"],
                                without.encode_prompt("").tensors["prompt_embeds"])
 
@@ -168,10 +169,11 @@ def test_a_name_is_read_once_while_prompts_land_on_it(generators):
     forward = with_index.text_forward
     with_index.text_forward = lambda ids, mask: calls.append(ids.shape[1]) or forward(ids, mask)
     try:
-        for prompt, forwards in [("a bug that makes honey", 2), ("a bee making honey", 1), ("bees", 1), ("honeybee", 1)]:
+        # the typed prompt's, then the name's unless kept; a name typed (moderation checks the drawn name) is kept
+        for prompt, forwards in [("a bug that makes honey", 2), ("a bee making honey", 1), ("bees", 1), ("honeybee", 0)]:
             calls.clear()
             with_index.encode_prompt(prompt)
-            assert len(calls) == forwards, prompt  # the typed prompt's, then the name's unless kept
+            assert len(calls) == forwards, prompt
         assert reader.read_name.cache_info().currsize == 1
     finally:
         with_index.text_forward = forward

@@ -19,6 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from livegen.cli import app
+from livegen.config import Settings, embedded_model
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.models.base import ModelError
 from livegen.protocol import Blocked, Exported, Frame
@@ -140,6 +141,27 @@ async def test_a_blocked_prompt_gets_a_blocked_outcome_and_no_compute(checked):
         assert len(checker.flagged) + len(checker.passed) == 1
     metrics = httpx.get(checked.url + "/metrics").text
     assert 'livegen_blocked_total{category="graphic_violence",stage="prompt"} 1.0' in metrics
+
+
+async def test_a_policy_stops_a_picture_the_embedded_model_would_draw_from_other_words(tmp_path: Path):
+    # Its concept index draws "a bug that makes honey" as the honeybee: a policy naming the
+    # honeybee stops that picture too, and the emoji typed; other prompts still draw.
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[category]]\nname = "insects"\nterms = ["honeybee"]\n')
+    settings = Settings(models=[embedded_model()], speech=None, warmup_runs=1, port=0)
+    settings.safety = settings.safety.model_copy(update={"policy": policy})
+    live = BackgroundServer(settings)
+    try:
+        async with AsyncClient(live.ws_url) as client:
+            for prompt, reason in [("a bug that makes honey", "drawn as 'honeybee', term 'honeybee'"),
+                                   ("🐝", "term 'honeybee' in 'honeybee (bee)', its emoji named")]:
+                await client.send(prompt)
+                outcome = await client.receive()
+                assert isinstance(outcome, Blocked) and outcome.category == "insects" and reason in outcome.message, outcome
+            await client.send("a slice of pizza")
+            assert isinstance(await client.receive(), Frame)
+    finally:
+        live.stop()
 
 
 def test_http_generate_answers_a_blocked_prompt_with_403(checked):

@@ -35,10 +35,13 @@ class PromptEmbedding:
 
     `sentence`: the prompt's unit sentence vector, when the model's text encoder is the one
     moderation reads (MiniLM): the same forward made both, so a new prompt costs one, not two.
+    `drawn`: the text the picture is drawn from, when the model draws the prompt as another (the
+    embedded model's concept index: the nearest emoji's name), so moderation can check it too.
     """
 
     tensors: dict[str, torch.Tensor]
     sentence: np.ndarray | None = None
+    drawn: str | None = None
 
     def blend(self, other: PromptEmbedding, weight: float) -> PromptEmbedding:
         """Linear interpolation towards `other`: 0 is this prompt, 1 is the other."""

@@ -11,8 +11,8 @@ folder with a `concepts/` index therefore has each prompt drawn as its nearest c
    often ("elefant" as "elephant"), and the respelled prompt read again;
 2. the closest CANDIDATES re-ranked by spelling similarity to their captions (RapidFuzz WRatio):
    what a sentence vector blurs, such as "dark" against "medium-dark skin tone", or a typing slip;
-3. the name (the concept's first caption) conditions the picture. Moderation still reads what
-   the user typed.
+3. the name (the concept's first caption) conditions the picture. Moderation reads what the
+   user typed, then the name (safety/stages.py).
 
 An emoji typed in the prompt, which MiniLM reads as an unknown token, is read as its concept's
 name ("a 🐝" as "a honeybee") where the index knows each concept's emoji.
@@ -58,6 +58,7 @@ class Concepts:
     word_counts: Counter[str] = field(init=False, repr=False, compare=False)  # how many captions use each word
     common_words: list[str] = field(init=False, repr=False, compare=False)  # those COMMON captions use
     concept_of_emoji: dict[str, int] = field(init=False, repr=False, compare=False)  # without variation selectors
+    names: frozenset[str] = field(init=False, repr=False, compare=False)  # each concept's first caption
 
     def __post_init__(self) -> None:  # counted once here, not on the first prompt with a slip
         counts = Counter(WORD.findall("\n".join(phrase for group in self.phrases for phrase in group).lower()))
@@ -65,6 +66,7 @@ class Concepts:
         object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
         keys = {char.replace(VARIATION_SELECTOR, ""): i for i, char in enumerate(self.emoji)}
         object.__setattr__(self, "concept_of_emoji", keys)
+        object.__setattr__(self, "names", frozenset(group[0] for group in self.phrases))
 
     @classmethod
     def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, emoji: Sequence[str] = (),

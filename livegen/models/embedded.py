@@ -75,13 +75,15 @@ def repeat_tokens(states, lengths):
 class PromptReader:
     """A MiniLM-conditioned model's reading of prompts (`owner`: its generator, which gives
     `tokenize(text)` -> (ids: 1 x max length, real tokens), `text_forward`, `real_tokens` and
-    `concepts`). Called with a prompt: (the denoiser's hidden states, moderation's unit sentence vector).
+    `concepts`). Called with a prompt: (the denoiser's hidden states, moderation's unit sentence
+    vector, the concept name drawn instead of the prompt or None).
 
     The sentence vector is the real tokens' states alone (the same as masking the padding),
     mean-pooled: always the prompt as typed. A model with a concept index (models/concepts.py)
     draws the nearest concept's name instead of a non-blank prompt: a prompt with a typing slip is
     read in the same forward as its respelling, and the last NAMES_KEPT names' states are kept, as
-    the prompts typed letter by letter mostly land on a few. A model trained on real tokens takes
+    the prompts typed letter by letter mostly land on a few (a name typed, as moderation checks a
+    drawn name, reads them too). A model trained on real tokens takes
     the drawn text's states as its conditioning, repeated: one short forward. Otherwise the
     pipeline's own reading, every token attended, padding included, as diffusers' encode_prompt
     runs a BertModel."""
@@ -117,19 +119,23 @@ class PromptReader:
         import torch
 
         concepts = self.owner.concepts
+        drawn = None
         if concepts is None or not prompt.strip():  # read as typed; a blank prompt stays blank
             ids, length, states = self.read(prompt)
             sentence = self.sentence(states)
         else:
             text, respelled = concepts.reading(prompt)
-            typed, *reading = self.read_together([prompt, text] if respelled else [prompt])
+            if respelled:
+                typed, reading = self.read_together([prompt, text])
+            else:
+                typed = self.read_name(prompt) if prompt in concepts.names else self.read(prompt)
             sentence = self.sentence(typed[2])
-            read_vector = self.sentence(reading[0][2]) if reading else sentence
+            read_vector = self.sentence(reading[2]) if respelled else sentence
             drawn = concepts.name(concepts.ranked_reading(text, read_vector)[0])
             ids, length, states = typed if drawn == prompt else self.read_name(drawn)
-        if self.owner.real_tokens:
-            return repeat_tokens(states, torch.tensor([length])), sentence
-        return self.owner.text_forward(ids, torch.ones_like(ids)), sentence
+        hidden = (repeat_tokens(states, torch.tensor([length])) if self.owner.real_tokens
+                  else self.owner.text_forward(ids, torch.ones_like(ids)))
+        return hidden, sentence, None if drawn == prompt else drawn
 
 
 def real_token_embeds(tokenizer, text_encoder, prompts: list[str]):

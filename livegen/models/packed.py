@@ -277,8 +277,8 @@ class PackedGenerator(ImageGenerator):
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
-        hidden, sentence = self.read_prompt(prompt)
-        return PromptEmbedding({"prompt_embeds": hidden.to(self.dtype)}, sentence=sentence)
+        hidden, sentence, drawn = self.read_prompt(prompt)
+        return PromptEmbedding({"prompt_embeds": hidden.to(self.dtype)}, sentence=sentence, drawn=drawn)
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, int]:
         ids, mask = self.tokenizer([text], pad_to=self.max_length)

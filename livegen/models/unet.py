@@ -40,8 +40,8 @@ class StableDiffusionGenerator(DiffusersGenerator):
         if not self.reads_sentences:
             embeds, _ = self.pipe.encode_prompt(prompt, self.device, 1, False)
             return PromptEmbedding({"prompt_embeds": embeds.to(self.dtype)})
-        hidden, sentence = self.read_prompt(prompt)
-        return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence)
+        hidden, sentence, drawn = self.read_prompt(prompt)
+        return PromptEmbedding({"prompt_embeds": hidden.to(self.device, self.dtype)}, sentence=sentence, drawn=drawn)
 
     @cached_property
     def read_prompt(self) -> PromptReader:

@@ -42,6 +42,9 @@ class SafetyStages:
             if config.threshold is not None:
                 policy = dataclasses.replace(policy, threshold=config.threshold)
             self.moderator = Moderator(policy, _embedder(generator, encode_prompt))
+        # What a prompt is drawn as, where the model can redraw it (the embedded model's concept index);
+        # read through the runner's prompt cache, which moderating the prompt has just filled.
+        self._drawn = (lambda prompt: encode_prompt(prompt).drawn) if generator.reads_sentences else None
         device = getattr(generator, "device", torch.device("cpu"))
         self.checker_name = config.output_checker
         self.checker: OutputChecker | None = load_checker(config.output_checker, device) if config.output_checker else None
@@ -54,9 +57,15 @@ class SafetyStages:
         if self.moderator is None:
             return None
         for prompt in (request.prompt, request.blend_prompt):
-            if prompt and (verdict := self.moderator.check(prompt)).blocked:
+            if not prompt:
+                continue
+            verdict, reason = self.moderator.check(prompt), ""
+            if not verdict.blocked and self._drawn is not None and (drawn := self._drawn(prompt)) is not None:
+                # a policy that names a thing in words also stops the picture of it asked for otherwise
+                verdict, reason = self.moderator.check(drawn), f"drawn as {drawn!r}, "
+            if verdict.blocked:
                 return Blocked(id=request.id, stage="prompt", category=verdict.category or "policy",
-                               message=f"the prompt breaks the moderation policy ({verdict.category}: {verdict.reason})")
+                               message=f"the prompt breaks the moderation policy ({verdict.category}: {reason}{verdict.reason})")
         return None
 
     def check(self, images: torch.Tensor) -> list[str | None]:
