@@ -143,25 +143,42 @@ async def test_a_blocked_prompt_gets_a_blocked_outcome_and_no_compute(checked):
     assert 'livegen_blocked_total{category="graphic_violence",stage="prompt"} 1.0' in metrics
 
 
-async def test_a_policy_stops_a_picture_the_embedded_model_would_draw_from_other_words(tmp_path: Path):
-    # Its concept index draws "a bug that makes honey" as the honeybee: a policy naming the
-    # honeybee stops that picture too, and the emoji typed; other prompts still draw.
-    policy = tmp_path / "policy.toml"
+@pytest.fixture(scope="module")
+def no_honeybees(tmp_path_factory):
+    """The embedded model, served under a policy with one term: "honeybee"."""
+    policy = tmp_path_factory.mktemp("policy") / "policy.toml"
     policy.write_text('[[category]]\nname = "insects"\nterms = ["honeybee"]\n')
     settings = Settings(models=[embedded_model()], speech=None, warmup_runs=1, port=0)
     settings.safety = settings.safety.model_copy(update={"policy": policy})
     live = BackgroundServer(settings)
-    try:
-        async with AsyncClient(live.ws_url) as client:
-            for prompt, reason in [("a bug that makes honey", "drawn as 'honeybee', term 'honeybee'"),
-                                   ("🐝", "term 'honeybee' in 'honeybee (bee)', its emoji named")]:
-                await client.send(prompt)
-                outcome = await client.receive()
-                assert isinstance(outcome, Blocked) and outcome.category == "insects" and reason in outcome.message, outcome
-            await client.send("a slice of pizza")
-            assert isinstance(await client.receive(), Frame)
-    finally:
-        live.stop()
+    yield live
+    live.stop()
+
+
+async def test_a_policy_stops_a_picture_the_embedded_model_would_draw_from_other_words(no_honeybees):
+    # Its concept index draws "a bug that makes honey" as the honeybee: a policy naming the
+    # honeybee stops that picture too, and the emoji typed; other prompts still draw.
+    async with AsyncClient(no_honeybees.ws_url) as client:
+        for prompt, reason in [("a bug that makes honey", "drawn as 'honeybee', term 'honeybee'"),
+                               ("🐝", "term 'honeybee' in 'honeybee (bee)', its emoji named")]:
+            await client.send(prompt)
+            outcome = await client.receive()
+            assert isinstance(outcome, Blocked) and outcome.category == "insects" and reason in outcome.message, outcome
+        await client.send("a slice of pizza")
+        assert isinstance(await client.receive(), Frame)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(st.lists(st.sampled_from(["🐝", "🍯", "🌻", "\u200d", "\ufe0f", "🏿", "a", "bee", "honey", " ", "\n", "é"]),
+                max_size=60).map("".join) | st.text(max_size=200))
+def test_any_prompt_is_drawn_or_blocked_by_what_it_names(no_honeybees, prompt: str):
+    with Client(no_honeybees.url) as client:
+        try:
+            frame = client.generate(prompt, format="jpeg")
+        except GenerationError as error:  # blocked: 403 with its reason
+            assert error.error.code == "blocked" and "(insects: " in error.error.message, error
+        else:
+            assert "🐝" not in prompt and frame.model == "emoji"
 
 
 def test_http_generate_answers_a_blocked_prompt_with_403(checked):
