@@ -179,6 +179,8 @@ class Frame(Message):
     seed: int
     batch_size: int = Field(description="How many inputs shared this forward pass.")
     timings: dict[str, float] = Field(description="Milliseconds per stage, measured by the server.")
+    drawn: str | None = Field(default=None, description="The text the model drew `prompt` as, where it draws a "
+                              "prompt as another (livegen's own model: the nearest emoji's name); absent if as typed.")
 
 
 class Superseded(Message):

@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -129,7 +130,11 @@ def test_server_serves_the_embedded_model_by_default():
     try:
         with Client(live.url) as client:
             frame = client.generate("a slice of pizza", seed=3, format="png")
+            as_named = client.generate("pizza", seed=3, format="png")
         assert (frame.width, frame.height) == (IMAGE_SIZE, IMAGE_SIZE)
         assert frame.model == "emoji"
+        assert frame.drawn == "pizza" and as_named.drawn is None  # the concept index's reading, shown to the user
+        response = httpx.post(live.url + "/v1/generate", json={"prompt": "a piñata at a party"})
+        assert json.loads(response.headers["X-Livegen-Drawn"]) == "piñata" and response.headers["X-Livegen-Drawn"].isascii()
     finally:
         live.stop()

@@ -101,6 +101,7 @@ def test_typing_a_prompt_produces_a_new_image_with_every_asset_served_locally(pa
     time.sleep(0.3)  # let the last keystroke's frame land
     apple = page.evaluate(OUTPUT_PIXELS)
     assert apple["std"] > 10 and apple["digest"] != cat["digest"]
+    expect(page.locator("#output-caption")).to_have_text("Output: drawn as “red apple”")  # what the model drew it as
     screenshot(page, "prompt")
 
     local = (emoji_server.url, emoji_server.ws_url, "blob:", "data:")

@@ -115,7 +115,7 @@ async def test_burst_gives_one_frame_for_the_last_input_and_superseded_for_the_r
 def test_sync_client_generates(server):
     with Client(server.url) as client:
         frame = client.generate("a calm lake", seed=3)
-    assert frame.seed == 3 and frame.batch_size == 1
+    assert frame.seed == 3 and frame.batch_size == 1 and frame.drawn is None  # a model that draws prompts as typed
 
 
 def test_http_generate_returns_the_image_with_timings(server):

@@ -250,11 +250,12 @@ class ImageRunner(Runner):
         generator = self.generator
         spec = tasks[0].spec
         assert generator is not None and spec is not None and self.safety is not None
-        prompts = []
+        prompts, drawn = [], []
         for task in tasks:
             started = time.perf_counter()
             request = task.request
             embedding = self._embed(request.prompt)
+            drawn.append(embedding.drawn)
             if request.blend_prompt is not None and request.blend > 0:
                 embedding = embedding.blend(self._embed(request.blend_prompt), request.blend)
             prompts.append(embedding)
@@ -283,7 +284,7 @@ class ImageRunner(Runner):
         self._timed(tasks, "watermark_ms", started)
 
         frames: list[Frame | Blocked] = []
-        for task, image, flag in zip(tasks, pixels, flags, strict=True):
+        for task, image, flag, text in zip(tasks, pixels, flags, drawn, strict=True):
             request = task.request
             if flag is not None:
                 frames.append(Blocked(id=task.id, stage="output", category=flag,
@@ -297,6 +298,6 @@ class ImageRunner(Runner):
             frames.append(Frame(
                 id=task.id, image=data, format=request.format, width=spec.width, height=spec.height,
                 model=self.name, seed=task.seed, batch_size=len(tasks),
-                timings={k: round(v, 3) for k, v in task.timings.items()},
+                timings={k: round(v, 3) for k, v in task.timings.items()}, drawn=text,
             ))
         return frames

@@ -131,7 +131,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     if engine.settings.access.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=engine.settings.access.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
-                           expose_headers=["X-Livegen-Timings", "X-Livegen-Seed", "X-Livegen-Model", "Retry-After"])
+                           expose_headers=["X-Livegen-Timings", "X-Livegen-Seed", "X-Livegen-Model", "X-Livegen-Drawn", "Retry-After"])
     app.include_router(websocket_router)
 
     @app.exception_handler(Denied)
@@ -243,6 +243,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             "X-Livegen-Seed": str(outcome.seed),
             "X-Livegen-Model": outcome.model,
         }
+        if outcome.drawn is not None:
+            headers["X-Livegen-Drawn"] = json.dumps(outcome.drawn)  # a JSON string: ASCII, as headers must be
         return Response(outcome.image, media_type=MEDIA_TYPES[outcome.format], headers=headers)
 
     @app.get("/v1")

@@ -124,6 +124,7 @@ client.addEventListener('frame', ({detail: {frame, blob}}) => {
   current = {blob, frame, url: URL.createObjectURL(blob)};
   $('output').src = current.url;
   $('output').dataset.frameId = frame.id;
+  $('output-caption').textContent = frame.drawn ? `Output: drawn as “${frame.drawn}”` : 'Output';
   $('save').disabled = false;
   $('hud-timings').replaceChildren(...Object.entries(frame.timings).flatMap(([stage, ms]) => {
     const dt = document.createElement('dt');
