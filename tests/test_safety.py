@@ -76,6 +76,13 @@ def test_a_typed_emoji_is_checked_by_its_name_and_aliases(bee_policy: Policy):
     assert len(Moderator(bee_policy, None).check("🌻" * 999 + "🐝").reason) < 200  # the reading quoted in part
 
 
+def test_a_prompt_is_blocked_by_what_the_model_draws_it_as(bee_policy: Policy):
+    moderator = Moderator(bee_policy, None, drawn=lambda prompt: "a bee" if "honey" in prompt else None)
+    assert moderator.check("a honey maker").reason == "drawn as 'a bee', term 'bee'"
+    assert not moderator.check("a flower").blocked and moderator.check("a bee").reason == "term 'bee'"
+    assert moderator.check.cache_info().misses == 3  # one verdict a prompt, what it is drawn as inside it
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(["🐝", "🌻", "\u200d", "\ufe0f", "👍", "🏿", "b", "e", "E", " ", "é", "-"]), max_size=60))
 def test_a_term_is_found_typed_or_as_an_emoji_and_nowhere_else(bee_policy: Policy, prompt: str):

@@ -23,6 +23,7 @@ beside them. Verdicts are cached per prompt, like prompt embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 import tomllib
@@ -147,11 +148,15 @@ ALLOWED = Verdict(blocked=False)
 
 
 class Moderator:
-    """Checks prompts against one policy; `embed` is the serving model's text encoder."""
+    """Checks prompts against one policy; `embed` is the serving model's text encoder. `drawn`: what
+    the model draws a prompt as, where it draws prompts as other texts (the embedded model's concept
+    index: the nearest emoji's name), or None. A prompt that passes is blocked when what it is drawn
+    as is: a policy that names a thing stops its picture however it was asked for."""
 
-    def __init__(self, policy: Policy, embed: TextEmbedder | None):
+    def __init__(self, policy: Policy, embed: TextEmbedder | None, drawn: Callable[[str], str | None] | None = None):
         self.policy = policy
         self._embed = embed
+        self._drawn = drawn
         self._words = [(c, re.compile(r"\b(?:" + "|".join(re.escape(t) for t in c.terms) + r")\b", re.IGNORECASE))
                        for c in policy.categories if c.terms]
         self._patterns = [(c, re.compile(p, re.IGNORECASE)) for c in policy.categories for p in c.patterns]
@@ -160,6 +165,13 @@ class Moderator:
         self.check = lru_cache(maxsize=VERDICT_CACHE_SIZE)(self._check)
 
     def _check(self, prompt: str) -> Verdict:
+        verdict = self._verdict(prompt)
+        if verdict.blocked or self._drawn is None or (drawn := self._drawn(prompt)) is None:
+            return verdict
+        of_drawn = self._verdict(drawn)
+        return dataclasses.replace(of_drawn, reason=f"drawn as {drawn!r}, {of_drawn.reason}") if of_drawn.blocked else verdict
+
+    def _verdict(self, prompt: str) -> Verdict:
         named = emoji_named(prompt)
         quoted = textwrap.shorten(named, QUOTED_CHARS, placeholder=" ...")  # a thousand emoji name thousands of words
         readings = [(prompt, "")] if named == prompt else [(prompt, ""), (named, f" in {quoted!r}, its emoji named")]

@@ -41,10 +41,9 @@ class SafetyStages:
             policy = Policy.load(config.policy or DEFAULT_POLICY)
             if config.threshold is not None:
                 policy = dataclasses.replace(policy, threshold=config.threshold)
-            self.moderator = Moderator(policy, _embedder(generator, encode_prompt))
-        # What a prompt is drawn as, where the model can redraw it (the embedded model's concept index);
-        # read through the runner's prompt cache, which moderating the prompt has just filled.
-        self._drawn = (lambda prompt: encode_prompt(prompt).drawn) if generator.reads_sentences else None
+            # What a prompt is drawn as comes through the runner's prompt cache, which embedding it has just filled.
+            drawn = (lambda prompt: encode_prompt(prompt).drawn) if generator.reads_sentences else None
+            self.moderator = Moderator(policy, _embedder(generator, encode_prompt), drawn)
         device = getattr(generator, "device", torch.device("cpu"))
         self.checker_name = config.output_checker
         self.checker: OutputChecker | None = load_checker(config.output_checker, device) if config.output_checker else None
@@ -57,15 +56,9 @@ class SafetyStages:
         if self.moderator is None:
             return None
         for prompt in (request.prompt, request.blend_prompt):
-            if not prompt:
-                continue
-            verdict, reason = self.moderator.check(prompt), ""
-            if not verdict.blocked and self._drawn is not None and (drawn := self._drawn(prompt)) is not None:
-                # a policy that names a thing in words also stops the picture of it asked for otherwise
-                verdict, reason = self.moderator.check(drawn), f"drawn as {drawn!r}, "
-            if verdict.blocked:
+            if prompt and (verdict := self.moderator.check(prompt)).blocked:
                 return Blocked(id=request.id, stage="prompt", category=verdict.category or "policy",
-                               message=f"the prompt breaks the moderation policy ({verdict.category}: {reason}{verdict.reason})")
+                               message=f"the prompt breaks the moderation policy ({verdict.category}: {verdict.reason})")
         return None
 
     def check(self, images: torch.Tensor) -> list[str | None]:
