@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -85,8 +85,11 @@ def test_a_prompt_is_blocked_by_what_the_model_draws_it_as(bee_policy: Policy):
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(["🐝", "🌻", "\u200d", "\ufe0f", "👍", "🏿", "b", "e", "E", " ", "é", "-"]), max_size=60))
+@example("b\ufe0fee")  # a variation selector shows nothing alone: it cannot hide a term
 def test_a_term_is_found_typed_or_as_an_emoji_and_nowhere_else(bee_policy: Policy, prompt: str):
-    assert Moderator(bee_policy, None).check(prompt).blocked == ("🐝" in prompt or bool(re.search(r"\bbee\b", prompt, re.I)))
+    shown = prompt.replace("\ufe0f", "")
+    found = "🐝" in prompt or any(re.search(r"\bbee\b", text, re.I) for text in (prompt, shown))
+    assert Moderator(bee_policy, None).check(prompt).blocked == found
 
 
 def test_the_threshold_decides_what_similarity_blocks(tmp_path: Path):

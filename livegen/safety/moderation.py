@@ -76,8 +76,9 @@ def minilm_embedder() -> TextEmbedder:
 
 
 def emoji_named(prompt: str) -> str:
-    """`prompt` with each emoji written as its CLDR English name and the `emoji` package's aliases;
-    `prompt` itself if it has none."""
+    """`prompt` with each emoji written as its CLDR English name and the `emoji` package's aliases,
+    and stray variation selectors (invisible alone) dropped, so "b\ufe0fee" reads "bee"; `prompt`
+    itself if it has neither."""
     if prompt.isascii():
         return prompt
     import emoji
