@@ -12,7 +12,7 @@ folder with a `concepts/` index therefore has each prompt drawn as its nearest c
 2. the closest CANDIDATES re-ranked by spelling similarity to their captions (RapidFuzz WRatio):
    what a sentence vector blurs, such as "dark" against "medium-dark skin tone", or a typing slip;
 3. the name (the concept's first caption) conditions the picture. Moderation reads what the
-   user typed, then the name (safety/stages.py).
+   user typed, then the name (safety/moderation.py).
 
 An emoji typed in the prompt, which MiniLM reads as an unknown token, is read as its concept's
 name ("a 🐝" as "a honeybee") where the index knows each concept's emoji.

@@ -15,10 +15,10 @@ Terms and patterns are exact; descriptions catch paraphrases: a prompt is embedd
 all-MiniLM-L6-v2 (mean-pooled over its tokens, unit length, as it was trained to be compared) and
 blocked when its cosine similarity to a description reaches the threshold. A prompt with emoji is
 checked twice, as typed and with each emoji written as its English name and aliases ("a 🔫" as "a
-water pistol (gun)"): models draw what an emoji shows, and a policy names it in words. The embedded model runs
-MiniLM as its text encoder already; other models' encoders (CLIP, T5) give similarities on another
-scale, so thresholds calibrated once would not carry over, and moderation loads its own MiniLM
-beside them. Verdicts are cached per prompt, like prompt embeddings.
+water pistol (gun)"): models draw what an emoji shows, and a policy names it in words. The
+embedded model runs MiniLM as its text encoder already; other models' encoders (CLIP, T5) give
+similarities on another scale, so thresholds calibrated once would not carry over, and moderation
+loads its own MiniLM beside them. Verdicts are cached per prompt, like prompt embeddings.
 """
 
 from __future__ import annotations
@@ -173,9 +173,10 @@ class Moderator:
         return dataclasses.replace(of_drawn, reason=f"drawn as {drawn!r}, {of_drawn.reason}") if of_drawn.blocked else verdict
 
     def _verdict(self, prompt: str) -> Verdict:
-        named = emoji_named(prompt)
-        quoted = textwrap.shorten(named, QUOTED_CHARS, placeholder=" ...")  # a thousand emoji name thousands of words
-        readings = [(prompt, "")] if named == prompt else [(prompt, ""), (named, f" in {quoted!r}, its emoji named")]
+        readings = [(prompt, "")]
+        if (named := emoji_named(prompt)) != prompt:
+            quoted = textwrap.shorten(named, QUOTED_CHARS, placeholder=" ...")  # a thousand emoji name thousands of words
+            readings.append((named, f" in {quoted!r}, its emoji named"))
         for category, words in self._words:  # the policy's order, each on both readings: its first category wins
             for text, where in readings:
                 if match := words.search(text):
