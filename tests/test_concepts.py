@@ -99,9 +99,9 @@ def test_a_typed_emoji_is_drawn_as_itself(prompt, name):
 
 def test_the_shipped_index_knows_its_emoji(shipped):
     assert len(shipped.emoji) == len(shipped.phrases)
-    assert shipped.named_emoji("a 🐝 on a 🌻") == "a  honeybee  on a  sunflower "
+    assert shipped.emoji_as_concepts("a 🐝 on a 🌻") == "a  honeybee  on a  sunflower "
     assert drawn(shipped, "🐝") == "honeybee" and drawn(shipped, "❤️") == drawn(shipped, "❤") == "red heart"
-    assert shipped.named_emoji("a bee, é") == "a bee, é"  # nothing it knows: the prompt itself
+    assert shipped.emoji_as_concepts("a bee, é") == "a bee, é"  # nothing it knows: the prompt itself
 
 
 @settings(max_examples=60, deadline=None)

@@ -25,7 +25,7 @@ from livegen.models.base import ModelError
 from livegen.protocol import Blocked, Exported, Frame
 from livegen.safety import watermark
 from livegen.safety.checks import SafetyCheckerModel, load_checker
-from livegen.safety.moderation import Moderator, Policy, PolicyError, emoji_named, minilm_embedder
+from livegen.safety.moderation import Moderator, Policy, PolicyError, emoji_spelled_out, minilm_embedder
 from livegen.safety.provenance import read_manifest
 from livegen.server.background import BackgroundServer
 from tests.conftest import png_bytes, server_settings
@@ -72,7 +72,7 @@ def test_a_typed_emoji_is_checked_by_its_name_and_aliases(bee_policy: Policy):
     # Models draw what an emoji shows (the embedded model's concept index reads "a 🐝" as "a honeybee")
     verdict = Moderator(bee_policy, None).check("a 🐝 on a 🌻")
     assert verdict.category == "insects" and verdict.reason == "term 'bee' in 'a honeybee (bee) on a sunflower', its emoji named"
-    assert emoji_named("a 🔫, é") == "a water pistol (gun) , é" and emoji_named("é, plain") == "é, plain"
+    assert emoji_spelled_out("a 🔫, é") == "a water pistol (gun) , é" and emoji_spelled_out("é, plain") == "é, plain"
     assert len(Moderator(bee_policy, None).check("🌻" * 999 + "🐝").reason) < 200  # the reading quoted in part
 
 

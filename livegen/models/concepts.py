@@ -116,7 +116,7 @@ class Concepts:
         if self.emoji:
             (folder / EMOJI).write_text(json.dumps(self.emoji, ensure_ascii=False), encoding="utf-8")
 
-    def named_emoji(self, prompt: str) -> str:
+    def emoji_as_concepts(self, prompt: str) -> str:
         """`prompt` with each emoji the index knows written as its concept's name; `prompt` itself if
         none. The `emoji` package finds them, the longest sequence first: "👍🏽" is one concept, not a
         thumb and a skin tone."""
@@ -135,7 +135,7 @@ class Concepts:
         slips respelled, and whether that changed a word (if not, the prompt's own sentence vector
         stands for the reading's)."""
         read = " ".join(prompt.split()[:READ_WORDS])
-        named = " ".join(self.named_emoji(read).split()[:READ_WORDS])
+        named = " ".join(self.emoji_as_concepts(read).split()[:READ_WORDS])
         respelled = self.respelled(named)
         return respelled, respelled != read
 

@@ -75,7 +75,7 @@ def minilm_embedder() -> TextEmbedder:
     return sentence_embedder(Tokenizer.read(minilm_path(), TEXT_TOKENS), OnnxTextEncoder(minilm_graph(), threads=1))
 
 
-def emoji_named(prompt: str) -> str:
+def emoji_spelled_out(prompt: str) -> str:
     """`prompt` with each emoji written as its CLDR English name and the `emoji` package's aliases,
     and stray variation selectors (invisible alone) dropped, so "b\ufe0fee" reads "bee"; `prompt`
     itself if it has neither."""
@@ -174,7 +174,7 @@ class Moderator:
 
     def _verdict(self, prompt: str) -> Verdict:
         readings = [(prompt, "")]
-        if (named := emoji_named(prompt)) != prompt:
+        if (named := emoji_spelled_out(prompt)) != prompt:
             quoted = textwrap.shorten(named, QUOTED_CHARS, placeholder=" ...")  # a thousand emoji name thousands of words
             readings.append((named, f" in {quoted!r}, its emoji named"))
         for category, words in self._words:  # the policy's order, each on both readings: its first category wins
