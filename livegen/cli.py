@@ -889,12 +889,15 @@ def bench_gpu(quick: QuickOption = False,
               cases: Annotated[str | None, typer.Option(help="Comma-separated words each chosen case's label holds.")] = None,
               budget_s: Annotated[float | None, typer.Option(help="Skip the cases that would not fit.")] = None,
               cache: Annotated[Path | None, typer.Option(help="Where the built pipelines go.")] = None,
+              moderation: Annotated[bool, typer.Option(
+                  help="Check prompts against the policy (needs moderation's MiniLM installed).")] = True,
               output: OutputOption = RESULTS / "gpu") -> None:
-    """SD-Turbo and SDXL-Turbo architectures (random weights) through the engine on CUDA."""
+    """SD-Turbo, SDXL-Turbo, LCM and FLUX.1-schnell architectures (random weights) through the
+    engine and the server on CUDA."""
     from livegen.bench.gpu import run
 
     _quiet_libraries()
-    run(output, quick, cpu=cpu, cache=cache, budget_s=budget_s, only=cases)
+    run(output, quick, cpu=cpu, cache=cache, budget_s=budget_s, only=cases, moderation=moderation)
     _show(output, "gpu")
 
 

@@ -180,14 +180,26 @@ def test_model_bench_quick_mode_measures_each_step_count(tmp_path):
 
 
 def test_gpu_bench_runs_its_whole_path_on_tiny_pipelines(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "gpu", "--cpu", "--quick", "--output", str(tmp_path)])
+    result = CliRunner().invoke(app, ["bench", "gpu", "--cpu", "--output", str(tmp_path), "--cache",
+                                      str(tmp_path / "models")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "gpu.json").read_text())
-    (case,) = results["cases"]
-    assert case["architecture"] == "sd-turbo" and not case["compile"]
-    assert case["one_session"]["n"] > 0 and case["sessions_8"]["frames_per_s"] > 0
-    assert case["one_session_image_to_image"]["n"] > 0
-    assert case["acceleration"]["mode"] == "TorchScript traces"  # CUDA graphs need CUDA
+    cases = {case["label"]: case for case in results["cases"]}
+    assert [(c["architecture"], c["steps"], c["served"]) for c in cases.values()] == [
+        ("sd-turbo", 1, False), ("sd-turbo", 1, True), ("sdxl-turbo", 1, False), ("lcm-sd15", 4, False),
+        ("sd-turbo", 1, False), ("flux-schnell", 4, False)]
+    for case in cases.values():
+        assert "error" not in case, case["label"]
+        assert case["one_session"]["n"] > 0 and case["sessions_8"]["frames_per_s"] > 0
+        assert case["one_session_image_to_image"]["n"] > 0
+        assert ("gpu_floor" in case) != case["served"]
+    unet = cases["sd-turbo 64x64 1 step float32 graphs tiny-vae"]
+    assert unet["acceleration"]["mode"] == "TorchScript traces"  # CUDA graphs need CUDA
+    served = cases["sd-turbo 64x64 1 step float32 graphs tiny-vae served"]
+    assert served["acceleration"]["mode"] == "TorchScript traces" and served["start_to_ready_s"] > 0
+    assert served["one_session"]["stages_p50_ms"]["wire_encode_ms"] > 0
+    assert "Uvicorn running" in (tmp_path / "serve.log").read_text()
+    assert results["targets"]["sd_turbo_p50_case"].endswith("served")  # a client's view when there is one
     assert "random" in results["weights"]
 
 

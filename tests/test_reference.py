@@ -24,6 +24,12 @@ def count(module: torch.nn.Module) -> int:
         # SDXL UNet; CLIP ViT-L and OpenCLIP ViT-bigG with its projection; SDXL VAE (same shape as SD's).
         ("sdxl-turbo", 2_567_463_684,
          [("CLIPTextModel", 123_060_480), ("CLIPTextModelWithProjection", 694_659_840)], 83_653_863),
+        # SD 1.5 UNet (859,520,964) plus LCM's guidance projection (256 x 320); CLIP ViT-L; SD VAE.
+        ("lcm-sd15", 859_602_884, [("CLIPTextModel", 123_060_480)], 83_653_863),
+        # FLUX.1-dev's 11,901,408,320 less the guidance embedder schnell has not (10,229,760);
+        # CLIP ViT-L and T5-v1.1-XXL's encoder; FLUX's 16-channel VAE.
+        ("flux-schnell", 11_891_178_560, [("CLIPTextModel", 123_060_480), ("T5EncoderModel", 4_762_310_656)],
+         83_819_683),
     ],
 )
 def test_architectures_have_the_published_parameter_counts(architecture, unet, text_encoders, vae):
@@ -44,8 +50,11 @@ def test_text_encoders_fit_the_character_tokenizer_and_the_77_token_sequence():
         for architecture in reference.ARCHITECTURES:
             for encoder in reference.text_encoders(architecture):
                 config = encoder.config
-                assert config.max_position_embeddings == 77
-                assert max(ids) < config.vocab_size == 49408
+                if config.model_type == "t5":  # relative positions: any length; FLUX asks for 256
+                    assert max(ids) < config.vocab_size == 32128
+                else:
+                    assert config.max_position_embeddings == 77
+                    assert max(ids) < config.vocab_size == 49408
                 assert config.eos_token_id == tokenizer.eos_token_id
 
 
@@ -56,6 +65,12 @@ def test_sdxl_added_conditioning_matches_its_pooled_text_and_time_ids():
     assert unet["cross_attention_dim"] == (reference.SDXL_TEXT_ENCODER["hidden_size"]
                                            + reference.SDXL_TEXT_ENCODER_2["hidden_size"])
     assert reference.SD_TURBO_UNET["cross_attention_dim"] == reference.SD_TURBO_TEXT_ENCODER["hidden_size"]
+
+
+def test_flux_has_no_tiny_decoder(tmp_path):
+    with pytest.raises(ValueError, match="16"):
+        reference.build_reference_pipeline(tmp_path / "flux", "flux-schnell", tiny_vae=True)
+    assert not (tmp_path / "flux").exists()
 
 
 def test_unknown_architecture_is_refused(tmp_path):

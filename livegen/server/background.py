@@ -48,13 +48,16 @@ class ServeProcess:
     """`python -m livegen serve` in a process of its own, ready (or failed) when the constructor returns."""
 
     def __init__(self, port: int, args: list[str] | None = None, ready_timeout: float = 300,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, log: Path | None = None):
+        """`log`: a file for the server's output (discarded if absent)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
+        output = log.open("ab") if log else subprocess.DEVNULL
         self.process = subprocess.Popen([sys.executable, "-m", "livegen", "serve", "--port", str(port), *(args or [])],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, **(env or {})})
+                                        stdout=output, stderr=output, env={**os.environ, **(env or {})})
+        if log:
+            output.close()  # the child holds its own copy
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -68,13 +71,13 @@ class ServeProcess:
             time.sleep(0.01)
 
     @classmethod
-    def serving(cls, config: ModelConfig, env: dict[str, str] | None = None, args: list[str] | None = None
-                ) -> ServeProcess:
+    def serving(cls, config: ModelConfig, env: dict[str, str] | None = None, args: list[str] | None = None,
+                log: Path | None = None) -> ServeProcess:
         """One that serves `config` at its sizes (the embedded model is `serve`'s default), on a free
         port; `args`: more of `livegen serve`'s."""
         sizes = [arg for w, h in config.sizes for arg in ("--size", f"{w}x{h}")]
         model = [] if Path(config.source) == EMBEDDED_MODEL else ["--model", config.source]
-        return cls(free_port(), [*model, *sizes, *(args or [])], env=env)
+        return cls(free_port(), [*model, *sizes, *(args or [])], env=env, log=log)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, as when the machine or the process dies."""
