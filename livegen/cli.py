@@ -901,6 +901,23 @@ def bench_gpu(quick: QuickOption = False,
     _show(output, "gpu")
 
 
+@bench_app.command("gpu-pack")
+def bench_gpu_pack(folder: Annotated[Path, typer.Option(help="Where the wheels go (carried to the device).")] =
+                   Path(".device/wheels")) -> None:
+    """Download the wheels `bench gpu` needs on the lent GPU machine beyond its image (livegen/bench/device_pack.py)."""
+    from livegen.bench.device_pack import pack
+
+    sizes = pack(Path.cwd(), folder)
+    mib = {key: round(value / 2**20, 1) for key, value in sizes.items() if key.endswith("bytes")}
+    typer.echo(f"{sizes['wheels']} wheels, {mib['wheel_bytes']} MiB, beside a working tree of "
+               f"{mib['tree_bytes']} MiB: {mib['left_bytes']} MiB left of what one call carries")
+    if sizes["left_bytes"] < 0:
+        raise typer.Exit(1)
+    typer.echo(f"carry: {folder.parts[0]}; command: python3 -m pip install -q --no-index --no-deps --no-compile "
+               f"--target /tmp/site {folder}/*.whl && PYTHONPATH=/tmp/site:$PWD python3 -m livegen bench gpu "
+               "--no-moderation --budget-s 420 --cache /tmp/models --output $OUT")
+
+
 @bench_app.command("model")
 def bench_model(model: ModelPathOption = None, size: BenchSizeOption = None,
                 images: Annotated[int, typer.Option(help="Measured images per row.")] = 50,
