@@ -891,31 +891,36 @@ def bench_gpu(quick: QuickOption = False,
               cache: Annotated[Path | None, typer.Option(help="Where the built pipelines go.")] = None,
               moderation: Annotated[bool, typer.Option(
                   help="Check prompts against the policy (needs moderation's MiniLM installed).")] = True,
+              peer_python: Annotated[Path | None, typer.Option(
+                  help="A Python with StreamDiffusion, run against the served SD-Turbo case.")] = None,
               output: OutputOption = RESULTS / "gpu") -> None:
     """SD-Turbo, SDXL-Turbo, LCM and FLUX.1-schnell architectures (random weights) through the
     engine and the server on CUDA."""
     from livegen.bench.gpu import run
 
     _quiet_libraries()
-    run(output, quick, cpu=cpu, cache=cache, budget_s=budget_s, only=cases, moderation=moderation)
+    run(output, quick, cpu=cpu, cache=cache, budget_s=budget_s, only=cases, moderation=moderation,
+        peer_python=peer_python)
     _show(output, "gpu")
 
 
 @bench_app.command("gpu-pack")
-def bench_gpu_pack(folder: Annotated[Path, typer.Option(help="Where the wheels go (carried to the device).")] =
-                   Path(".device/wheels")) -> None:
-    """Download the wheels `bench gpu` needs on the lent GPU machine beyond its image (livegen/bench/device_pack.py)."""
+def bench_gpu_pack(folder: Annotated[Path, typer.Option(help="Where the archives go (carried to the device).")] =
+                   Path(".device"),
+                   peer_python: Annotated[Path | None, typer.Option(
+                       help="The StreamDiffusion venv's Python, to pack its stack too.")] = None) -> None:
+    """Pack what `bench gpu` needs on the lent GPU machine beyond its image (livegen/bench/device_pack.py)."""
     from livegen.bench.device_pack import pack
 
-    sizes = pack(Path.cwd(), folder)
+    sizes = pack(Path.cwd(), folder, peer_python)
     mib = {key: round(value / 2**20, 1) for key, value in sizes.items() if key.endswith("bytes")}
-    typer.echo(f"{sizes['wheels']} wheels, {mib['wheel_bytes']} MiB, beside a working tree of "
-               f"{mib['tree_bytes']} MiB: {mib['left_bytes']} MiB left of what one call carries")
+    typer.echo(f"{', '.join(sizes['sites'])}: {mib['archive_bytes']} MiB beside a working tree of "
+               f"{mib['tree_bytes']} MiB; {mib['left_bytes']} MiB left of what one call carries")
     if sizes["left_bytes"] < 0:
         raise typer.Exit(1)
-    typer.echo(f"carry: {folder.parts[0]}; command: python3 -m pip install -q --no-index --no-deps --no-compile "
-               f"--target /tmp/site {folder}/*.whl && PYTHONPATH=/tmp/site:$PWD python3 -m livegen bench gpu "
-               "--no-moderation --budget-s 420 --cache /tmp/models --output $OUT")
+    peer = " --peer-python /tmp/peer-venv/bin/python" if peer_python else ""
+    typer.echo(f"carry: {folder}; command: python3 -m livegen.bench.device_pack {folder} && PYTHONPATH=/tmp/site:$PWD "
+               f"python3 -m livegen bench gpu --no-moderation{peer} --budget-s 420 --cache /tmp/models --output $OUT")
 
 
 @bench_app.command("model")

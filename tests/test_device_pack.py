@@ -12,12 +12,13 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from importlib.metadata import distributions, version
 from pathlib import Path
 
 import pytest
 
-from livegen.bench.device_pack import CARRIED, DEVICE_IMAGE, normalized
+from livegen.bench.device_pack import CARRIED, DEVICE_IMAGE, PEER_CARRIED, normalized, unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +75,29 @@ def test_bench_gpu_runs_with_only_the_image_and_the_pack(tmp_path):
     for case in results["cases"]:
         assert "error" not in case, case
         assert case["sessions_8"]["frames_per_s"] > 0
+
+
+def archive(path: Path, module: str, text: str) -> None:
+    with tarfile.open(path, "w:xz") as packed:
+        source = path.with_suffix(".py")
+        source.write_text(text)
+        packed.add(source, arcname=f"./{module}.py")
+
+
+def test_unpack_puts_livegen_on_a_path_and_the_peer_in_a_venv_that_still_sees_this_pythons_packages(tmp_path):
+    carried = tmp_path / ".device"
+    carried.mkdir()
+    archive(carried / "livegen-site.tar.xz", "carried_for_livegen", "WHO = 'livegen'\n")
+    # The peer's pin shadows a package this Python holds (pytest here, transformers 4.45 there).
+    archive(carried / "peer-site.tar.xz", "pytest", "PINNED = True\n")
+    unpack(carried, tmp_path / "site", tmp_path / "peer-venv")
+    assert (tmp_path / "site" / "carried_for_livegen.py").is_file()
+    seen = subprocess.run([tmp_path / "peer-venv" / "bin" / "python", "-c",
+                           "import pytest, torch; print(pytest.PINNED, torch.__name__)"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert seen.stdout.split() == ["True", "torch"], seen.stderr
+
+
+def test_the_peer_pack_names_streamdiffusion_and_the_pins_the_image_holds_at_other_versions():
+    assert {"streamdiffusion", "diffusers", "transformers", "huggingface-hub", "tokenizers"} <= set(PEER_CARRIED)
+    assert not {"torch", "numpy"} & set(PEER_CARRIED)  # the image's, as StreamDiffusion there will run them

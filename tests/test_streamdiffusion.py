@@ -197,3 +197,28 @@ def test_the_camera_bench_interleaves_streamdiffusions_image_to_image_stream(tin
     ratio = speed["streamdiffusion"]["over_livegen"]
     assert ratio["rounds"] == 2 and ratio["low"] <= ratio["ratio"] <= ratio["high"]
     assert "StreamDiffusion image-to-image stream" in (tmp_path / "camera.md").read_text()
+
+
+def test_gpu_bench_runs_streamdiffusion_beside_the_served_case(tmp_path):
+    """`livegen bench gpu --peer-python`: on the CPU the same path as on the GPU (its --device,
+    --dtype and --tiny-vae, a model saved by transformers 5 that diffusers 0.24 must read)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from livegen.cli import app
+
+    python = peer_venv()
+    result = CliRunner().invoke(app, ["bench", "gpu", "--cpu", "--quick", "--cases", "served", "--peer-python",
+                                      str(python), "--output", str(tmp_path), "--cache", str(tmp_path / "models")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (case,) = json.loads((tmp_path / "gpu.json").read_text())["cases"]
+    peer = case["streamdiffusion"]
+    assert "error" not in peer, peer
+    assert peer["versions"]["diffusers"] == "0.24.0"
+    assert (peer["settings"]["device"], peer["settings"]["dtype"], peer["settings"]["vae"]) == (
+        "cpu", "float32", "AutoencoderTiny")
+    assert peer["streamdiffusion"]["n"] == peer["livegen"]["n"] == 4  # 2 rounds of 2 frames each
+    assert peer["streamdiffusion_over_livegen"]["rounds"] == 2
+    assert "StreamDiffusion 0.1.1" in (tmp_path / "gpu.md").read_text()

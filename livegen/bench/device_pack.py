@@ -1,18 +1,24 @@
-"""What `livegen bench gpu` needs on a lent GPU machine beyond that machine's image, carried as wheels.
+"""What `livegen bench gpu` needs on a lent GPU machine beyond that machine's image, carried there.
 
 The lent machine (an H200, reached through the development tool `device`) holds torch,
 transformers, numpy and more, but not diffusers, FastAPI or uvicorn, and it cannot fetch anything.
-`livegen bench gpu-pack` downloads here the wheels of `CARRIED`, at the versions installed here,
-built for the machine's Python (CPython 3.12, x86-64 manylinux), into `.device/wheels`, and checks
-that they fit what one call may carry (64 MiB, the working tree included). The call then runs:
+`livegen bench gpu-pack` downloads here the wheels of `CARRIED` at the versions installed here,
+built for the machine's Python (CPython 3.12, x86-64 manylinux), installs them into a folder and
+packs it as `.device/livegen-site.tar.xz` (xz: 19 MB where the wheels take 31). With
+`--peer-python`, StreamDiffusion's stack (`PEER_CARRIED`, at that venv's versions) goes into
+`.device/peer-site.tar.xz` the same way. Both must fit what one call may carry (64 MiB, the
+working tree included). The call carries `.device` and runs:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl
-    PYTHONPATH=/tmp/site:$PWD python3 -m livegen bench gpu --no-moderation --cache /tmp/models --output $OUT
+    python3 -m livegen.bench.device_pack .device &&
+    PYTHONPATH=/tmp/site:$PWD python3 -m livegen bench gpu --no-moderation --peer-python /tmp/peer-venv/bin/python ...
 
-with `.device` in the call's `carry`. Moderation is off there: its MiniLM package (90 MB) cannot
-travel, and with a cached prompt moderation is a dictionary lookup per frame.
-tests/test_device_pack.py runs `bench gpu --cpu` in a Python holding only `DEVICE_IMAGE` and
-`CARRIED`, so a new import that the pack lacks fails here, not in scarce device time.
+This module's own entry (`unpack`) uses the standard library alone: livegen's packages are not
+there yet when it runs. It puts livegen's site in /tmp/site, and StreamDiffusion's in a venv
+at /tmp/peer-venv that sees the image's packages (torch, numpy) behind its own pins. Moderation is
+off there: its MiniLM package (90 MB) cannot travel, and with a cached prompt moderation is a
+dictionary lookup per frame. tests/test_device_pack.py runs `bench gpu --cpu` in a Python holding
+only `DEVICE_IMAGE` and `CARRIED`, so a new import that the pack lacks fails here, not in scarce
+device time.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import sysconfig
+import tarfile
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -58,9 +67,17 @@ CARRIED = (
     "platformdirs",
 )
 
+# StreamDiffusion's pins (bench/streamdiffusion.py) that the image lacks or holds at other versions;
+# torch, numpy (2.x: checked with this stack), pillow and the rest come from the image.
+PEER_CARRIED = ("streamdiffusion", "diffusers", "transformers", "huggingface-hub", "tokenizers", "accelerate",
+                "fire", "termcolor", "omegaconf", "importlib-metadata")
+
 CARRY_LIMIT = 64 * 2**20  # what one call of the tool may carry, the working tree included
-PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64",
-             "manylinux_2_31_x86_64", "manylinux_2_34_x86_64")
+TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
+          *(arg for platform in ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64",
+                                 "manylinux_2_28_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64")
+            for arg in ("--platform", platform))]
+SITE, PEER_VENV = Path("/tmp/site"), Path("/tmp/peer-venv")  # where `unpack` puts them on the machine
 
 
 def normalized(name: str) -> str:
@@ -74,16 +91,56 @@ def tree_bytes(root: Path) -> int:
     return sum((root / name.decode()).stat().st_size for name in listed if name and (root / name.decode()).is_file())
 
 
-def pack(root: Path, folder: Path) -> dict:
-    """Download the wheels into `folder` (emptied first); their bytes, and what is left under the limit."""
+def peer_pins(peer_python: Path) -> list[str]:
+    """PEER_CARRIED at the versions the StreamDiffusion venv holds."""
+    code = f"from importlib.metadata import version; print(' '.join(f'{{n}}=={{version(n)}}' for n in {PEER_CARRIED!r}))"
+    return subprocess.run([str(peer_python), "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+def site_archive(pins: list[str], archive: Path) -> None:
+    """The wheels of `pins` for the machine's Python, installed into a folder, packed as tar.xz."""
+    with tempfile.TemporaryDirectory(prefix="livegen-device-") as tmp:
+        wheels, site = Path(tmp) / "wheels", Path(tmp) / "site"
+        pip = [sys.executable, "-m", "pip"]
+        subprocess.run([*pip, "download", "--quiet", "--no-deps", *TARGET, "-d", str(wheels), *pins], check=True)
+        subprocess.run([*pip, "install", "--quiet", "--no-index", "--no-deps", "--no-compile", *TARGET,
+                        "--target", str(site), *map(str, sorted(wheels.glob("*.whl")))], check=True)
+        with tarfile.open(archive, "w:xz") as packed:
+            packed.add(site, arcname=".")
+
+
+def pack(root: Path, folder: Path, peer_python: Path | None = None) -> dict:
+    """Write the archives into `folder` (emptied first); their bytes, and what is left under the limit."""
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.whl"):
+    for old in folder.iterdir():
         old.unlink()
-    pins = [f"{name}=={version(name)}" for name in CARRIED]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp",
-                    *(arg for platform in PLATFORMS for arg in ("--platform", platform)), "-d", str(folder), *pins],
-                   check=True)
-    wheels = sum(path.stat().st_size for path in folder.glob("*.whl"))
+    sites = {"livegen": [f"{name}=={version(name)}" for name in CARRIED]}
+    if peer_python is not None:
+        sites["peer"] = peer_pins(peer_python)
+    for name, pins in sites.items():
+        site_archive(pins, folder / f"{name}-site.tar.xz")
+    archives = sum(path.stat().st_size for path in folder.iterdir())
     tree = tree_bytes(root)
-    return {"wheels": len(pins), "wheel_bytes": wheels, "tree_bytes": tree, "left_bytes": CARRY_LIMIT - wheels - tree}
+    return {"sites": sorted(sites), "archive_bytes": archives, "tree_bytes": tree,
+            "left_bytes": CARRY_LIMIT - archives - tree}
+
+
+def unpack(folder: Path, site: Path = SITE, peer_venv: Path = PEER_VENV) -> None:
+    """On the machine: livegen's site into `site`; StreamDiffusion's, if packed, into a venv at
+    `peer_venv` that sees this Python's packages (the image's torch) behind its own pins. The
+    machine's python3 is itself a venv, whose packages `--system-site-packages` would not reach:
+    a .pth file names them instead, and a .pth entry comes after the venv's own site-packages."""
+    with tarfile.open(folder / "livegen-site.tar.xz") as packed:
+        packed.extractall(site, filter="data")
+    peer = folder / "peer-site.tar.xz"
+    if peer.is_file():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(peer_venv)], check=True)
+        (peer_site,) = (peer_venv / "lib").glob("python*/site-packages")
+        with tarfile.open(peer) as packed:
+            packed.extractall(peer_site, filter="data")
+        image = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+        (peer_site / "machine-image.pth").write_text("".join(f"{path}\n" for path in image))
+
+
+if __name__ == "__main__":
+    unpack(Path(sys.argv[1]))

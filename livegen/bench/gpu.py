@@ -41,7 +41,8 @@ import httpx
 import numpy as np
 import torch
 
-from livegen.bench.report import Series, header, save
+from livegen.bench.report import Rounds, Series, header, ratio_interval, save
+from livegen.bench.streamdiffusion import PeerError, PeerProcess
 from livegen.bench.warm import stage_medians
 from livegen.client import AsyncClient
 from livegen.config import ModelConfig, SafetyConfig, Settings
@@ -284,9 +285,33 @@ async def served_sessions(url: str, case: Case, frames: int, seconds: float, res
             await client.close()
 
 
+async def against_peer(url: str, peer: PeerProcess, rounds: int, block: int) -> dict:
+    """Text-to-image with the cached prompt, in alternating blocks on the same GPU: `block` frames
+    over livegen's WebSocket, then `block` from StreamDiffusion (timed in its worker: prompt,
+    denoise, decode, JPEG), the order swapped every round."""
+    ours, theirs = Rounds("livegen served"), Rounds("StreamDiffusion")
+    async with AsyncClient(url) as client:
+        await client.generate(PROMPT)
+        for round_index in range(rounds):
+            for system in (("livegen", "peer") if round_index % 2 == 0 else ("peer", "livegen")):
+                if system == "peer":
+                    theirs.rounds.append(await asyncio.to_thread(peer.frames, [PROMPT] * block))
+                    continue
+                block_ms = []
+                for _ in range(block):
+                    started = time.perf_counter()
+                    await client.generate(PROMPT)
+                    block_ms.append((time.perf_counter() - started) * 1000)
+                ours.rounds.append(block_ms)
+    return {"livegen": ours.series().summary(), "streamdiffusion": theirs.series().summary(),
+            "streamdiffusion_over_livegen": ratio_interval(theirs, ours), "rounds": rounds, "block": block,
+            "settings": peer.ready["settings"], "versions": peer.ready["versions"]}
+
+
 def measure_served(config: ModelConfig, case: Case, frames: int, seconds: float, moderation: bool, result: dict,
-                   checkpoint: Callable[[], None], cache: Path, log: Path) -> None:
-    """`livegen serve` as its own process, timed from process start to ready, then over its WebSocket."""
+                   checkpoint: Callable[[], None], cache: Path, log: Path, peer_python: Path | None = None) -> None:
+    """`livegen serve` as its own process, timed from process start to ready, then over its WebSocket;
+    then, with `peer_python`, against StreamDiffusion on the same model (SD-Turbo's kind only)."""
     started = time.perf_counter()
     server = ServeProcess.serving(config, env={"LIVEGEN_CACHE_DIR": str(cache)}, args=serve_args(config, moderation),
                                   log=log)
@@ -296,6 +321,16 @@ def measure_served(config: ModelConfig, case: Case, frames: int, seconds: float,
         result["acceleration"] = next(iter(acceleration.values()), None)
         checkpoint()
         asyncio.run(served_sessions(server.ws_url, case, frames, seconds, result, checkpoint))
+        if peer_python is not None and case.architecture == "sd-turbo":
+            checkpoint()
+            args = ["--device", config.device, "--dtype", config.dtype,
+                    *(["--tiny-vae", config.tiny_vae] if config.tiny_vae else [])]
+            rounds, block = (2, 2) if config.device == "cpu" else (10, 10)
+            try:
+                with PeerProcess(peer_python, Path(config.source), case.size, case.size, args=args) as peer:
+                    result["streamdiffusion"] = asyncio.run(against_peer(server.ws_url, peer, rounds, block))
+            except PeerError as exc:  # the peer failing must not cost livegen's figures
+                result["streamdiffusion"] = {"error": str(exc)[-1500:]}
     finally:
         server.kill()
 
@@ -304,13 +339,16 @@ def measure_served(config: ModelConfig, case: Case, frames: int, seconds: float,
 
 
 def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | None = None,
-        budget_s: float | None = None, only: str | None = None, moderation: bool = True) -> dict:
+        budget_s: float | None = None, only: str | None = None, moderation: bool = True,
+        peer_python: Path | None = None) -> dict:
     """Measure every case that fits `budget_s`; writes gpu.json and gpu.md to `output` after each case
     (and the served case's server output to serve.log).
 
     `cpu` runs the same path with livegen's tiny pipelines at 64x64, eager only (a smoke test).
     `moderation=False` where moderation's MiniLM is not installed (the device machine: its 90 MB
     cannot travel there); with a cached prompt it costs a dictionary lookup per frame.
+    `peer_python`: a Python with StreamDiffusion (bench/streamdiffusion.py's pins), run against the
+    served SD-Turbo case on the same GPU.
     """
     begun = time.perf_counter()
     if not cpu and not torch.cuda.is_available():
@@ -329,7 +367,7 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
         "tokenizer": "livegen's character-level CLIP tokenizer, padded to the real 77 tokens",
         "attention": "diffusers default processor (torch SDPA)",
         "frames_per_session_max": frames, "seconds_per_scenario": seconds, "max_batch": SESSIONS,
-        "moderation": moderation, "builds_s": {}, "cases": [],
+        "moderation": moderation, "peer": str(peer_python) if peer_python else None, "builds_s": {}, "cases": [],
     }
     done: set[str] = set()
     for case in cases(quick, only):
@@ -367,7 +405,7 @@ def run(output: Path, quick: bool = False, *, cpu: bool = False, cache: Path | N
             count = min(frames, case.frames or frames)
             if case.served:
                 measure_served(config, case, count, seconds, moderation, entry, checkpoint, cache / "serve-cache",
-                               output / "serve.log")
+                               output / "serve.log", peer_python)
             else:
                 asyncio.run(measure(config, case, count, seconds, moderation, entry, checkpoint))
         except Exception as exc:  # one failing case must not cost the others' figures
@@ -457,6 +495,19 @@ def markdown(r: dict) -> str:
             f"{st.get('denoise_ms')} / {st.get('decode_ms')} / {st.get('wire_encode_ms')} | "
             f"{floor_text} | {many['frames_per_s']} | "
             f"{many['p50_ms']} / {many['p99_ms']} | {many['mean_batch']} |")
+    for e in r["cases"]:
+        peer = e.get("streamdiffusion")
+        if peer and "error" in peer:
+            lines += ["", f"- StreamDiffusion beside {e['label']}: failed: {peer['error'][-300:]}"]
+        elif peer:
+            ratio = peer["streamdiffusion_over_livegen"]
+            lines += ["", f"- StreamDiffusion {peer['versions'].get('streamdiffusion')} (diffusers "
+                          f"{peer['versions'].get('diffusers')}, {peer['settings']['dtype']}, acceleration "
+                          f"{peer['settings']['acceleration']}) beside {e['label']}, text-to-image, same device, "
+                          f"{peer['rounds']} alternating rounds of {peer['block']} frames: StreamDiffusion p50 "
+                          f"{peer['streamdiffusion']['p50_ms']} ms in its worker, livegen {peer['livegen']['p50_ms']} ms "
+                          f"over the WebSocket; StreamDiffusion / livegen {ratio['ratio']}x "
+                          f"({ratio['low']}-{ratio['high']})"]
     t = r.get("targets") or {}
 
     def verdict(met: bool, figure: float | None, case: str | None, unit: str) -> str:

@@ -67,8 +67,10 @@ def ensure_venv(venv: Path) -> Path:
 
 
 def worker_env(venv_python: Path) -> dict[str, str]:
-    """Offline, with its own HF home: transformers 4.45 would otherwise migrate the user's cache."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(venv_python).parent.parent / "hf-home")}
+    """Offline, with its own HF home: transformers 4.45 would otherwise migrate the user's cache.
+    Without PYTHONPATH: the venv's packages only, never the ones livegen may run from."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_HOME": str(Path(venv_python).parent.parent / "hf-home")}
 
 
 def text_encoder_args(model: Path) -> list[str]:
@@ -99,12 +101,13 @@ class PeerProcess:
     """
 
     def __init__(self, venv_python: Path, model: Path, width: int, height: int, seed: int = 2,
-                 mode: str = "txt2img", timeout_s: float = 600) -> None:
+                 mode: str = "txt2img", timeout_s: float = 600, args: list[str] | None = None) -> None:
         """Starts the worker and returns at once: it loads and warms up while other systems do;
-        `wait_ready()` (or entering the context) waits for its ready line."""
+        `wait_ready()` (or entering the context) waits for its ready line. `args`: more of the
+        worker's (--device, --dtype, --tiny-vae)."""
         self.command = [
             str(venv_python), "-u", str(WORKER), "--model", str(model), *text_encoder_args(model),
-            "--width", str(width), "--height", str(height), "--seed", str(seed), "--mode", mode,
+            "--width", str(width), "--height", str(height), "--seed", str(seed), "--mode", mode, *(args or []),
         ]
         self.timeout_s = timeout_s
         self.ready: dict = {}

