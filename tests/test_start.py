@@ -9,12 +9,16 @@ import threading
 import numpy as np
 import pytest
 
+import torch
+
 from livegen import cache
-from livegen.config import Settings, SpeechConfig
+from livegen.config import ModelConfig, Settings, SpeechConfig
+from livegen.engine.image_runner import ImageRunner
 from livegen.engine.metrics import EngineMetrics
 from livegen.engine.speech_runner import SPEEDS, SpeechRunner, kept_speeds
 from livegen.engine.workers import Workers
 from livegen.models import speech
+from livegen.models.base import ModelError
 from livegen.models.piper import PiperModel
 from livegen.models.voice import open_halves
 
@@ -104,3 +108,36 @@ def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypa
     monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(blocked))
     cache.keep("speech/x.onnx", b"graph")
     assert cache.read("speech/x.onnx") is None and "could not keep speech/x.onnx" in caplog.text
+
+
+def test_an_image_model_warms_with_one_thread_while_speech_loads_then_with_all_of_them(tiny_sd):
+    """OpenMP's idle threads spin: two models warming on the same cores with them took longer than
+    with one thread each. Every shape is warmed again at the serving thread count once speech is warm."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one core: nothing to share")
+    speech_warm = threading.Event()
+    settings = Settings(models=[], max_batch=2, speech=None)
+    runner = ImageRunner(ModelConfig(source=str(tiny_sd), sizes=[(64, 64)]), settings, EngineMetrics(),
+                         iter(range(10**6)), speech_warm)
+    seen: list[int] = []
+    compute = runner._compute
+    runner._compute = lambda tasks: (seen.append(torch.get_num_threads()), compute(tasks))[1]  # type: ignore[method-assign]
+    warming = threading.Thread(target=runner.load_and_warm, daemon=True)
+    warming.start()
+    warming.join(timeout=60)
+    assert warming.is_alive(), "it did not wait for speech to be warm"
+    shapes = len(seen)
+    assert shapes > 0 and set(seen) == {1}
+    speech_warm.set()
+    warming.join(timeout=60)
+    assert not warming.is_alive()
+    assert seen[shapes:] == [threads] * shapes  # every shape again, with the threads frames run with
+
+
+def test_speech_lets_the_image_models_go_on_when_it_fails_to_load(tmp_path):
+    runner = SpeechRunner(SpeechConfig(model=str(tmp_path / "missing.onnx")), Settings(models=[]), EngineMetrics(),
+                          Workers(1))
+    with pytest.raises(ModelError, match="no Kokoro ONNX model"):
+        runner.load_and_warm()
+    assert runner.warmed_up.is_set()

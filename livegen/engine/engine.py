@@ -51,12 +51,13 @@ class Engine:
         self.watchdog = LoopWatchdog(self.metrics, settings.loop_stall_seconds)
         frame_numbers = itertools.count()  # every frame's watermark names its number on this server
         remote = remote or {}
-        self.runners = {c.display_name: RemoteImageRunner(c, settings, self.metrics, remote[c.display_name])
-                        if c.display_name in remote else ImageRunner(c, settings, self.metrics, frame_numbers)
-                        for c in settings.models}
-        self.default_model = next(iter(self.runners), None)
         self.speech = (SpeechRunner(settings.speech, settings, self.metrics, self.workers)
                        if settings.speech else None)
+        speech_warm = self.speech.warmed_up if self.speech else None
+        self.runners = {c.display_name: RemoteImageRunner(c, settings, self.metrics, remote[c.display_name])
+                        if c.display_name in remote else ImageRunner(c, settings, self.metrics, frame_numbers, speech_warm)
+                        for c in settings.models}
+        self.default_model = next(iter(self.runners), None)
         self.sessions: set[Session] = set()
         self.started_at = time.time()
         self.start_error: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ class ImageRunner(Runner):
     kind = "image"
 
     def __init__(self, config: ModelConfig, settings: Settings, metrics: EngineMetrics,
-                 frame_numbers: Iterator[int]):
+                 frame_numbers: Iterator[int], speech_warm: threading.Event | None = None):
+        """`speech_warm`: set once a speech model loading beside this one has warmed up."""
         super().__init__(config.display_name, settings.deadline_s)
+        self._speech_warm = speech_warm
         self.config = config
         self.settings = settings
         self.metrics = metrics
@@ -87,7 +90,8 @@ class ImageRunner(Runner):
     def load_and_warm(self) -> float:
         # OpenMP settings are per thread: without this, a worker thread started from a thread
         # other than the main one can run its kernels ~40% slower (measured on the 2-core CPU).
-        torch.set_num_threads(torch.get_num_threads())
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
         self.generator = load_pack(self.config)  # kept by an earlier start: no diffusers to import
         if self.generator is None:
             # Imported here, not with the engine: diffusers takes seconds to import, which the server's
@@ -100,6 +104,23 @@ class ImageRunner(Runner):
         self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers, self.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
+        if self.on_cpu and threads > 1 and self._speech_warm is not None and not self._speech_warm.is_set():
+            # Speech loads on the same cores meanwhile, and OpenMP's idle threads spin against it (on 2
+            # cores a whole start took 5.1-5.7 s at one thread, 7.0-7.4 s at two). So one thread until
+            # speech is warm, then every shape again with the threads frames run with.
+            torch.set_num_threads(1)
+            self._warm_up()
+            self._speech_warm.wait()
+            torch.set_num_threads(threads)
+        slowest = self._warm_up()
+        self.generator.warmed()
+        keep_pack(self.generator, self.config)
+        log.info("%s warm in %.1fs (%s)", self.name, time.perf_counter() - started,
+                 self.generator.describe_acceleration())
+        return slowest
+
+    def _warm_up(self) -> float:
+        """A real generation at every shape; the slowest, in seconds."""
         slowest = 0.0
         for spec, batch in self.warm_shapes():
             image = np.full((spec.height, spec.width, 3), 127, np.uint8) if spec.strength else None
@@ -110,10 +131,6 @@ class ImageRunner(Runner):
                 computed = time.perf_counter()
                 self._compute(tasks)
                 slowest = max(slowest, time.perf_counter() - computed)
-        self.generator.warmed()
-        keep_pack(self.generator, self.config)
-        log.info("%s warm in %.1fs (%s)", self.name, time.perf_counter() - started,
-                 self.generator.describe_acceleration())
         return slowest
 
     def warm_shapes(self) -> list[tuple[BatchSpec, int]]:

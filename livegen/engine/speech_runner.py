@@ -140,6 +140,9 @@ class SpeechRunner(Runner):
         self.speeds: dict[VoiceModel, DecodingSpeed] = {}  # each model's, on this machine
         # Set by the engine once no image model is warming up: speeds are timed alone.
         self.timing_alone = threading.Event()
+        # Set once the warm-up has computed (or loading failed): image models on the CPU warm up
+        # with one thread until then (image_runner.py).
+        self.warmed_up = threading.Event()
         self.voices: list[str] = []
         self.default_voice = ""
         self._current: dict[Owner, Utterance] = {}
@@ -166,19 +169,22 @@ class SpeechRunner(Runner):
         from livegen.safety.audio_watermark import AudioWatermarker  # scipy: a second of imports, off the start's path
 
         started = time.perf_counter()
-        english = PiperModel(self.config.english_voice, max_text_chars=self.config.max_text_chars)
-        kokoro = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
-        self.model = Voices([english, kokoro], self.config.default_voice or english.name, self.config.language)
-        self.voices = self.model.list_voices()
-        self.default_voice = self.model.default_voice
-        if self.settings.safety.speech_moderation:
-            with LIBRARY_LOADS:
-                embedder = minilm_embedder()
-            self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY), embedder)
-            self.moderator.check("Ready when you are, let's begin.")
-        if self.settings.safety.audio_watermark:
-            self.watermarker = AudioWatermarker(self.settings.safety.server_id, self.model.sample_rate)
-        self.model.warm_up()
+        try:
+            english = PiperModel(self.config.english_voice, max_text_chars=self.config.max_text_chars)
+            kokoro = SpeechModel(self.config.model, self.config.voices, max_text_chars=self.config.max_text_chars)
+            self.model = Voices([english, kokoro], self.config.default_voice or english.name, self.config.language)
+            self.voices = self.model.list_voices()
+            self.default_voice = self.model.default_voice
+            if self.settings.safety.speech_moderation:
+                with LIBRARY_LOADS:
+                    embedder = minilm_embedder()
+                self.moderator = Moderator(Policy.load(self.settings.safety.speech_policy or SPEECH_POLICY), embedder)
+                self.moderator.check("Ready when you are, let's begin.")
+            if self.settings.safety.audio_watermark:
+                self.watermarker = AudioWatermarker(self.settings.safety.server_id, self.model.sample_rate)
+            self.model.warm_up()
+        finally:
+            self.warmed_up.set()
         self._set_speeds()
         log.info("speech model warm in %.1fs", time.perf_counter() - started)
         return max(speed.slowest_s for speed in self.speeds.values())
