@@ -910,7 +910,7 @@ def bench_gpu_pack(folder: Annotated[Path, typer.Option(help="Where the archives
                    peer_python: Annotated[Path | None, typer.Option(
                        help="The StreamDiffusion venv's Python, to pack its stack too.")] = None) -> None:
     """Pack what `bench gpu` needs on the lent GPU machine beyond its image (livegen/bench/device_pack.py)."""
-    from livegen.bench.device_pack import pack
+    from livegen.bench.device_pack import device_command, pack
 
     sizes = pack(Path.cwd(), folder, peer_python)
     mib = {key: round(value / 2**20, 1) for key, value in sizes.items() if key.endswith("bytes")}
@@ -918,9 +918,7 @@ def bench_gpu_pack(folder: Annotated[Path, typer.Option(help="Where the archives
                f"{mib['tree_bytes']} MiB; {mib['left_bytes']} MiB left of what one call carries")
     if sizes["left_bytes"] < 0:
         raise typer.Exit(1)
-    peer = " --peer-python /tmp/peer-venv/bin/python" if peer_python else ""
-    typer.echo(f"carry: {folder}; command: python3 -m livegen.bench.device_pack {folder} && PYTHONPATH=/tmp/site:$PWD "
-               f"python3 -m livegen bench gpu --no-moderation{peer} --budget-s 420 --cache /tmp/models --output $OUT")
+    typer.echo(f"carry: {folder}; command: {device_command(folder, peer_python is not None)}")
 
 
 @bench_app.command("model")

@@ -125,6 +125,13 @@ def pack(root: Path, folder: Path, peer_python: Path | None = None) -> dict:
             "left_bytes": CARRY_LIMIT - archives - tree}
 
 
+def device_command(folder: Path, peer: bool) -> str:
+    """The call's command on the machine: unpack what `folder` carries, then run `bench gpu` with it."""
+    peer_python = f" --peer-python {PEER_VENV}/bin/python" if peer else ""
+    return (f"python3 -m livegen.bench.device_pack {folder} && PYTHONPATH={SITE}:$PWD python3 -m livegen bench gpu "
+            f"--no-moderation{peer_python} --budget-s 420 --cache /tmp/models --output $OUT")
+
+
 def unpack(folder: Path, site: Path = SITE, peer_venv: Path = PEER_VENV) -> None:
     """On the machine: livegen's site into `site`; StreamDiffusion's, if packed, into a venv at
     `peer_venv` that sees this Python's packages (the image's torch) behind its own pins. The

@@ -133,11 +133,12 @@ def slow_clip_tokenizer(saved: Path):
 
     bpe = json.loads((saved / "tokenizer.json").read_text())["model"]
     config = json.loads((saved / "tokenizer_config.json").read_text())
-    folder = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
-    (folder / "vocab.json").write_text(json.dumps(bpe["vocab"]))
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
-    (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
-    return CLIPTokenizer(folder / "vocab.json", folder / "merges.txt", model_max_length=config["model_max_length"])
+    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:  # read once, by the constructor
+        folder = Path(tmp)
+        (folder / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+        (folder / "merges.txt").write_text("\n".join(["#version: 0.2", *merges]) + "\n")
+        return CLIPTokenizer(folder / "vocab.json", folder / "merges.txt", model_max_length=config["model_max_length"])
 
 
 def real_token_prompts(pipe, model: Path) -> None:
