@@ -20,6 +20,7 @@ from livegen.engine.speech_runner import SPEEDS, SpeechRunner, kept_speeds
 from livegen.engine.workers import Workers
 from livegen.models import speech
 from livegen.models.base import ModelError
+from livegen.models.onnx_session import open_session
 from livegen.models.piper import PiperModel
 from livegen.models.voice import open_halves
 
@@ -67,6 +68,7 @@ def test_voices_opened_from_kept_halves_speak_as_freshly_cut_ones(cache_folder, 
     piper = PiperModel().synthesize(SENTENCE)
     kokoro = speech.SpeechModel().synthesize(SENTENCE)
     assert len(list((cache_folder / "speech").iterdir())) == 4
+    assert len(list((cache_folder / "onnx-optimized").iterdir())) == 4  # opened below with the optimizers off
 
     def reassembled():
         raise AssertionError("the shipped Kokoro model was reassembled and hashed again")
@@ -74,6 +76,31 @@ def test_voices_opened_from_kept_halves_speak_as_freshly_cut_ones(cache_folder, 
     monkeypatch.setattr(speech, "default_model_bytes", reassembled)
     np.testing.assert_array_equal(PiperModel().synthesize(SENTENCE), piper)
     np.testing.assert_array_equal(speech.SpeechModel().synthesize(SENTENCE), kokoro)
+
+
+def _small_graph() -> bytes:
+    """A convolution and what onnxruntime fuses into it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_session_keeps_its_optimized_graph_and_a_damaged_copy_is_optimized_again(cache_folder, monkeypatch, caplog):
+    graph, x = _small_graph(), {"x": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    (first,) = open_session(graph, "small").run(None, x)
+    (kept,) = list((cache_folder / "onnx-optimized").iterdir())
+    with monkeypatch.context() as patched:
+        patched.setattr(cache, "keep", lambda *_: pytest.fail("optimized again"))
+        np.testing.assert_array_equal(open_session(graph, "small", threads=1, spin=False).run(None, x)[0], first)
+    kept.write_bytes(b"damaged")
+    np.testing.assert_array_equal(open_session(graph, "small").run(None, x)[0], first)
+    assert "did not open; optimizing it again" in caplog.text and kept.read_bytes() != b"damaged"
+    open_session(graph, "another name")  # a graph's entry is its name's
+    assert len(list((cache_folder / "onnx-optimized").iterdir())) == 2
 
 
 def test_speech_speeds_are_timed_once_then_read_back(cache_folder):
@@ -111,9 +138,9 @@ def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypa
     assert cache.read("speech/x.onnx") is None and "could not keep speech/x.onnx" in caplog.text
 
 
-def test_an_image_model_warms_with_one_thread_while_speech_loads_then_with_all_of_them(tiny_sd):
+def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single_frames_with_all(tiny_sd):
     """OpenMP's idle threads spin: two models warming on the same cores with them took longer than
-    with one thread each. Every shape is warmed again at the serving thread count once speech is warm."""
+    with one thread each. Once speech is warm, the single frames run again at the serving thread count."""
     threads = torch.get_num_threads()
     if threads < 2:
         pytest.skip("one core: nothing to share")
@@ -136,7 +163,8 @@ def test_an_image_model_warms_with_one_thread_while_speech_loads_then_with_all_o
     speech_warm.set()
     warming.join(timeout=60)
     assert not warming.is_alive()
-    assert seen[shapes:] == [threads] * shapes  # every shape again, with the threads frames run with
+    single = settings.warmup_runs * sum(batch == 1 for _, batch in runner.warm_shapes())  # computations
+    assert 0 < single < shapes and seen[shapes:] == [threads] * single  # with the threads frames run with
 
 
 def test_speech_lets_the_image_models_go_on_when_it_fails_to_load(tmp_path):

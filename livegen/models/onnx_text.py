@@ -23,6 +23,7 @@ import torch
 
 from livegen import cache
 from livegen.models.embedded import load_text_encoder, minilm_path
+from livegen.models.onnx_session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +98,13 @@ class OnnxTextEncoder:
     """Called as the encoder is, with token ids and an attention mask; answers a float32 tensor."""
 
     def __init__(self, graph: Graph, threads: int):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         # Spinning threads would keep the cores busy after each call, slowing the torch work that
         # follows (the UNet: 15 -> 33 ms on the 2-core CPU).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(graph.read(), options, providers=["CPUExecutionProvider"])
+            self.session = open_session(graph.read(), graph.name, threads=threads, spin=False)
         except Exception:  # a damaged cached graph: export afresh, and replace it
             log.warning("the cached text encoder graph did not load; exporting it again", exc_info=True)
-            self.session = ort.InferenceSession(graph.read(fresh=True), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = open_session(graph.read(fresh=True), graph.name, threads=threads, spin=False)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         (hidden,) = self.session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})

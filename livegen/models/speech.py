@@ -36,6 +36,7 @@ import numpy as np
 from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
+from livegen.models.onnx_session import open_session
 from livegen.models.voice import (JAPANESE, SAMPLE_RATE, Halves, Phrase, SpeechError, VoiceModel, onnx_providers,
                                   open_halves, trim)
 
@@ -133,8 +134,6 @@ class SpeechModel(VoiceModel):
     def __init__(self, model_path: str | Path | None = None, voices_path: str | Path | None = None,
                  vocab_path: str | Path | None = None, device: str = "cpu", threads: int | None = None,
                  max_text_chars: int = 2000) -> None:
-        import onnxruntime as ort
-
         providers = onnx_providers(device)
         if model_path is not None and not Path(model_path).is_file():
             raise ModelError(f"no Kokoro ONNX model at {model_path}")
@@ -145,12 +144,10 @@ class SpeechModel(VoiceModel):
         self.voices = _load_voices(Path(voices_path) if voices_path else data / "voices_ja.npz")
         vocab = json.loads(Path(vocab_path or data / "vocab.json").read_text(encoding="utf-8"))
         self.vocab: dict[str, int] = vocab.get("vocab", vocab)  # kokoro's config.json nests it too
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         def sessions(halves: Halves | None) -> tuple:
-            text = halves and ort.InferenceSession(halves[0], sess_options=options, providers=providers)
-            return text, ort.InferenceSession(halves[1] if halves else model(), sess_options=options, providers=providers)
+            text = halves and open_session(halves[0], f"kokoro-{key}.text", providers, threads)
+            return text, open_session(halves[1] if halves else model(), f"kokoro-{key}.{'decoder' if halves else 'whole'}",
+                                      providers, threads)
 
         self._text, self._decoder = open_halves(f"kokoro-{key}", lambda: _cut_graph(model()), sessions)
         self.name = Path(model_path).stem if model_path else "kokoro-82m-int8"
