@@ -45,6 +45,20 @@ def test_chunks_of_any_size_give_the_same_samples(reply, cuts):
     np.testing.assert_array_equal(np.concatenate([mark.mark(piece) for piece in pieces]), chunked)
 
 
+@given(power=arrays(np.float64, st.integers(1, 3 * aw.FOLLOW_BLOCK), elements=st.floats(0, 1e6)),
+       rate=st.sampled_from([aw.MIN_RATE, 16000, 22050, 24000, 48000]), cuts=st.lists(st.integers(1, 3 * aw.FOLLOW_BLOCK)))
+@settings(max_examples=50, deadline=None)
+def test_the_envelope_follower_is_lfilters_recursion(power, rate, cuts):
+    from scipy.signal import lfilter
+
+    a = np.exp(-1000.0 / (aw.ENVELOPE_MS * rate))
+    whole = aw.Follower(a)(power)
+    np.testing.assert_allclose(whole, lfilter([1 - a], [1, -a], power), rtol=1e-12, atol=1e-300)
+    follower = aw.Follower(a)
+    pieces = np.split(power, sorted(c for c in set(cuts) if c < len(power)))
+    np.testing.assert_array_equal(np.concatenate([follower(piece) for piece in pieces]), whole)
+
+
 def test_the_payload_is_the_server_tag_and_the_utterance_counter(reply):
     _, mark, marked = reply
     reading = aw.read(marked, RATE)

@@ -42,6 +42,16 @@ def test_the_server_leaves_slow_imports_to_its_model_threads():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
+def test_speech_loads_and_marks_its_audio_without_scipy():
+    """scipy.signal took a start 0.8 s to import (scipy.stats and its docstrings with it): the voices
+    resample with soxr, the audio watermark marks with numpy; only its reader imports scipy."""
+    code = ("import sys, numpy as np; from livegen.models.piper import PiperModel; "
+            "from livegen.models.speech import SpeechModel; from livegen.safety.audio_watermark import AudioWatermarker; "
+            "PiperModel().synthesize('Hello.'); AudioWatermarker('id', 24000).utterance(0).mark(np.ones(2400)); "
+            "print('scipy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_halves_are_cut_once_kept_and_a_damaged_copy_cut_again(cache_folder):
     cuts = []
 

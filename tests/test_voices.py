@@ -204,3 +204,30 @@ def test_japanese_text_without_its_reader_installed_says_what_to_install(voices:
 def test_a_default_voice_that_no_model_holds_is_a_load_error(piper: PiperModel):
     with pytest.raises(ModelError, match="default voice 'af_heart'"):
         Voices([piper], default_voice="af_heart")
+
+
+def test_warm_up_runs_each_language_once_and_every_model(voices: Voices, monkeypatch: pytest.MonkeyPatch):
+    """English through Piper, Japanese through Kokoro: Kokoro's sessions and English phonemes are then
+    both warm, so it runs no English phrase of its own; without pyopenjtalk (no Japanese to warm) it does."""
+    import importlib.util
+
+    piper, kokoro = voices.models
+    warmed: list[tuple[str, str]] = []
+
+    def recorded(model):
+        def warm_up(voice=None, language="en-us"):
+            warmed.append((model.name, language))
+            return original(voice, language)
+
+        original = model.warm_up
+        return warm_up
+
+    for model in voices.models:
+        monkeypatch.setattr(model, "warm_up", recorded(model))
+    voices.warm_up()
+    assert warmed == [(piper.name, "en-us"), (kokoro.name, "ja")]
+    warmed.clear()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyopenjtalk" else find_spec(name, *a))
+    voices.warm_up()
+    assert warmed == [(piper.name, "en-us"), (kokoro.name, "ja"), (kokoro.name, "en-us")]

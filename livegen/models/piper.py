@@ -30,7 +30,7 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
+import soxr
 
 from livegen import cache
 from livegen.models import phonemes as g2p
@@ -192,4 +192,4 @@ class PiperModel(VoiceModel):
         # (a multiple of `down`), so every piece's samples fall where the whole phrase's would.
         begin = -(-first * self.hop // self._down) * self._down
         source = audio.reshape(-1)[begin - first * self.hop:]
-        return resample_poly(source, self._up, self._down).astype(np.float32), begin * self._up // self._down
+        return soxr.resample(source, self.source_rate, SAMPLE_RATE), begin * self._up // self._down

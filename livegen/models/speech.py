@@ -162,10 +162,10 @@ class SpeechModel(VoiceModel):
         # espeak writes a few rare symbols Kokoro never saw: they are dropped
         return "".join(c for c in phonemes if c in self.vocab)
 
-    def warm_up(self, voice: str | None = None, language: str = "en-us") -> None:
+    def warm_up(self, voice: str | None = None, language: str = "en-us") -> bool:
         if language == JAPANESE and importlib.util.find_spec("pyopenjtalk") is None:
-            return  # nothing to warm: Japanese text is refused, with the reason, until it is installed
-        super().warm_up(voice, language)
+            return False  # nothing to warm: Japanese text is refused, with the reason, until it is installed
+        return super().warm_up(voice, language)
 
     def prepare(self, phonemes: str, voice: str | None = None, speed: float = 1.0) -> Phrase:
         voice = self._check_phonemes(phonemes, voice, speed, self.vocab)

@@ -292,6 +292,8 @@ class VoiceModel(ABC):
         """One phrase of text -> float32 mono audio at SAMPLE_RATE."""
         return self.synthesize_phonemes(self.phonemize(text, language), voice, speed)
 
-    def warm_up(self, voice: str | None = None, language: str = "en-us") -> None:
-        """Run a short real phrase so the first request finds onnxruntime's sessions and the phonemizer loaded."""
+    def warm_up(self, voice: str | None = None, language: str = "en-us") -> bool:
+        """Run a short real phrase so the first request finds onnxruntime's sessions and the phonemizer
+        loaded; False if there was nothing to run."""
         self.synthesize(WARM_UP_TEXT.get(language, WARM_UP_TEXT["en-us"]), voice, language=language)
+        return True

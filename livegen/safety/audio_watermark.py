@@ -22,7 +22,9 @@ model's rate by FFT resampling (exact for a periodic band-limited signal); each 
 STRENGTH times the speech's own envelope (a causal follower, ENVELOPE_MS) times the period
 at the utterance's running sample offset. Both the offset and the follower's state carry from
 chunk to chunk, so marking chunk by chunk gives the same samples as marking the whole reply:
-the chunking cannot cut the mark. Where the speech pauses, the mark pauses.
+the chunking cannot cut the mark. Where the speech pauses, the mark pauses. Marking needs numpy
+alone: the reader's scipy (scipy.signal took a server's start 0.8 s to import) is imported where
+it reads.
 
 The reader resamples to 16 kHz, whitens (each STFT bin divided by the smoothed magnitude
 around it, in the band only, so loud vowels do not drown the chips), folds the audio onto
@@ -42,8 +44,6 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import fft as sfft
-from scipy import ndimage, signal
 
 from livegen.safety.watermark import PAYLOAD_BITS, Payload, server_tag
 
@@ -63,6 +63,7 @@ DETECT_SCORE = 8.0  # the pilot's peak over the correlation's RMS; unmarked audi
 STFT_SAMPLES = 512  # 32 ms at 16 kHz, for the reader's whitening
 WHITEN_SPAN = (9, 3)  # bins x frames the magnitude is smoothed over
 MIN_RATE = 2 * int(BAND[1]) + 1  # below this the band does not fit
+FOLLOW_BLOCK = 1024  # samples the follower's closed form spans: a**-1024 stays far inside float64 at any rate
 
 assert PERIOD == SLOTS * SLOT and SLOTS == REPEATS * PAYLOAD_BITS
 
@@ -119,8 +120,8 @@ def mark_period(payload: Payload, sample_rate: int) -> np.ndarray:
     signs = 1.0 - 2.0 * (key.owners @ np.array(payload.bits(), dtype=np.float64))
     data = _band_limit(key.data * np.repeat(signs, SLOT))
     wave = np.sqrt(1 - PILOT_SHARE) * data / np.sqrt(np.mean(data**2)) + np.sqrt(PILOT_SHARE) * key.pilot
-    if sample_rate != READ_RATE:
-        wave = signal.resample(wave, int(samples))  # band-limited and periodic: exact
+    if sample_rate != READ_RATE:  # band-limited and periodic: exact
+        wave = np.fft.irfft(np.fft.rfft(wave), int(samples)) * (int(samples) / PERIOD)
     return (wave / np.sqrt(np.mean(wave**2))).astype(np.float32)
 
 
@@ -131,17 +132,45 @@ class UtteranceMark:
         self.payload = payload
         self.wave = mark_period(payload, sample_rate)
         self.position = 0
-        self._decay = np.exp(-1000.0 / (ENVELOPE_MS * sample_rate))
-        self._state = np.zeros(1)
+        self._envelope = Follower(np.exp(-1000.0 / (ENVELOPE_MS * sample_rate)))
 
     def mark(self, audio: np.ndarray) -> np.ndarray:
         """The next chunk of the utterance (float, mono), marked; the chunk after it continues."""
         audio = np.asarray(audio, dtype=np.float32)
-        power, self._state = signal.lfilter([1 - self._decay], [1, -self._decay], np.square(audio, dtype=np.float64),
-                                            zi=self._state)
+        power = self._envelope(np.square(audio, dtype=np.float64))
         wave = self.wave.take(np.arange(self.position, self.position + len(audio)), mode="wrap")
         self.position = (self.position + len(audio)) % len(self.wave)
         return audio + (STRENGTH * np.sqrt(power)).astype(np.float32) * wave
+
+
+class Follower:
+    """The causal follower y[n] = a y[n-1] + (1 - a) x[n] from y[-1] = 0, fed chunk after chunk.
+
+    scipy.signal.lfilter's recursion, in numpy's vector operations: over a block of FOLLOW_BLOCK
+    samples counted from the utterance's start, y[k] = a^(k+1) (y0 + (1 - a) sum_{j<=k} x[j] / a^(j+1)),
+    with y0 the value before the block. A chunk that ends inside a block carries the running sum
+    (numpy's cumsum adds in order), so any chunking gives the same samples, bit for bit."""
+
+    def __init__(self, a: float):
+        self.a = a
+        self.powers = a ** np.arange(1, FOLLOW_BLOCK + 1, dtype=np.float64)  # one table: the same values every call
+        self.count = 0  # samples followed
+        self.before = 0.0  # y before the current block
+        self.sum = 0.0  # the current block's running sum so far
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = np.empty(len(x))
+        done = 0
+        while done < len(x):
+            k = self.count % FOLLOW_BLOCK
+            take = min(len(x) - done, FOLLOW_BLOCK - k)
+            powers = self.powers[k:k + take]
+            sums = np.cumsum(np.concatenate(([self.sum], x[done:done + take] / powers)))[1:]
+            y[done:done + take] = powers * (self.before + (1 - self.a) * sums)
+            self.sum, self.count, done = sums[-1], self.count + take, done + take
+            if self.count % FOLLOW_BLOCK == 0:
+                self.before, self.sum = y[done - 1], 0.0
+        return y
 
 
 class AudioWatermarker:
@@ -175,6 +204,8 @@ def to_read_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float64)
     if sample_rate == READ_RATE:
         return audio
+    from scipy import signal
+
     ratio = Fraction(READ_RATE, sample_rate)
     return signal.resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1)
 
@@ -192,6 +223,8 @@ def read(audio: np.ndarray, sample_rate: int) -> AudioReading:
 
 def read_batch(segments: np.ndarray, sample_rate: int) -> list[AudioReading]:
     """Read (B, n) mono segments of equal length at once (what the false-positive count needs)."""
+    from scipy import fft as sfft
+
     y = to_read_rate(np.atleast_2d(segments), sample_rate)
     count, length = y.shape
     seconds = segments.shape[-1] / sample_rate
@@ -251,6 +284,9 @@ def _whiten(y: np.ndarray) -> np.ndarray:
     An STFT with a square-root Hann window at 50% overlap on both sides, which adds back to the
     signal exactly; scipy's batched float32 FFTs over the band's bins alone, several times faster
     than scipy.signal.stft here (the false-positive count reads a thousand segments)."""
+    from scipy import fft as sfft
+    from scipy import ndimage
+
     count, length = y.shape
     hop = STFT_SAMPLES // 2
     frames = -(-length // hop) + 1
