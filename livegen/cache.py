@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 from livegen import __version__
@@ -52,9 +53,14 @@ def keep(name: str, data: bytes) -> None:
     path = cache_dir() / name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)
+        # A name of its own: two threads of a start may keep the same entry at once (MiniLM's graph).
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.replace(partial, path)
+        finally:
+            Path(partial).unlink(missing_ok=True)  # left only by a failed write
     except OSError as exc:
         log.warning("could not keep %s in the cache folder %s (%s); the next start makes it again",
                     name, path.parent, exc)

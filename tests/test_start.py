@@ -140,6 +140,17 @@ def test_unreadable_kept_speeds_are_timed_again_not_a_failed_start(cache_folder,
     assert kept_speeds() == {}
 
 
+def test_threads_keeping_the_same_entry_at_once_leave_one_whole_copy(cache_folder, caplog):
+    data = [bytes([i]) * 20_000_000 for i in range(8)]
+    keepers = [threading.Thread(target=cache.keep, args=("onnx-optimized/same.onnx", d)) for d in data]
+    for keeper in keepers:
+        keeper.start()
+    for keeper in keepers:
+        keeper.join()
+    assert cache.read("onnx-optimized/same.onnx") in data and "could not keep" not in caplog.text
+    assert [p.name for p in (cache_folder / "onnx-optimized").iterdir()] == ["same.onnx"]
+
+
 def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypatch, caplog):
     blocked = tmp_path / "a file, not a folder"
     blocked.write_text("")
