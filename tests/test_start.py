@@ -101,11 +101,13 @@ def _small_graph() -> bytes:
 
 def test_a_session_keeps_its_optimized_graph_and_a_damaged_copy_is_optimized_again(cache_folder, monkeypatch, caplog):
     graph, x = _small_graph(), {"x": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
-    (first,) = open_session(graph, "small").run(None, x)
+    session = open_session(graph, "small")
+    (first,) = session.run(None, x)
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     (kept,) = list((cache_folder / "onnx-optimized").iterdir())
     with monkeypatch.context() as patched:
         patched.setattr(cache, "keep", lambda *_: pytest.fail("optimized again"))
-        np.testing.assert_array_equal(open_session(graph, "small", threads=1, spin=False).run(None, x)[0], first)
+        np.testing.assert_array_equal(open_session(graph, "small", threads=1).run(None, x)[0], first)
     kept.write_bytes(b"damaged")
     np.testing.assert_array_equal(open_session(graph, "small").run(None, x)[0], first)
     assert "did not open; optimizing it again" in caplog.text and kept.read_bytes() != b"damaged"
