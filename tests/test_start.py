@@ -115,6 +115,16 @@ def test_a_session_keeps_its_optimized_graph_and_a_damaged_copy_is_optimized_aga
     assert len(list((cache_folder / "onnx-optimized").iterdir())) == 2
 
 
+def test_a_session_opens_with_no_temporary_folder_to_write_in(cache_folder, tmp_path, monkeypatch):
+    import tempfile
+
+    (tmp_path / "a file").write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "a file" / "no folder"))  # as a read-only file system
+    graph, x = _small_graph(), {"x": np.ones((1, 3, 16, 16), np.float32)}
+    assert open_session(graph, "small").run(None, x)[0].shape == (1, 8, 16, 16)
+    assert not (cache_folder / "onnx-optimized").exists()
+
+
 def test_speech_speeds_are_timed_once_then_read_back(cache_folder):
     def runner() -> SpeechRunner:
         made = SpeechRunner(SpeechConfig(), Settings(models=[]), EngineMetrics(), Workers(1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,12 +59,18 @@ def open_session(graph: bytes | str, name: str, providers: Sequence[str] = CPU,
             return ort.InferenceSession(kept, options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=CPU)
         except Exception:  # damaged on disk
             log.warning("the kept optimized graph of %s did not open; optimizing it again", name, exc_info=True)
-    with tempfile.TemporaryDirectory(prefix="livegen-onnx-") as folder:
-        optimized = Path(folder) / "optimized.onnx"
-        fresh = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    fresh = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="livegen-onnx-"))
+    except OSError:  # no temporary folder to write in (a read-only file system): optimized, not kept
+        return ort.InferenceSession(graph, fresh, providers=CPU)
+    try:
+        optimized = folder / "optimized.onnx"
         fresh.optimized_model_filepath = str(optimized)
         fresh.log_severity_level = 3  # not its warning that the graph may hold this processor's layouts: the key says so
         session = ort.InferenceSession(graph, fresh, providers=CPU)
         if optimized.is_file():
             cache.keep(kept_name, optimized.read_bytes())
-    return session
+        return session
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
