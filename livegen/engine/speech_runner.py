@@ -164,9 +164,11 @@ class SpeechRunner(Runner):
                           max_text_chars=self.config.max_text_chars)
 
     def load_and_warm(self) -> float:
+        # The voices' libraries (onnxruntime, soxr, the phonemizers: 0.5 s) load here, on the speech
+        # thread beside the image model, not on the main thread before either starts.
         from livegen.models.piper import PiperModel
         from livegen.models.speech import SpeechModel
-        from livegen.safety.audio_watermark import AudioWatermarker  # scipy: a second of imports, off the start's path
+        from livegen.safety.audio_watermark import AudioWatermarker
 
         started = time.perf_counter()
         try:

@@ -144,12 +144,14 @@ class SpeechModel(VoiceModel):
         self.voices = _load_voices(Path(voices_path) if voices_path else data / "voices_ja.npz")
         vocab = json.loads(Path(vocab_path or data / "vocab.json").read_text(encoding="utf-8"))
         self.vocab: dict[str, int] = vocab.get("vocab", vocab)  # kokoro's config.json nests it too
+        entry = f"kokoro-{key}"
+
         def sessions(halves: Halves | None) -> tuple:
-            text = halves and open_session(halves[0], f"kokoro-{key}.text", providers, threads)
-            return text, open_session(halves[1] if halves else model(), f"kokoro-{key}.{'decoder' if halves else 'whole'}",
+            text = halves and open_session(halves[0], f"{entry}.text", providers, threads)
+            return text, open_session(halves[1] if halves else model(), f"{entry}.{'decoder' if halves else 'whole'}",
                                       providers, threads)
 
-        self._text, self._decoder = open_halves(f"kokoro-{key}", lambda: _cut_graph(model()), sessions)
+        self._text, self._decoder = open_halves(entry, lambda: _cut_graph(model()), sessions)
         self.name = Path(model_path).stem if model_path else "kokoro-82m-int8"
         self.device = device
         self.max_text_chars = max_text_chars
