@@ -69,6 +69,13 @@ def test_the_pack_draws_what_the_diffusers_model_draws(pair, steps, strength, ba
     assert np.abs(pack_pictures.astype(int) - pictures.astype(int)).max() <= 1
 
 
+def test_the_kept_traces_are_frozen_graphs(pair):
+    """Weights as constants of one graph: no submodules or parameters for a start to rebuild."""
+    _, from_pack = pair
+    for module in [*from_pack.unets.values(), *from_pack.encoders.values(), *from_pack.decoders.values()]:
+        assert not list(module.children()) and not list(module.parameters())
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.integers(1, MAX_STEPS), strength=st.none() | st.floats(0.001, 1.0), guidance=st.floats(0.0, 30.0),
        seeds=st.lists(st.integers(0, MAX_SEED), min_size=1, max_size=3))

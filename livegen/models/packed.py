@@ -6,7 +6,9 @@ embedding (the embedded model's kind) needs neither once its parts are traced. A
 warm-up, `keep_pack` writes:
 
 - the UNet with its guidance embedding, and the VAE's encoder and decoder, as saved traces, one
-  per served size (the batch size stays symbolic);
+  per served size (the batch size stays symbolic), frozen: their weights are constants of one
+  graph, not 644 submodules' attributes, so a start loads the three in 0.21 s instead of 0.59 s
+  (the 2-core CPU), with the same outputs bit for bit (numerics-changing folds left off);
 - the sampler as tables: each schedule the engine can ask for (pipeline.schedule_length) and, at
   each step, the numbers diffusers' scheduler gives. Its step is linear in the sample, the
   prediction and the noise drawn, and adding noise is linear in the image and the noise: the pack
@@ -172,7 +174,7 @@ def _keep_traces(generator, name: str, width: int, height: int, t: torch.Tensor)
               "decoder": torch.jit.trace(_Stage(generator.vae, generator.decode_on_device), latents, check_trace=False)}
     for part, trace in traces.items():
         buffer = io.BytesIO()
-        torch.jit.save(trace, buffer)
+        torch.jit.save(torch.jit.freeze(trace.eval(), optimize_numerics=False), buffer)
         cache.keep(name.format(part), buffer.getvalue())
 
 
