@@ -200,6 +200,28 @@ def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single
     assert 0 < single < shapes and seen[shapes:] == [threads] * single  # with the threads frames run with
 
 
+def test_the_shapes_left_when_speech_is_warm_run_with_all_threads_and_only_once(tiny_sd):
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one core: nothing to share")
+    speech_warm = threading.Event()
+    settings = Settings(models=[], max_batch=2, speech=None)
+    runner = ImageRunner(ModelConfig(source=str(tiny_sd), sizes=[(64, 64)]), settings, EngineMetrics(),
+                         iter(range(10**6)), speech_warm)
+    seen: list[int] = []
+    compute = runner._compute
+
+    def counted(tasks):
+        seen.append(torch.get_num_threads())
+        speech_warm.set()  # speech is warm once the first computation is done
+        return compute(tasks)
+
+    runner._compute = counted  # type: ignore[method-assign]
+    runner.load_and_warm()
+    one_pass = sum(settings.warmup_runs if batch == 1 else 1 for _, batch in runner.warm_shapes())
+    assert seen[0] == 1 and seen[1:] == [threads] * (one_pass - 1)
+
+
 def test_speech_lets_the_image_models_go_on_when_it_fails_to_load(tmp_path):
     runner = SpeechRunner(SpeechConfig(model=str(tmp_path / "missing.onnx")), Settings(models=[]), EngineMetrics(),
                           Workers(1))

@@ -104,38 +104,44 @@ class ImageRunner(Runner):
         self.safety = SafetyStages(self.settings.safety, self.generator, self._frame_numbers, self.encode_prompt)
         self.make_noise = lru_cache(maxsize=NOISE_CACHE_SIZE)(self.generator.make_noise)
         started = time.perf_counter()
-        shapes = self.warm_shapes()
-        if self.on_cpu and threads > 1 and self._speech_warm is not None and not self._speech_warm.is_set():
+        speech = self._speech_warm
+        if self.on_cpu and threads > 1 and speech is not None and not speech.is_set():
             # Speech loads on the same cores meanwhile, and OpenMP's idle threads spin against it (on 2
             # cores a whole start took 5.1-5.7 s at one thread, 7.0-7.4 s at two). So one thread until
-            # speech is warm, then the single frames again with the threads frames run with. A shape's
-            # kernels, built at one thread, serve any count: every shape's first frame at two threads
-            # took 1.1-1.5x a later pass in all, a shape never run 4-9x.
-            torch.set_num_threads(1)
-            slowest = self._warm_up(shapes)
-            self._speech_warm.wait()
+            # speech is warm, then the threads frames run with: for the shapes left, and again for the
+            # single frames warmed at one. A shape's kernels, built at one thread, serve any count: every
+            # shape's first frame at two threads took 1.1-1.5x a later pass in all, a shape never run 4-9x.
+            slowest, single_frames_at_one = 0.0, []
+            for shape in self.warm_shapes():
+                one_thread = not speech.is_set()
+                torch.set_num_threads(1 if one_thread else threads)
+                slowest = max(slowest, self._warm_up(shape))
+                if one_thread and shape[1] == 1:
+                    single_frames_at_one.append(shape)
+            speech.wait()
             torch.set_num_threads(threads)
-            self._warm_up([(spec, batch) for spec, batch in shapes if batch == 1])
+            for shape in single_frames_at_one:
+                self._warm_up(shape)
         else:
-            slowest = self._warm_up(shapes)
+            slowest = max(self._warm_up(shape) for shape in self.warm_shapes())
         self.generator.warmed()
         keep_pack(self.generator, self.config)
         log.info("%s warm in %.1fs (%s)", self.name, time.perf_counter() - started,
                  self.generator.describe_acceleration())
         return slowest
 
-    def _warm_up(self, shapes: list[tuple[BatchSpec, int]]) -> float:
-        """A real generation at each of `shapes`; the slowest, in seconds."""
+    def _warm_up(self, shape: tuple[BatchSpec, int]) -> float:
+        """Real generations at `shape`; the slowest, in seconds."""
+        spec, batch = shape
+        image = np.full((spec.height, spec.width, 3), 127, np.uint8) if spec.strength else None
+        tasks = [ImageTask(id="warmup", runner=self, owner=UNOWNED, received_at=time.perf_counter(), spec=spec,
+                           seed=i, image=image, request=Generate(id="warmup", prompt=f"warm-up {i}"))
+                 for i in range(batch)]
         slowest = 0.0
-        for spec, batch in shapes:
-            image = np.full((spec.height, spec.width, 3), 127, np.uint8) if spec.strength else None
-            tasks = [ImageTask(id="warmup", runner=self, owner=UNOWNED, received_at=time.perf_counter(), spec=spec,
-                               seed=i, image=image, request=Generate(id="warmup", prompt=f"warm-up {i}"))
-                     for i in range(batch)]
-            for _ in range(self.settings.warmup_runs if batch == 1 else 1):
-                computed = time.perf_counter()
-                self._compute(tasks)
-                slowest = max(slowest, time.perf_counter() - computed)
+        for _ in range(self.settings.warmup_runs if batch == 1 else 1):
+            computed = time.perf_counter()
+            self._compute(tasks)
+            slowest = max(slowest, time.perf_counter() - computed)
         return slowest
 
     def warm_shapes(self) -> list[tuple[BatchSpec, int]]:
