@@ -81,6 +81,20 @@ def test_a_new_prompt_moderated_then_generated_runs_the_encoder_once(reading, ge
         generator.text_forward = forward
 
 
+def test_the_policys_descriptions_are_read_in_one_forward_with_the_vectors_each_gives_alone(generator, signing_keys):
+    calls = []
+    forward = generator.text_forward
+    generator.text_forward = lambda ids, mask: calls.append(ids.shape) or forward(ids, mask)
+    try:
+        stages = SafetyStages(SafetyConfig(keys=signing_keys), generator, itertools.count(), generator.encode_prompt)
+    finally:
+        generator.text_forward = forward
+    descriptions = [d for category in stages.moderator.policy.categories for d in category.descriptions]
+    assert len(descriptions) > 1 and [shape[0] for shape in calls] == [len(descriptions)]
+    alone = np.stack([generator.encode_prompt(description).sentence for description in descriptions])
+    np.testing.assert_allclose(stages.moderator._vectors, alone, atol=1e-6)
+
+
 def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path))
     exports = []

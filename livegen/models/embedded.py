@@ -108,6 +108,12 @@ class PromptReader:
         states = self.owner.text_forward(ids, (torch.arange(longest, device=ids.device) < lengths.to(ids.device)[:, None]).long())
         return [(ids, length, states[i : i + 1, :length]) for i, (ids, length) in enumerate(tokens)]
 
+    def sentences(self, texts: list[str]):
+        """The sentence vector of each text, as a prompt's, in one forward (n x width)."""
+        import numpy as np
+
+        return np.stack([self.sentence(states) for _, _, states in self.read_together(texts)])
+
     @staticmethod
     def sentence(states):
         """The unit mean of one text's real-token states: its sentence vector."""
