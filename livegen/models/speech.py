@@ -36,7 +36,7 @@ import numpy as np
 from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
-from livegen.models.onnx_session import open_session
+from livegen.models.onnx_session import GraphSource, open_session
 from livegen.models.voice import (JAPANESE, SAMPLE_RATE, Halves, Phrase, SpeechError, VoiceModel, onnx_providers,
                                   open_halves, trim)
 
@@ -146,9 +146,9 @@ class SpeechModel(VoiceModel):
         self.vocab: dict[str, int] = vocab.get("vocab", vocab)  # kokoro's config.json nests it too
         entry = f"kokoro-{key}"
 
-        def sessions(halves: Halves | None) -> tuple:
+        def sessions(halves: tuple[GraphSource, GraphSource] | None) -> tuple:
             text = halves and open_session(halves[0], f"{entry}.text", providers, threads)
-            return text, open_session(halves[1] if halves else model(), f"{entry}.{'decoder' if halves else 'whole'}",
+            return text, open_session(halves[1] if halves else model, f"{entry}.{'decoder' if halves else 'whole'}",
                                       providers, threads)
 
         self._text, self._decoder = open_halves(entry, lambda: _cut_graph(model()), sessions)

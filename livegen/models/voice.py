@@ -22,6 +22,7 @@ import numpy as np
 from livegen import cache
 from livegen.models import phonemes as g2p
 from livegen.models.base import ModelError
+from livegen.models.onnx_session import GraphSource
 
 SAMPLE_RATE = 24_000  # what every voice speaks at
 JAPANESE = "ja"  # the language of text with kana (`voices.py`); every other language is an espeak-ng one
@@ -50,21 +51,21 @@ def onnx_providers(device: str) -> list[str]:
     return providers
 
 
-def open_halves(key: str, cut: Callable[[], Halves | None], open: Callable[[Halves | None], T]) -> T:
-    """`open` a voice model's text half and decoder (None: it cannot be cut). Cut once and kept in the
-    cache folder under `key`: cutting a model takes a start about a second. A kept copy that does
-    not open is cut again and replaced."""
+def open_halves(key: str, cut: Callable[[], Halves | None],
+                open: Callable[[tuple[GraphSource, GraphSource] | None], T]) -> T:
+    """`open` a voice model's text half and decoder, each as a source to read it from (None: it cannot
+    be cut). Cut once and kept in the cache folder under `key`: cutting a model takes a start about a
+    second. A kept copy that does not open is cut again and replaced."""
     names = (f"speech/{key}.text.onnx", f"speech/{key}.decoder.onnx")
-    text, decoder = (cache.read(name) for name in names)
-    if text and decoder:
+    if all((cache.cache_dir() / name).is_file() for name in names):
         try:
-            return open((text, decoder))
+            return open(tuple(lambda name=name: cache.read(name) for name in names))  # type: ignore[arg-type]
         except Exception:  # damaged on disk
             log.warning("the kept halves of %s did not open; cutting the model again", key, exc_info=True)
     halves = cut()
     for name, graph in zip(names, halves or ()):
         cache.keep(name, graph)
-    return open(halves)
+    return open(halves and tuple(lambda graph=graph: graph for graph in halves))  # type: ignore[arg-type]
 
 
 class SpeechError(ModelError):
