@@ -29,7 +29,7 @@ from livegen.protocol import Audio, Cancelled, Error, SpeechEnd
 from livegen.safety import audio_watermark
 from livegen.safety.provenance import read_manifest
 from livegen.safety.watermark import server_tag
-from livegen.server.background import BackgroundServer
+from livegen.server.background import BackgroundServer, poll
 from tests.conftest import server_settings
 
 SENTENCE = "Hello there, this is livegen speaking. It streams each phrase as soon as it is ready."
@@ -293,12 +293,10 @@ async def test_an_utterance_exports_as_a_wav_with_content_credentials(speech_ser
 
 
 def test_a_speech_model_named_but_missing_keeps_the_server_not_ready(tiny_sd, tmp_path):
-    import httpx
-
     missing = tmp_path / "kokoro.onnx"
     live = BackgroundServer(server_settings(tiny_sd, speech=SpeechConfig(model=str(missing))), wait_ready=False)
     try:
-        live._wait(lambda: httpx.get(live.url + "/readyz").json()["error"] is not None, 60)
+        assert poll(lambda client: client.get(live.url + "/readyz").json()["error"] is not None, 60)
         ready = httpx.get(live.url + "/readyz")
         assert ready.status_code == 503 and str(missing) in ready.json()["error"]
     finally:
