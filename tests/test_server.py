@@ -13,7 +13,7 @@ import websockets
 from livegen.client import AsyncClient, Client, GenerationError
 from livegen.engine import image_runner
 from livegen.protocol import decode_server_message, encode, Generate
-from livegen.server.background import BackgroundServer
+from livegen.server.background import BackgroundServer, poll
 from tests.conftest import png_bytes, server_settings
 
 JSON = {"content-type": "application/json"}
@@ -285,3 +285,12 @@ def test_encode_roundtrip_of_generate():
     assert msgpack.unpackb(encode(request))["image"] == b"\x00\x01"
     assert json.loads(encode(request, "json"))["image"] == "AAE="
     assert json.loads(encode(Generate(id="r", prompt="p", image=b"\xfb\xff"), "json"))["image"] == "+/8="
+
+
+def test_a_readiness_poll_reuses_one_client_and_stops_when_the_server_is_gone():
+    """One client for every poll (a client a call kept most of a core busy beside the start it timed)."""
+    clients: list[httpx.Client] = []
+    assert poll(lambda client: clients.append(client) or len(clients) == 3, 10)
+    assert len(clients) == 3 and len({id(client) for client in clients}) == 1
+    assert not poll(lambda client: pytest.fail("polled a server already gone"), 10, gone=lambda: True)
+    assert not poll(lambda client: client.get("http://127.0.0.1:1/readyz").status_code == 200, 0.1)
