@@ -179,11 +179,10 @@ def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypa
     assert cache.read("speech/x.onnx") is None and "could not keep speech/x.onnx" in caplog.text
 
 
-def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single_frames_with_all(tiny_sd):
-    """OpenMP's idle threads spin: two models warming on the same cores with them took longer than
-    with one thread each. Once speech is warm, the single frames run again at the serving thread count."""
-    threads = torch.get_num_threads()
-    if threads < 2:
+def warming_beside_speech(tiny_sd) -> tuple[ImageRunner, threading.Event, list[int]]:
+    """An image runner (batches of one and two) to warm while speech is not yet warm, and the thread
+    count each of its computations runs with, as they run."""
+    if torch.get_num_threads() < 2:
         pytest.skip("one core: nothing to share")
     speech_warm = threading.Event()
     settings = Settings(models=[], max_batch=2, speech=None)
@@ -191,7 +190,15 @@ def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single
                          iter(range(10**6)), speech_warm)
     seen: list[int] = []
     compute = runner._compute
-    runner._compute = lambda tasks: (seen.append(torch.get_num_threads()), compute(tasks))[1]  # type: ignore[method-assign]
+    runner._compute = lambda tasks: (seen.append(torch.get_num_threads()), compute(tasks))[1]  # type: ignore
+    return runner, speech_warm, seen
+
+
+def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single_frames_with_all(tiny_sd):
+    """OpenMP's idle threads spin: two models warming on the same cores with them took longer than
+    with one thread each. Once speech is warm, the single frames run again at the serving thread count."""
+    runner, speech_warm, seen = warming_beside_speech(tiny_sd)
+    threads = torch.get_num_threads()
     warming = threading.Thread(target=runner.load_and_warm, daemon=True)
     warming.start()
     deadline, counted = time.monotonic() + 60, -1
@@ -204,29 +211,17 @@ def test_an_image_model_warms_with_one_thread_while_speech_loads_then_its_single
     speech_warm.set()
     warming.join(timeout=60)
     assert not warming.is_alive()
-    single = settings.warmup_runs * sum(batch == 1 for _, batch in runner.warm_shapes())  # computations
+    single = runner.settings.warmup_runs * sum(batch == 1 for _, batch in runner.warm_shapes())  # computations
     assert 0 < single < shapes and seen[shapes:] == [threads] * single  # with the threads frames run with
 
 
 def test_the_shapes_left_when_speech_is_warm_run_with_all_threads_and_only_once(tiny_sd):
+    runner, speech_warm, seen = warming_beside_speech(tiny_sd)
     threads = torch.get_num_threads()
-    if threads < 2:
-        pytest.skip("one core: nothing to share")
-    speech_warm = threading.Event()
-    settings = Settings(models=[], max_batch=2, speech=None)
-    runner = ImageRunner(ModelConfig(source=str(tiny_sd), sizes=[(64, 64)]), settings, EngineMetrics(),
-                         iter(range(10**6)), speech_warm)
-    seen: list[int] = []
-    compute = runner._compute
-
-    def counted(tasks):
-        seen.append(torch.get_num_threads())
-        speech_warm.set()  # speech is warm once the first computation is done
-        return compute(tasks)
-
-    runner._compute = counted  # type: ignore[method-assign]
+    record = runner._compute  # speech is warm from the first computation on
+    runner._compute = lambda tasks: (speech_warm.set(), record(tasks))[1]  # type: ignore[method-assign]
     runner.load_and_warm()
-    one_pass = sum(settings.warmup_runs if batch == 1 else 1 for _, batch in runner.warm_shapes())
+    one_pass = sum(runner.settings.warmup_runs if batch == 1 else 1 for _, batch in runner.warm_shapes())
     assert seen[0] == 1 and seen[1:] == [threads] * (one_pass - 1)
 
 
