@@ -39,10 +39,15 @@ def machine() -> str:
     return f"livegen {__version__}; {platform.machine()} {processor_name()}; {cores} cores"
 
 
+def path_of(name: str) -> Path:
+    """The file of the entry `name` (a relative path in the cache folder), whether or not it is there."""
+    return cache_dir() / name
+
+
 def read(name: str) -> bytes | None:
-    """The entry `name` (a relative path in the cache folder), or None if there is none."""
+    """The entry `name`, or None if there is none."""
     try:
-        return (cache_dir() / name).read_bytes()
+        return path_of(name).read_bytes()
     except OSError:
         return None
 
@@ -50,7 +55,7 @@ def read(name: str) -> bytes | None:
 def keep(name: str, data: bytes) -> None:
     """Write the entry whole or not at all (readers see the old entry or the new one); a failure
     only costs the next start the work again."""
-    path = cache_dir() / name
+    path = path_of(name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own: two threads of a start may keep the same entry at once (MiniLM's graph).

@@ -83,7 +83,7 @@ def _kept_name(config: ModelConfig) -> tuple[str | None, bool]:
         name = pack_name(config)
     except ModelError:
         return None, False
-    return name, (cache.cache_dir() / name / MANIFEST).is_file()
+    return name, cache.path_of(f"{name}/{MANIFEST}").is_file()
 
 
 def has_pack(config: ModelConfig) -> bool:
@@ -237,7 +237,7 @@ def load_pack(config: ModelConfig) -> PackedGenerator | None:
     except Exception:
         log.warning("%s: the kept pack %s could not be read; loading through diffusers, which keeps it again",
                     config.display_name, name, exc_info=True)
-        (cache.cache_dir() / name / MANIFEST).unlink(missing_ok=True)
+        cache.path_of(f"{name}/{MANIFEST}").unlink(missing_ok=True)
         return None
 
 
