@@ -164,7 +164,7 @@ def test_the_model_draws_the_name_and_moderation_reads_the_typed_prompt(generato
 def test_a_name_is_read_once_while_prompts_land_on_it(generators):
     with_index, _ = generators
     reader = with_index.read_prompt
-    reader.read_name.cache_clear()
+    reader.recent_names.cache_clear()
     calls = []
     forward = with_index.text_forward
     with_index.text_forward = lambda ids, mask: calls.append(ids.shape[1]) or forward(ids, mask)
@@ -174,7 +174,7 @@ def test_a_name_is_read_once_while_prompts_land_on_it(generators):
             calls.clear()
             with_index.encode_prompt(prompt)
             assert len(calls) == forwards, prompt
-        assert reader.read_name.cache_info().currsize == 1
+        assert reader.recent_names.cache_info().currsize == 1
     finally:
         with_index.text_forward = forward
 
@@ -184,7 +184,7 @@ def test_a_slip_is_read_in_the_same_forward_as_its_respelling(generators):
     prompt = "a cute elefant"
     text, respelled = with_index.concepts.reading(prompt)
     assert respelled and text == "a cute elephant"
-    with_index.read_prompt.read_name.cache_clear()
+    with_index.read_prompt.recent_names.cache_clear()
     calls = []
     forward = with_index.text_forward
     with_index.text_forward = lambda ids, mask: calls.append(tuple(ids.shape)) or forward(ids, mask)

@@ -98,6 +98,33 @@ def test_the_pack_reads_prompts_as_the_diffusers_model_does(pair):
         np.testing.assert_allclose(ours.sentence, theirs.sentence, atol=1e-6)
 
 
+def test_the_pack_keeps_every_concept_names_states_as_a_read_alone_gives(pair):
+    generator, from_pack = pair
+    kept = from_pack.read_prompt.kept_names
+    concepts = generator.concepts
+    assert kept is not None and kept.names == concepts.names_in_order() and len(kept.names) == len(concepts.phrases)
+    for name in [kept.names[0], "honeybee", kept.names[-1], max(kept.names, key=len)]:
+        _, length, states = generator.read_prompt.read(name)
+        assert kept.lengths[kept.names.index(name)] == length
+        torch.testing.assert_close(kept.states(name), states, atol=1e-5, rtol=1e-5)
+    assert kept.states("not a concept name") is None
+
+
+def test_a_prompt_drawn_as_a_name_not_read_before_costs_one_forward_from_the_pack(pair):
+    _, from_pack = pair
+    calls = []
+    forward = from_pack.text_forward
+    from_pack.text_forward = lambda ids, mask: calls.append(ids.shape) or forward(ids, mask)
+    try:
+        for prompt in ["a bug that makes honey", "a small red fox", "honeybee"]:
+            calls.clear()
+            embedding = from_pack.encode_prompt(prompt)
+            assert len(calls) == (0 if embedding.drawn is None and prompt in from_pack.concepts.names else 1), prompt
+    finally:
+        from_pack.text_forward = forward
+    assert from_pack.read_prompt.recent_names.cache_info().currsize == 0
+
+
 def test_the_tables_hold_the_schedulers_own_schedules(pair):
     generator, _ = pair
     tables, dtype = packed.sampler_tables(generator.scheduler, generator.longest_schedule)

@@ -163,6 +163,10 @@ class Concepts:
     def name(self, concept: int) -> str:
         return self.phrases[concept][0]
 
+    def names_in_order(self) -> list[str]:
+        """Each concept's name, in the concepts' order."""
+        return [group[0] for group in self.phrases]
+
     def drawn_text(self, prompt: str, embed: TextEmbedder, sentence: np.ndarray | None = None) -> str:
         """What the model draws for `prompt`: its nearest concept's name; a blank prompt (the
         unconditional side of guidance) stays blank."""
