@@ -1,5 +1,7 @@
 """The user's cache folder: work a start can reuse instead of repeating (exported graphs, timings
-of this machine), each entry keyed so that a new version of what made it never reads a stale one."""
+of this machine), each entry keyed so that a new version of what made it never reads a stale one.
+A start marks what it uses (the file's modification time) and `prune` removes what no start has
+used for KEPT_DAYS: an upgrade's new keys leave the old entries behind."""
 
 from __future__ import annotations
 
@@ -8,12 +10,18 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from livegen import __version__
 
 log = logging.getLogger(__name__)
+
+KEPT_DAYS = 30  # an entry no start has used for this long is removed
+# What livegen keeps in the folder, which may be shared with other programs: `prune` touches nothing else.
+ENTRIES = ("packs", "onnx", "onnx-optimized", "speech", "words", "speech-speeds.json")
 
 
 def cache_dir() -> Path:
@@ -44,12 +52,46 @@ def path_of(name: str) -> Path:
     return cache_dir() / name
 
 
-def read(name: str) -> bytes | None:
-    """The entry `name`, or None if there is none."""
+def use(name: str) -> Path | None:
+    """The file of the entry `name`, marked used, or None if there is none."""
+    path = path_of(name)
     try:
-        return path_of(name).read_bytes()
+        os.utime(path)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a cache folder this user may read but not write: used, not marked
+        pass
+    return path if path.is_file() else None
+
+
+def read(name: str) -> bytes | None:
+    """The entry `name` (marked used), or None if there is none."""
+    try:
+        return path.read_bytes() if (path := use(name)) else None
     except OSError:
         return None
+
+
+def prune() -> list[str]:
+    """Remove the entries no start has used for KEPT_DAYS, each a file or a folder (a pack) as old as
+    its newest file; returns their names. A failure leaves the entry for the next start to try."""
+    root, cutoff = cache_dir(), time.time() - KEPT_DAYS * 86400
+    removed = []
+    for entry in ENTRIES:
+        top = root / entry
+        for unit in [top] if top.is_file() else sorted(top.iterdir()) if top.is_dir() else []:
+            try:
+                files = [unit] if unit.is_file() else [path for path in unit.rglob("*") if path.is_file()]
+                if max((path.stat().st_mtime for path in files), default=0) >= cutoff:
+                    continue
+                shutil.rmtree(unit) if unit.is_dir() else unit.unlink()
+            except OSError:
+                continue
+            removed.append(unit.relative_to(root).as_posix())
+    if removed:
+        log.info("removed %d entries no start used for %d days from the cache folder %s: %s", len(removed),
+                 KEPT_DAYS, root, ", ".join(removed))
+    return removed
 
 
 def keep(name: str, data: bytes) -> None:

@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from livegen import cache
 from livegen.config import ModelConfig, embedded_model
 from livegen.models import packed
 from livegen.models.base import BatchSpec
@@ -201,10 +202,16 @@ STARTS = textwrap.dedent("""
 def test_a_start_that_finds_the_pack_imports_neither_diffusers_nor_transformers(tmp_path):
     """Two starts of a server with the embedded model and speech, sharing a cache folder."""
     env = {**os.environ, "LIVEGEN_CACHE_DIR": str(tmp_path)}
+    stale = tmp_path / "onnx-optimized" / "left-by-an-upgrade.onnx"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x")
+    os.utime(stale, (0, 0))
     first, second = (subprocess.run([sys.executable, "-c", STARTS], env=env, capture_output=True, text=True,
                                     timeout=300, check=True).stdout.splitlines()[-1] for _ in range(2))
     assert first == "False ['diffusers', 'transformers']"
     assert second == "True []"
     assert any((tmp_path / "packs").iterdir())
+    assert not stale.exists()  # a start prunes what no start used for cache.KEPT_DAYS
+    assert {path.name for path in tmp_path.iterdir()} == set(cache.ENTRIES)  # what prune may remove: all a start keeps
     [text_graph] = (tmp_path / "onnx").iterdir()  # the image model's MiniLM is moderation's: one copy
     assert text_graph.name.startswith("minilm-")

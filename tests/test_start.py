@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -177,6 +178,52 @@ def test_an_unwritable_cache_folder_costs_only_the_work_again(tmp_path, monkeypa
     monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(blocked))
     cache.keep("speech/x.onnx", b"graph")
     assert cache.read("speech/x.onnx") is None and "could not keep speech/x.onnx" in caplog.text
+
+
+def aged(path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+
+
+def test_reading_an_entry_marks_it_used(cache_folder):
+    cache.keep("words/english-x.txt", b"word")
+    aged(cache_folder / "words/english-x.txt", cache.KEPT_DAYS + 1)
+    assert cache.read("words/english-x.txt") == b"word"
+    assert time.time() - (cache_folder / "words/english-x.txt").stat().st_mtime < 60
+    aged(cache_folder / "words/english-x.txt", cache.KEPT_DAYS + 1)
+    assert cache.use("words/english-x.txt") == cache_folder / "words/english-x.txt"
+    assert time.time() - (cache_folder / "words/english-x.txt").stat().st_mtime < 60
+    assert cache.use("words/none.txt") is None and cache.read("words/none.txt") is None
+
+
+def test_prune_removes_what_no_start_used_for_the_kept_days_and_nothing_else(cache_folder):
+    for name in ["onnx-optimized/old.onnx", "onnx-optimized/used.onnx", "packs/old/manifest.json", "packs/old/unet.pt",
+                 "packs/used/manifest.json", "packs/used/unet.pt", "speech-speeds.json", "speech/x.text.onnx.partial"]:
+        cache.keep(name, b"x")
+    (cache_folder / "packs" / "empty").mkdir()
+    for name in ["not-livegens.txt", "other/old.bin"]:  # a cache folder shared with other programs
+        (cache_folder / name).parent.mkdir(exist_ok=True)
+        (cache_folder / name).write_bytes(b"x")
+    for path in cache_folder.rglob("*"):
+        if path.is_file():
+            aged(path, cache.KEPT_DAYS + 1)
+    aged(cache_folder / "packs/used/unet.pt", cache.KEPT_DAYS - 1)  # a pack is as old as its newest file
+    assert cache.read("onnx-optimized/used.onnx") == b"x"
+    assert sorted(cache.prune()) == ["onnx-optimized/old.onnx", "packs/empty", "packs/old", "speech-speeds.json",
+                                     "speech/x.text.onnx.partial"]
+    left = sorted(p.relative_to(cache_folder).as_posix() for p in cache_folder.rglob("*") if p.is_file())
+    assert left == ["not-livegens.txt", "onnx-optimized/used.onnx", "other/old.bin", "packs/used/manifest.json",
+                    "packs/used/unet.pt"]
+    assert cache.prune() == []
+
+
+def test_prune_of_a_missing_or_unwritable_cache_folder_removes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path / "none"))
+    assert cache.prune() == []
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(blocked))
+    assert cache.prune() == [] and blocked.is_file()
 
 
 def warming_beside_speech(tiny_sd) -> tuple[ImageRunner, threading.Event, list[int]]:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 
+from livegen import cache
 from livegen.config import Settings
 from livegen.engine import admission
 from livegen.engine.image_runner import ImageRunner, ImageTask
@@ -111,6 +112,7 @@ class Engine:
                 runner.cpu_turn = turn if runner.on_cpu else None
         for runner in self.all_runners:
             self.supervisor.watch(runner)
+        await self.workers.run(cache.prune)  # what this start used is marked: the rest an upgrade left behind
         self.metrics.ready.set(1)
         log.info("ready after %.1fs", time.time() - self.started_at)
 

@@ -57,7 +57,7 @@ def open_session(graph: GraphSource, name: str, providers: Sequence[str] = CPU,
         return ort.InferenceSession(graph(), options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), providers=providers)
     key = hashlib.sha256(f"{name} onnxruntime {ort.__version__}; {cache.machine()}".encode()).hexdigest()[:32]
     kept_name = f"onnx-optimized/{key}.onnx"
-    if (kept := cache.path_of(kept_name)).is_file():
+    if (kept := cache.use(kept_name)) is not None:
         try:  # from its path: onnxruntime reads a file in 0.6x the time it takes the same bytes from Python
             return ort.InferenceSession(str(kept), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers=CPU)
         except Exception:  # damaged on disk

@@ -219,11 +219,15 @@ def keep_pack(generator: ImageGenerator, config: ModelConfig) -> None:
 # ---------------------------------------------------------------------- serving from a pack
 
 
-def _read(name: str) -> bytes:
-    data = cache.read(name)
-    if data is None:
+def _path(name: str) -> Path:
+    """The pack's file `name`, marked used."""
+    if (path := cache.use(name)) is None:
         raise FileNotFoundError(f"{name} is missing from the cache folder")
-    return data
+    return path
+
+
+def _read(name: str) -> bytes:
+    return _path(name).read_bytes()
 
 
 def _not_exported() -> bytes:
@@ -259,7 +263,7 @@ class PackedGenerator(ImageGenerator):
         self.concepts = concepts
         kept_names = None
         if concepts is not None and manifest["name_tokens"] is not None:
-            states = np.load(cache.path_of(f"{name}/{NAMES}"), mmap_mode="r")
+            states = np.load(_path(f"{name}/{NAMES}"), mmap_mode="r")
             kept_names = NameStates(concepts.names_in_order(), states, manifest["name_tokens"])
         self.read_prompt = PromptReader(self, kept_names)
         description = manifest["description"]

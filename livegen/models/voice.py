@@ -57,7 +57,7 @@ def open_halves(key: str, cut: Callable[[], Halves | None],
     be cut). Cut once and kept in the cache folder under `key`: cutting a model takes a start about a
     second. A kept copy that does not open is cut again and replaced."""
     names = (f"speech/{key}.text.onnx", f"speech/{key}.decoder.onnx")
-    if all(cache.path_of(name).is_file() for name in names):
+    if all([cache.use(name) for name in names]):  # both marked used, though read only to optimize
         try:
             return open(tuple(lambda name=name: cache.read(name) for name in names))  # type: ignore[arg-type]
         except Exception:  # damaged on disk
