@@ -4,6 +4,8 @@ eager pictures."""
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import numpy as np
 import pytest
@@ -66,6 +68,27 @@ def test_the_cpu_runs_traces_whatever_the_setting_and_readyz_says_how_each_model
     finally:
         live.stop()
     assert body["ready"] and body["acceleration"] == {"tiny": on_cpu}
+
+
+def test_readyz_says_the_threads_the_model_computes_with_whatever_thread_asks(tiny_sd):
+    """The event loop's thread may have met torch while the warm-up beside speech ran at one thread."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one core: one thread either way")
+    generator = load_generator(ModelConfig(source=str(tiny_sd), sizes=["64x64"], device="cpu"))
+    seen = []
+
+    def ask() -> None:
+        torch.set_num_threads(1)
+        try:
+            seen.append((torch.get_num_threads(), generator.describe_acceleration()["threads"]))
+        finally:
+            torch.set_num_threads(threads)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    asker.join()
+    assert seen == [(1, threads)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

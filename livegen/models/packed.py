@@ -275,7 +275,8 @@ class PackedGenerator(ImageGenerator):
         self.timestep_dtype = getattr(torch, manifest["timestep_dtype"])
         self.init_noise_sigma = manifest["init_noise_sigma"]
         self.schedules = manifest["schedules"]
-        self.text_forward = OnnxTextEncoder(Graph(manifest["text_graph"], _not_exported), torch.get_num_threads())
+        self.threads = torch.get_num_threads()  # on the thread that loads it and serves it (DiffusersGenerator's)
+        self.text_forward = OnnxTextEncoder(Graph(manifest["text_graph"], _not_exported), self.threads)
         self.tokenizer = Tokenizer(_read(f"{name}/{TOKENIZER}").decode(), self.max_length)
         self.unets, self.encoders, self.decoders = {}, {}, {}
         for width, height in self.description.sizes:
@@ -289,7 +290,7 @@ class PackedGenerator(ImageGenerator):
         return True
 
     def describe_acceleration(self) -> dict:
-        return {"mode": "TorchScript traces", "kept": True, "threads": torch.get_num_threads()}
+        return {"mode": "TorchScript traces", "kept": True, "threads": self.threads}
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         return (self.channels, height // self.vae_scale, width // self.vae_scale)

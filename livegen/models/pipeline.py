@@ -39,6 +39,9 @@ class DiffusersGenerator(ImageGenerator):
         self.vae = pipe.vae
         self.vae_scale = vae_scale_factor(pipe.vae)
         self.denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+        # On the CPU, the threads it computes with: read on the thread that loads it, which serves it
+        # (a Ray replica gets as many as the CPUs it reserves), not on whichever thread asks /readyz.
+        self.threads = torch.get_num_threads()
         # NHWC is the layout oneDNN's and cuDNN's convolutions prefer: on the 2-core CPU the embedded
         # model's denoise went from 21.5 to 19-20 ms and its decode from 7.5 to 5.7 ms.
         self.denoiser.to(memory_format=torch.channels_last)
@@ -76,8 +79,7 @@ class DiffusersGenerator(ImageGenerator):
     def describe_acceleration(self) -> dict:
         graphs = {part: module.describe() for part, module in (("denoiser", self.denoiser), ("decoder", self.vae.decoder))
                   if hasattr(module, "describe")}
-        # On the CPU, the threads it computes with: a Ray replica gets as many as the CPUs it reserves.
-        threads = {"threads": torch.get_num_threads()} if self.device.type == "cpu" else {}
+        threads = {"threads": self.threads} if self.device.type == "cpu" else {}
         return {"mode": self.acceleration, **graphs, **threads}
 
     # ------------------------------------------------------------------ schedule
