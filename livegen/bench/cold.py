@@ -29,8 +29,12 @@ from livegen.config import ModelConfig
 from livegen.server.background import ServeProcess
 
 PROMPT = "a smiling cat"  # the warm bench's prompt
-FIRST_PROMPT = "the first frame after ready, a prompt no one sent before"
-FIRST_REPLY = "The first reply after ready."
+# The first frame and reply have the same work as the new-prompt frames and later replies they are
+# held against: texts of one template, a number apart (one token, one syllable). Until 2026-12-03 the
+# first was a longer text of its own, which the first reply's 1.17-1.19x owed most of: the same
+# sentence first and later took 1.03x (median of five servers).
+NEW_PROMPT = PROMPT + ", new prompt {}"
+REPLY = "Reply number {}."
 WARM_REPLIES = 5
 
 
@@ -45,14 +49,14 @@ async def first_and_warm(url: str, frames: int) -> tuple[float, Rounds, Rounds, 
         return (time.perf_counter() - started) * 1000
 
     async with AsyncClient(url) as client:
-        first_ms = await timed(client, FIRST_PROMPT)
+        first_ms = await timed(client, NEW_PROMPT.format(0))
         await timed(client, PROMPT)  # the cached prompt's first (uncached) use is not a cached frame
-        for i in range(frames):
+        for i in range(1, frames + 1):
             cached.rounds.append([await timed(client, PROMPT)])
-            new.rounds.append([await timed(client, f"{PROMPT}, new prompt {i}")])
+            new.rounds.append([await timed(client, NEW_PROMPT.format(i))])
         # From sending a reply to its first piece of audio, as the speech bench times a stream.
-        first_audio = (await stream(client, FIRST_REPLY))["first_chunk_ms"]
-        warm_audio = [(await stream(client, f"Warm reply number {i}."))["first_chunk_ms"] for i in range(WARM_REPLIES)]
+        first_audio = (await stream(client, REPLY.format(WARM_REPLIES + 1)))["first_chunk_ms"]
+        warm_audio = [(await stream(client, REPLY.format(i)))["first_chunk_ms"] for i in range(1, WARM_REPLIES + 1)]
     return first_ms, cached, new, first_audio, warm_audio
 
 
@@ -97,7 +101,7 @@ def run(config: ModelConfig, runs: int, frames: int, output: Path) -> dict:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [f"Model `{r['model']}`, {r['size']}, 1 step, `python -m livegen serve` started {len(r['runs'])} "
-             f"times, image and speech models warm at ready; {machine_line(m)}. The first frame after ready has a prompt the server has not seen; "
+             f"times, image and speech models warm at ready; {machine_line(m)}. The first frame after ready has a prompt the server has not seen, of the new prompts' template (the first reply too, of the later replies'); "
              f"both warm medians are measured on the same connection right after it, in interleaved rounds "
              f"(one cached-prompt frame, one new-prompt frame; {r['runs'][0]['warm_rounds']} rounds).", "",
              "| run | cache folder | start to ready s | first frame ms | warm p50 ms, cached prompt | first / cached | "
