@@ -79,7 +79,11 @@ def prune() -> list[str]:
     removed = []
     for entry in ENTRIES:
         top = root / entry
-        for unit in [top] if top.is_file() else sorted(top.iterdir()) if top.is_dir() else []:
+        try:
+            units = [top] if top.is_file() else sorted(top.iterdir()) if top.is_dir() else []
+        except OSError:  # a folder this user may not list
+            continue
+        for unit in units:
             try:
                 files = [unit] if unit.is_file() else [path for path in unit.rglob("*") if path.is_file()]
                 if max((path.stat().st_mtime for path in files), default=0) >= cutoff:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,13 +218,18 @@ def test_prune_removes_what_no_start_used_for_the_kept_days_and_nothing_else(cac
     assert cache.prune() == []
 
 
-def test_prune_of_a_missing_or_unwritable_cache_folder_removes_nothing(tmp_path, monkeypatch):
+def test_prune_of_a_missing_unlistable_or_unwritable_cache_folder_removes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path / "none"))
     assert cache.prune() == []
     blocked = tmp_path / "a file, not a folder"
     blocked.write_text("")
     monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(blocked))
     assert cache.prune() == [] and blocked.is_file()
+    monkeypatch.setenv("LIVEGEN_CACHE_DIR", str(tmp_path))
+    cache.keep("packs/old/manifest.json", b"x")
+    aged(tmp_path / "packs/old/manifest.json", cache.KEPT_DAYS + 1)
+    monkeypatch.setattr(Path, "iterdir", lambda self: (_ for _ in ()).throw(PermissionError(13, "denied", str(self))))
+    assert cache.prune() == [] and (tmp_path / "packs/old/manifest.json").is_file()
 
 
 def warming_beside_speech(tiny_sd) -> tuple[ImageRunner, threading.Event, list[int]]:
