@@ -66,7 +66,7 @@ class Concepts:
         object.__setattr__(self, "common_words", [word for word, count in counts.items() if count >= COMMON])
         keys = {char.replace(VARIATION_SELECTOR, ""): i for i, char in enumerate(self.emoji)}
         object.__setattr__(self, "concept_of_emoji", keys)
-        object.__setattr__(self, "names", frozenset(group[0] for group in self.phrases))
+        object.__setattr__(self, "names", frozenset(self.names_in_order()))
 
     @classmethod
     def build(cls, phrases: Sequence[Sequence[str]], embed: TextEmbedder, emoji: Sequence[str] = (),
