@@ -54,6 +54,20 @@ def tiny_sd(tiny_models) -> Path:
     return tiny_models("sd", "turbo")
 
 
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`livegen bench all --quick`, once for tests/test_bench.py and tests/test_bench_warm.py
+    (StreamDiffusion left out: it needs its own venv)."""
+    from typer.testing import CliRunner
+
+    from livegen.cli import app
+
+    output = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(app, ["bench", "all", "--quick", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    return output
+
+
 def png_bytes(width: int = 96, height: int = 80, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
     buffer = io.BytesIO()
     pixels = np.zeros((height, width, 3), np.uint8)

@@ -1,7 +1,7 @@
 """`livegen bench ... --quick` run end to end: no timing thresholds, but each scenario's figures are
 checked against each other (rates over elapsed times, ratios of the medians reported, intervals
 around their ratio, the stages counted in each safety row). The warm scenario and the summary's
-targets are tested in tests/test_bench_warm.py."""
+targets are tested in tests/test_bench_warm.py, on the same quick suite (conftest's `suite`)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,6 @@ PNG = b"\x89PNG"
 # The whole quick suite runs in the first of these tests' setup: more than the default per-test limit
 # on a shared 2-core machine.
 suite_timeout = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The standard set, once, in quick mode (StreamDiffusion left out: it needs its own venv)."""
-    output = tmp_path_factory.mktemp("bench")
-    result = CliRunner().invoke(app, ["bench", "all", "--quick", "--output", str(output)])
-    assert result.exit_code == 0, result.output
-    return output
 
 
 def load(output: Path, scenario: str) -> dict:

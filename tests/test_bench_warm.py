@@ -1,4 +1,4 @@
-"""The warm bench: its targets logic (met, unmet, not measured), the ratio interval, and a quick run."""
+"""The warm bench: its targets logic (met, unmet, not measured), the ratio interval, and the quick suite's warm run."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from livegen.bench import suite
 from livegen.bench.report import Rounds, ratio_interval
+from livegen.bench.suite import targets
 from livegen.bench.warm import ROWS, rotation
-from livegen.cli import app
 
 
 def rounds(name: str, medians: list[float], seed: int) -> Rounds:
@@ -54,7 +52,7 @@ def results(peer: float, peer_new: float, tuned: float, new_over_cached: dict) -
 
 
 def met(r: dict) -> dict[str, bool | None]:
-    return {name: ok for name, _, ok in suite.targets(r)}
+    return {name: ok for name, _, ok in targets(r)}
 
 
 def test_targets_met():
@@ -80,7 +78,7 @@ def test_targets_without_data_are_not_measured_never_met():
     r = results(peer=1.2, peer_new=1.4, tuned=1.0, new_over_cached=interval(1.2, 1.1, 1.25))
     del r["warm"]["systems"]["streamdiffusion"], r["warm"]["systems"]["direct_tuned"], r["cold"], r["safety"]
     r["load"]["rows"].pop()
-    rows = {name: (measured, ok) for name, measured, ok in suite.targets(r)}
+    rows = {name: (measured, ok) for name, measured, ok in targets(r)}
     assert rows["ahead of StreamDiffusion per frame, cached prompt (interval of the ratio above 1)"] == \
         ("not run (--peers)", None)
     assert rows["ahead of StreamDiffusion in frames/s at 8 sessions"] == ("not run (--peers)", None)
@@ -97,14 +95,13 @@ def test_rotation_starts_each_round_one_system_later():
 
 
 @pytest.fixture(scope="module")
-def warm(tiny_models, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    output = tmp_path_factory.mktemp("warm")
-    result = CliRunner().invoke(app, ["bench", "warm", "--quick", "--model", str(tiny_models()), "--size", "64x64",
-                                      "--output", str(output)])
-    assert result.exit_code == 0, result.output
-    return json.loads((output / "warm.json").read_text()), (output / "warm.md").read_text()
+def warm(suite: Path) -> tuple[dict, str]:
+    """The warm scenario of conftest's quick suite."""
+    return json.loads((suite / "warm.json").read_text()), (suite / "warm.md").read_text()
 
 
+# The quick suite runs in the setup of the first test that asks for it: minutes on a shared 2-core machine.
+@pytest.mark.timeout(900)
 def test_quick_warm_interleaves_every_row(warm):
     results, markdown = warm
     keys = [key for key, *_ in ROWS]
@@ -119,6 +116,7 @@ def test_quick_warm_interleaves_every_row(warm):
     assert "JPEG quality 85 for every system" in markdown
 
 
+@pytest.mark.timeout(900)
 def test_quick_warm_compares_pictures_for_the_same_seed(warm):
     results, markdown = warm
     checks = {c["b"]: c for c in results["pictures"]["checks"]}
