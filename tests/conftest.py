@@ -15,6 +15,18 @@ from livegen.models.tiny import build_tiny_pipeline
 from livegen.server.background import BackgroundServer
 
 SIZES = [(64, 64), (128, 128)]
+RAY_FILES = {"test_ray.py", "test_ray_proxy.py", "test_bench_ray.py"}
+SUITE_FILES = {"test_bench.py", "test_bench_warm.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-xdist's workers take whole groups: a file each, so its module fixtures start once; the
+    files sharing the quick bench `suite` together; the Ray files together, one cluster at a time."""
+    for item in items:
+        name = item.path.name
+        group = "ray" if name in RAY_FILES else "suite" if name in SUITE_FILES else name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session", autouse=True)

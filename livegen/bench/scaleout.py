@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 from livegen.bench.load import interleaved
@@ -115,24 +116,25 @@ def compared(windows: dict[str, list[dict]], arm: str) -> dict:
             "p99_ratio": ratio_interval(p99[arm], p99[PLAIN])}
 
 
-def cpu_ticks(exclude: set[int]) -> dict[int, int]:
-    """CPU time (clock ticks) of every process on the machine but `exclude`, by pid (Linux's /proc)."""
+def cpu_seconds(leave_out: int) -> dict[int, float]:
+    """CPU time of each process this driver started (Ray's GCS, raylet, controller, HAProxy and
+    replicas), by pid, but `leave_out` and its children: other processes on the machine are not Ray's."""
     ticks = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            ticks[int(stat.parent.name)] = int(fields[11]) + int(fields[12])
-    return {pid: t for pid, t in ticks.items() if pid not in exclude}
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.pid != leave_out and leave_out not in {parent.pid for parent in process.parents()}:
+                times = process.cpu_times()
+                ticks[process.pid] = times.user + times.system
+    return ticks
 
 
-def idle_cores(exclude: set[int], seconds: float) -> float:
-    """The cores every other process keeps busy over `seconds` of quiet: here Ray's own processes and
-    the idle replica, which take them from a saturated replica's frames."""
-    before, started = cpu_ticks(exclude), time.monotonic()
+def idle_cores(leave_out: int, seconds: float) -> float:
+    """The cores Ray's own processes and the idle replica keep busy over `seconds` of quiet, which
+    they take from a saturated replica's frames."""
+    before, started = cpu_seconds(leave_out), time.monotonic()
     time.sleep(seconds)
-    after, elapsed = cpu_ticks(exclude), time.monotonic() - started
-    used = sum(t - before[pid] for pid, t in after.items() if pid in before)
-    return round(used / os.sysconf("SC_CLK_TCK") / elapsed, 3)
+    after, elapsed = cpu_seconds(leave_out), time.monotonic() - started
+    return round(sum(t - before[pid] for pid, t in after.items() if pid in before) / elapsed, 3)
 
 
 def cpu_threads(url: str, model: str) -> int:
@@ -177,7 +179,7 @@ def run(config: ModelConfig, seconds: float, output: Path, quick: bool = False) 
             threads = {PLAIN: cpu_threads(plain.url, config.display_name)}
             deploy(1, cpus=threads[PLAIN])
             threads[HAPROXY] = cpu_threads(serve_url, config.display_name)
-            ray_idle = idle_cores({os.getpid(), plain.process.pid}, 2 if quick else IDLE_S)
+            ray_idle = idle_cores(plain.process.pid, 2 if quick else IDLE_S)
             urls = {HAPROXY: f"ws://127.0.0.1:{port}", PROXIED: f"ws://127.0.0.1:{proxy_port}"}
             rows = []
             for sessions in sessions_list:
