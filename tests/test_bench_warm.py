@@ -100,8 +100,6 @@ def warm(suite: Path) -> tuple[dict, str]:
     return json.loads((suite / "warm.json").read_text()), (suite / "warm.md").read_text()
 
 
-# The quick suite runs in the setup of the first test that asks for it: minutes on a shared 2-core machine.
-@pytest.mark.timeout(900)
 def test_quick_warm_interleaves_every_row(warm):
     results, markdown = warm
     keys = [key for key, *_ in ROWS]
@@ -116,7 +114,6 @@ def test_quick_warm_interleaves_every_row(warm):
     assert "JPEG quality 85 for every system" in markdown
 
 
-@pytest.mark.timeout(900)
 def test_quick_warm_compares_pictures_for_the_same_seed(warm):
     results, markdown = warm
     checks = {c["b"]: c for c in results["pictures"]["checks"]}

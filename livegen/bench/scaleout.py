@@ -119,13 +119,14 @@ def compared(windows: dict[str, list[dict]], arm: str) -> dict:
 def cpu_seconds(leave_out: int) -> dict[int, float]:
     """CPU time of each process this driver started (Ray's GCS, raylet, controller, HAProxy and
     replicas), by pid, but `leave_out` and its children: other processes on the machine are not Ray's."""
-    ticks = {}
+    left_out = {leave_out} | {child.pid for child in psutil.Process(leave_out).children(recursive=True)}
+    seconds = {}
     for process in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            if process.pid != leave_out and leave_out not in {parent.pid for parent in process.parents()}:
+        if process.pid not in left_out:
+            with contextlib.suppress(psutil.Error):  # ended meanwhile
                 times = process.cpu_times()
-                ticks[process.pid] = times.user + times.system
-    return ticks
+                seconds[process.pid] = times.user + times.system
+    return seconds
 
 
 def idle_cores(leave_out: int, seconds: float) -> float:
